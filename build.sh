@@ -274,10 +274,8 @@ do_test() {
   ensure_chromium
   ensure_test_venv
   do_build
-  local rc=0
-  "$VENV/bin/python" -m pytest tests -q "$@" || rc=$?
-  # pytest exit 5 = no tests collected: a failure here, CI must run tests
-  return "$rc"
+  # (pytest's exit 5, no test collected, fails too: CI must run tests)
+  Q4APR_DIST_BUILT=1 "$VENV/bin/python" -m pytest tests -q "$@"
 }
 
 cmd=${1:-build}

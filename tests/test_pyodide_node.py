@@ -1,0 +1,273 @@
+"""The built site's Python runtime: Pyodide + numpy + the q4apr core from dist/.
+
+Most tests run Python under Pyodide in Node (tests/node/run_core.mjs, loaded the way
+the worker loads it) and compare with the same script run natively: the core must
+give the same bytes in the browser as on the command line. One test loads the same
+files in Chromium from a module worker.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_in_pyodide
+
+NUMPY_WHEEL = "numpy-2.0.2-cp312-cp312-pyodide_2024_0_wasm32.whl"
+PYODIDE_FILES = ["pyodide.mjs", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"]
+CORE_API = ("open_model", "Options", "quantize", "MemorySink", "CallbackSink", "inspect_model", "Q4Error")
+
+
+def run_native(script_text, *files, args=(), tmp_path):
+    """The same script natively (python with <repo>/py on the path); returns stdout."""
+    script = tmp_path / "native_script.py"
+    script.write_text(script_text)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "py"))
+    r = subprocess.run([sys.executable, str(script), *map(str, files), *map(str, args)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=600)
+    if r.returncode != 0:
+        pytest.fail("native run failed:\n" + r.stderr.decode(errors="replace")[-6000:], pytrace=False)
+    return r.stdout.decode()
+
+
+def core_ready():
+    """Skip unless the core's public API has landed."""
+    if not (REPO / "py" / "q4apr" / "__init__.py").exists():
+        pytest.skip("py/q4apr/__init__.py does not exist yet")
+    r = subprocess.run([sys.executable, "-c", "import q4apr, sys; sys.exit(0 if all(hasattr(q4apr, n) for n in %r) else 3)" % (CORE_API,)],
+                       env=dict(os.environ, PYTHONPATH=str(REPO / "py")), capture_output=True)
+    if r.returncode == 3:
+        pytest.skip("the core's public API (API.md) is not all there yet")
+
+
+# ------------------------------------------------------------------ the dist layout
+
+def test_dist_has_pyodide_runtime_and_verified_numpy(dist_dir):
+    pdir = dist_dir / "static" / "pyodide"
+    for f in PYODIDE_FILES:
+        assert (pdir / f).is_file(), f
+    lock = json.loads((pdir / "pyodide-lock.json").read_text())
+    assert lock["info"]["version"] == "0.27.7"
+    entry = lock["packages"]["numpy"]
+    assert entry["file_name"] == NUMPY_WHEEL and entry["version"] == "2.0.2"
+    assert hashlib.sha256((pdir / NUMPY_WHEEL).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_core_zip_is_the_package_sources(dist_dir):
+    src = sorted("q4apr/" + p.relative_to(REPO / "py" / "q4apr").as_posix()
+                 for p in (REPO / "py" / "q4apr").rglob("*.py") if "__pycache__" not in p.parts)
+    with zipfile.ZipFile(dist_dir / "static" / "q4apr.zip") as z:
+        names = z.namelist()
+        assert names == src
+        for n in names:
+            assert z.getinfo(n).date_time == (1980, 1, 1, 0, 0, 0)
+            assert z.read(n) == (REPO / "py" / n).read_bytes()
+
+
+def test_sample_model_is_deterministic_safetensors(dist_dir, tmp_path):
+    built = dist_dir / "static" / "sample" / "model.safetensors"
+    again = tmp_path / "again.safetensors"
+    subprocess.run([sys.executable, str(REPO / "static" / "sample" / "make_sample.py"), str(again)], check=True)
+    assert again.read_bytes() == built.read_bytes()
+    assert 500_000 <= built.stat().st_size <= 2_000_000
+    safetensors = pytest.importorskip("safetensors.numpy")
+    t = safetensors.load_file(str(built))
+    h = 128
+    assert t["model.embed_tokens.weight"].shape == (512, h)
+    assert t["lm_head.weight"].shape == (512, h)
+    assert t["model.layers.1.mlp.down_proj.weight"].shape == (h, 352)
+    assert t["model.layers.0.input_layernorm.weight"].ndim == 1
+    assert {str(a.dtype) for a in t.values()} == {"float32", "float16"}
+    from safetensors import safe_open
+    with safe_open(str(built), "np") as f:
+        assert f.metadata()["name"] == "q4apr-sample-llama"
+
+
+def test_service_worker_placeholders_filled(dist_dir):
+    if not (REPO / "static" / "sw.js").exists():
+        pytest.skip("static/sw.js does not exist yet")
+    sw = (dist_dir / "sw.js").read_text()
+    assert "__BUILD_VERSION__" not in sw and "__PRECACHE__" not in sw
+    files = sorted(p.relative_to(dist_dir).as_posix() for p in dist_dir.rglob("*") if p.is_file())
+    files.remove("sw.js")
+    assert json.dumps(["./"] + files) in sw
+    assert not (dist_dir / "static" / "sw.js").exists()
+
+
+# ------------------------------------------------------------------ Pyodide in Node
+
+def test_numpy_under_pyodide_is_2_0_2():
+    out = run_in_pyodide("import sys, numpy\nprint(numpy.__version__, sys.platform)\n")
+    assert out.split() == ["2.0.2", "emscripten"]
+
+
+def test_harness_reports_python_exceptions():
+    r = run_in_pyodide("import sys\nprint('before')\nraise ValueError('boom-42')\n", check=False)
+    assert r.returncode == 1
+    assert b"before" in r.stdout
+    assert b"ValueError: boom-42" in r.stderr and b"Traceback" in r.stderr
+
+
+def test_import_core_under_pyodide(tmp_path):
+    if not (REPO / "py" / "q4apr" / "__init__.py").exists():
+        pytest.skip("py/q4apr/__init__.py does not exist yet")
+    script = ("import q4apr, sys\n"
+              "print(q4apr.__file__)\n"
+              "print(sorted(n for n in %r if hasattr(q4apr, n)))\n" % (CORE_API,))
+    out = run_in_pyodide(script).splitlines()
+    assert out[0] == "/lib/q4apr/q4apr/__init__.py"
+    assert out[1] == run_native(script, tmp_path=tmp_path).splitlines()[1]
+
+
+# The same script, natively and under Pyodide: sha256 and length of each output.
+QUANTIZE_FILES = r'''
+import hashlib, json, sys
+import q4apr
+
+def digest(b):
+    return "%s:%d" % (hashlib.sha256(b).hexdigest(), len(b))
+
+out = {}
+fmts = sys.argv[sys.argv.index("--formats") + 1].split(",")
+for path in sys.argv[1:sys.argv.index("--formats")]:
+    for fmt in fmts:
+        key = path.rsplit("/", 1)[-1] + " -> " + fmt
+        try:
+            with q4apr.open_model(path) as m:
+                sink = q4apr.MemorySink()
+                q4apr.quantize(m, sink, q4apr.Options(format=fmt))
+                out[key] = digest(sink.getvalue())
+        except q4apr.Q4Error as e:
+            out[key] = "Q4Error: " + str(getattr(e, "message", e))
+print(json.dumps(out, sort_keys=True))
+'''
+
+
+def test_shared_vectors_same_bytes_under_pyodide(shared_dir, tmp_path):
+    core_ready()
+    vectors = sorted((shared_dir / "vectors" / "apr").glob("*.npy"))
+    assert vectors, "no .npy vectors in shared/vectors/apr"
+    args = ("--formats", "apr")
+    native = json.loads(run_native(QUANTIZE_FILES, *vectors, args=args, tmp_path=tmp_path))
+    browser = json.loads(run_in_pyodide(QUANTIZE_FILES, *vectors, args=args))
+    assert len(native) == len(vectors)
+    assert browser == native
+
+
+ROUND_TRIP = r'''
+import hashlib, json, sys
+import q4apr
+
+src, outdir = sys.argv[1], sys.argv[2]
+result = {}
+with q4apr.open_model(src) as m:
+    result["input"] = q4apr.inspect_model(m)["tensors"]
+for fmt in ("apr", "gguf"):
+    with q4apr.open_model(src) as m:
+        mem = q4apr.MemorySink()
+        report = q4apr.quantize(m, mem, q4apr.Options(format=fmt)).to_dict()
+    data = mem.getvalue()
+    # the worker's way: CallbackSink chunks, then the head goes first
+    chunks = []
+    with q4apr.open_model(src) as m:
+        cb = q4apr.CallbackSink(chunks.append)
+        gen = q4apr.quantize_steps(m, cb, q4apr.Options(format=fmt))
+        steps = 0
+        while True:
+            try:
+                next(gen)
+                steps += 1
+            except StopIteration as stop:
+                report2 = stop.value.to_dict()
+                break
+    assert bytes(cb.head) + b"".join(bytes(c) for c in chunks) == data, fmt + ": CallbackSink != MemorySink"
+    assert steps > 0
+    name = q4apr.output_name("model", fmt)
+    out = outdir + "/" + name
+    with open(out, "wb") as f:
+        f.write(data)
+    with q4apr.open_model(out) as back:
+        tensors = q4apr.inspect_model(back)["tensors"]
+    for r in (report, report2):
+        r["totals"].pop("seconds", None)
+    assert report == report2
+    result[fmt] = {"name": name, "digest": "%s:%d" % (hashlib.sha256(data).hexdigest(), len(data)),
+                   "report": report, "tensors": tensors}
+print(json.dumps(result, sort_keys=True, default=str))
+'''
+
+
+def test_sample_model_round_trip_same_bytes_under_pyodide(dist_dir, tmp_path):
+    core_ready()
+    sample = dist_dir / "static" / "sample" / "model.safetensors"
+    nat_dir, py_dir = tmp_path / "native", tmp_path / "pyodide"
+    nat_dir.mkdir()
+    py_dir.mkdir()
+    native = json.loads(run_native(ROUND_TRIP, sample, args=(nat_dir,), tmp_path=tmp_path))
+    browser = json.loads(run_in_pyodide(ROUND_TRIP, sample, args=(py_dir,), mounts=(py_dir,)))
+    for fmt in ("apr", "gguf"):
+        assert browser[fmt]["digest"] == native[fmt]["digest"], fmt
+        assert (py_dir / native[fmt]["name"]).read_bytes() == (nat_dir / native[fmt]["name"]).read_bytes()
+        assert browser[fmt]["tensors"] == native[fmt]["tensors"]
+        assert browser[fmt]["report"]["tensors"] == native[fmt]["report"]["tensors"]
+        assert len(native[fmt]["tensors"]) == len(native["input"])
+    assert browser["input"] == native["input"]
+
+
+# ------------------------------------------------------------------ the same files in Chromium
+
+PROBE_WORKER = r'''
+// The loading sequence the worker uses, against the built files.
+import { loadPyodide } from "./static/pyodide/pyodide.mjs";
+const t0 = performance.now();
+try {
+  const pyodide = await loadPyodide({ indexURL: new URL("./static/pyodide/", import.meta.url).href });
+  const errors = [];
+  await pyodide.loadPackage("numpy", { messageCallback: () => {}, errorCallback: (m) => errors.push(m) });
+  pyodide.runPython("import numpy");  // loadPackage resolves even on failure
+  const res = await fetch(new URL("./static/q4apr.zip", import.meta.url));
+  pyodide.unpackArchive(await res.arrayBuffer(), "zip", { extractDir: "/lib/q4apr" });
+  pyodide.runPython("import sys; sys.path.insert(0, '/lib/q4apr')");
+  const out = pyodide.runPython(`
+import json, numpy, importlib.util
+spec = importlib.util.find_spec("q4apr")
+json.dumps({"numpy": numpy.__version__, "core": bool(spec and spec.submodule_search_locations and
+            list(spec.submodule_search_locations)[0] == "/lib/q4apr/q4apr")})`);
+  postMessage({ ok: true, ...JSON.parse(out), errors, ms: performance.now() - t0 });
+} catch (e) {
+  postMessage({ ok: false, error: String(e && e.stack || e) });
+}
+'''
+
+PROBE_PAGE = '''<!doctype html><meta charset="utf-8"><title>probe</title>
+<script type="module">
+const w = new Worker("./probe-worker.mjs", { type: "module" });
+window.probe = new Promise((resolve) => { w.onmessage = (e) => resolve(e.data);
+  w.onerror = (e) => resolve({ ok: false, error: "worker error: " + e.message }); });
+</script>'''
+
+
+def test_module_worker_loads_runtime_numpy_and_core_in_chromium(dist_dir, page, tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from serve import start_server
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "static").symlink_to(dist_dir / "static", target_is_directory=True)
+    (root / "probe-worker.mjs").write_text(PROBE_WORKER)
+    (root / "probe.html").write_text(PROBE_PAGE)
+    server, url = start_server(root)
+    try:
+        page.goto(url + "probe.html")
+        result = page.evaluate("window.probe")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.get("ok"), result
+    assert result["numpy"] == "2.0.2"
+    assert result["core"] is True
+    assert all(u.startswith(url) for u in page.request_urls), page.request_urls
+    assert url + "static/pyodide/" + NUMPY_WHEEL in page.request_urls
