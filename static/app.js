@@ -1,0 +1,899 @@
+// q4apr page: file selection, options, the worker's lifecycle, and the report.
+// Everything that comes from a file is inserted with textContent, never as markup.
+
+import { MSG, BOOT_STAGES } from "./protocol.js";
+
+const CANCEL_GRACE_MS = 1000;
+const OPTIONS_KEY = "q4apr.options.v1";
+const SAMPLE_URL = "static/sample/model.safetensors";
+const SAMPLE_NAME = "model.safetensors";
+
+const $ = (id) => document.getElementById(id);
+const body = document.body;
+
+const el = {
+  live: $("live"),
+  bootText: $("boot-text"),
+  bootStages: $("boot-stages"),
+  bootBar: $("boot-bar"),
+  bootRetry: $("boot-retry"),
+  dropzone: $("dropzone"),
+  fileInput: $("file-input"),
+  selection: $("selection"),
+  fileList: $("file-list"),
+  clearFiles: $("clear-files"),
+  sampleBtn: $("sample-btn"),
+  form: $("options-form"),
+  skip: $("opt-skip"),
+  chunk: $("opt-chunk"),
+  chunkHint: $("opt-chunk-hint"),
+  actionHint: $("action-hint"),
+  inspectBtn: $("inspect-btn"),
+  quantizeBtn: $("quantize-btn"),
+  workPanel: $("work-panel"),
+  workTitle: $("work-title"),
+  workFile: $("work-file"),
+  workBar: $("work-bar"),
+  workPct: $("work-pct"),
+  workBytes: $("work-bytes"),
+  workTime: $("work-time"),
+  workTensor: $("work-tensor"),
+  cancelBtn: $("cancel-btn"),
+  errorPanel: $("error-panel"),
+  errorTitle: $("error-title"),
+  errorMessage: $("error-message"),
+  errorHint: $("error-hint"),
+  resultPanel: $("result-panel"),
+  resultTitle: $("result-title"),
+  resultSub: $("result-sub"),
+  downloadLink: $("download-link"),
+  downloadName: $("download-name"),
+  totals: $("totals"),
+  chartRows: $("chart-rows"),
+  chartLegend: $("chart-legend"),
+  reportFilter: $("report-filter"),
+  reportTable: $("report-table"),
+  reportBody: $("report-body"),
+  reportCount: $("report-count"),
+  inspectPanel: $("inspect-panel"),
+  inspectFile: $("inspect-file"),
+  inspectSub: $("inspect-sub"),
+  metaBody: $("meta-body"),
+  inspectFilter: $("inspect-filter"),
+  inspectBody: $("inspect-body"),
+  inspectCount: $("inspect-count"),
+  versions: $("versions"),
+};
+
+// ---------------------------------------------------------------- formatting
+
+const nf = new Intl.NumberFormat("en");
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 2 });
+
+function formatBytes(n) {
+  n = Number(n);
+  if (!Number.isFinite(n)) return "–";
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let v = n / 1024, i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${units[i]}`;
+}
+
+function formatSeconds(s) {
+  s = Number(s);
+  if (!Number.isFinite(s)) return "–";
+  if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+  const m = Math.floor(s / 60);
+  return `${m} min ${Math.round(s - m * 60)} s`;
+}
+
+function formatMse(v) {
+  if (v === null || v === undefined || Number.isNaN(Number(v))) return "–";
+  v = Number(v);
+  if (v === 0) return "0";
+  if (!Number.isFinite(v)) return String(v);
+  return Math.abs(v) < 1e-3 || Math.abs(v) >= 1e4 ? v.toExponential(2) : v.toPrecision(3);
+}
+
+function formatShape(shape) {
+  if (!Array.isArray(shape)) return String(shape ?? "");
+  if (shape.length === 0) return "scalar";
+  return shape.map((d) => nf.format(d)).join(" × ");
+}
+
+function numel(shape) {
+  return Array.isArray(shape) ? shape.reduce((a, b) => a * Number(b), 1) : 0;
+}
+
+function ext(name) {
+  const m = /\.([A-Za-z0-9]+)$/.exec(name || "");
+  return m ? m[1].toLowerCase() : "";
+}
+
+function kindOf(file) {
+  const n = file.name.toLowerCase();
+  if (n.endsWith(".index.json")) return "shard index";
+  const e = ext(n);
+  return { safetensors: "safetensors", gguf: "GGUF", apr: "APR", npy: "NumPy", npz: "NumPy archive", json: "JSON" }[e] || "unknown";
+}
+
+function displayName(files) {
+  if (!files.length) return "";
+  const main = files.filter((f) => !f.name.toLowerCase().endsWith(".json"));
+  const sorted = (main.length ? main : files).map((f) => f.name).sort();
+  return files.length === 1 ? files[0].name : `${sorted[0]} + ${files.length - 1} more`;
+}
+
+function make(tag, opts = {}, children = []) {
+  const node = document.createElement(tag);
+  if (opts.className) node.className = opts.className;
+  if (opts.text !== undefined) node.textContent = String(opts.text);
+  if (opts.title) node.title = String(opts.title);
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function announce(text) {
+  el.live.textContent = "";
+  // A fresh text node so that repeated messages are announced too.
+  requestAnimationFrame(() => { el.live.textContent = text; });
+}
+
+// ---------------------------------------------------------------- state
+
+let worker = null;
+let ready = false;
+let bootFailed = false;
+let nextId = 1;
+let job = null;          // the running job, or null
+let selection = [];      // File[]
+let objectUrl = null;    // the current download's blob URL
+let tick = null;         // elapsed-time timer
+
+function setBoot(state) {
+  body.dataset.boot = state;
+}
+
+function setState(state) {
+  body.dataset.state = state;
+}
+
+function updateControls() {
+  const busy = job !== null;
+  const can = ready && !busy;
+  el.quantizeBtn.disabled = !(can && selection.length);
+  el.inspectBtn.disabled = !(can && selection.length);
+  el.sampleBtn.disabled = !can;
+  el.fileInput.disabled = busy;
+  el.clearFiles.disabled = busy;
+  el.dropzone.classList.toggle("disabled", busy);
+  body.classList.toggle("busy", busy);
+
+  let hint;
+  if (busy) hint = job.kind === "quantize" ? "Working… you can cancel at any time." : "Reading the file…";
+  else if (bootFailed) hint = "The Python runtime did not start. Use “Try again” at the top.";
+  else if (!selection.length) hint = ready ? "Choose a model file to begin, or try the sample." : "Choose a model file to begin. The runtime is still starting.";
+  else if (!ready) hint = "Starting the Python runtime… this takes a few seconds the first time.";
+  else {
+    const total = selection.reduce((a, f) => a + f.size, 0);
+    hint = `${displayName(selection)} · ${formatBytes(total)} → ${currentFormat().toUpperCase()}`;
+  }
+  el.actionHint.textContent = hint;
+}
+
+// ---------------------------------------------------------------- worker lifecycle
+
+const STAGE_TEXT = {
+  runtime: "Starting the Python runtime…",
+  numpy: "Loading numpy…",
+  core: "Loading the q4apr core…",
+};
+
+function showBootStage(stage, progress) {
+  const idx = BOOT_STAGES.indexOf(stage);
+  for (const li of el.bootStages.children) {
+    const i = BOOT_STAGES.indexOf(li.dataset.stage);
+    li.classList.toggle("done", i < idx || (i === idx && progress >= 1));
+    li.classList.toggle("active", i === idx && progress < 1);
+  }
+  el.bootBar.value = Math.max(0, Math.min(1, progress));
+  if (STAGE_TEXT[stage] && progress < 1) el.bootText.textContent = STAGE_TEXT[stage];
+}
+
+function startWorker(restart = false) {
+  ready = false;
+  bootFailed = false;
+  setBoot("booting");
+  el.bootRetry.hidden = true;
+  el.bootText.textContent = restart ? "Restarting the Python runtime…" : "Starting…";
+  showBootStage("runtime", 0);
+  updateControls();
+
+  const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "q4apr" });
+  worker = w;
+  w.onmessage = (ev) => { if (worker === w) onWorkerMessage(ev.data); };
+  w.onerror = (ev) => {
+    if (worker !== w) return;
+    ev.preventDefault?.();
+    bootFailure(ev.message || "the worker script could not be loaded");
+  };
+  w.onmessageerror = () => { if (worker === w) failJob("a message from the worker could not be read"); };
+}
+
+function bootFailure(message) {
+  ready = false;
+  bootFailed = true;
+  setBoot("failed");
+  el.bootText.textContent = "Could not start";
+  el.bootRetry.hidden = false;
+  if (job) failJob(message);
+  showNotice("error", "The runtime could not start", message,
+    "Check that the page was loaded completely, then use “Try again”.");
+  updateControls();
+}
+
+el.bootRetry.addEventListener("click", () => {
+  if (worker) worker.terminate();
+  worker = null;
+  hidePanels();
+  setState("idle");
+  startWorker(true);
+});
+
+function onWorkerMessage(msg) {
+  switch (msg.type) {
+    case MSG.BOOT:
+      showBootStage(msg.stage, msg.progress);
+      return;
+    case MSG.READY: {
+      ready = true;
+      setBoot("ready");
+      el.bootText.textContent = "Ready";
+      showBootStage("core", 1);
+      const v = msg.versions || {};
+      const parts = [];
+      if (v.python) parts.push(`Python ${v.python}`);
+      if (v.numpy) parts.push(`numpy ${v.numpy}`);
+      if (v.pyodide) parts.push(`Pyodide ${v.pyodide}`);
+      if (v.q4apr) parts.push(`q4apr ${v.q4apr}`);
+      el.versions.textContent = parts.join(" · ");
+      updateControls();
+      registerServiceWorker();
+      return;
+    }
+    case MSG.ERROR:
+      if (msg.id === null || msg.id === undefined) {
+        bootFailure(msg.message);
+        return;
+      }
+      if (!job || msg.id !== job.id) return;
+      if (job.cancelRequested) finishCancelled();
+      else failJob(msg.message);
+      return;
+    default:
+      break;
+  }
+  if (!job || msg.id !== job.id) return;   // a stale message from an earlier job
+  switch (msg.type) {
+    case MSG.PROGRESS:
+      showProgress(msg.done, msg.total, msg.tensor);
+      break;
+    case MSG.CHUNK:
+      if (!job.cancelRequested) {
+        job.chunks.push(msg.data);
+        job.bytesOut += msg.data.byteLength;
+      }
+      break;
+    case MSG.DONE:
+      if (job.cancelRequested) finishCancelled();
+      else finishDone(msg.report, msg.head);
+      break;
+    case MSG.INSPECTED:
+      if (job.cancelRequested) finishCancelled();
+      else finishInspected(msg.info);
+      break;
+    case MSG.CANCELLED:
+      finishCancelled();
+      break;
+    default:
+      break;
+  }
+}
+
+// ---------------------------------------------------------------- selection
+
+function setSelection(files) {
+  selection = files.filter((f) => f && typeof f.name === "string");
+  el.fileList.replaceChildren();
+  for (const f of selection) {
+    const li = make("li", {}, [
+      make("span", { className: "fname", text: f.name, title: f.name }),
+      make("span", { className: "badge", text: kindOf(f) }),
+      make("span", { className: "fsize", text: formatBytes(f.size) }),
+    ]);
+    el.fileList.append(li);
+  }
+  el.selection.hidden = selection.length === 0;
+  updateControls();
+}
+
+el.fileInput.addEventListener("change", () => {
+  const files = Array.from(el.fileInput.files || []);
+  if (files.length) {
+    setSelection(files);
+    announce(`${files.length === 1 ? files[0].name : files.length + " files"} selected`);
+  }
+  el.fileInput.value = "";
+});
+
+el.clearFiles.addEventListener("click", () => {
+  setSelection([]);
+  el.fileInput.focus();
+});
+
+// The dropzone is also clickable as a whole; the label inside is the keyboard path.
+el.dropzone.addEventListener("click", (ev) => {
+  if (job || ev.target.closest("label, input, button, a")) return;
+  el.fileInput.click();
+});
+
+let dragDepth = 0;
+function hasFiles(ev) {
+  return ev.dataTransfer && Array.from(ev.dataTransfer.types || []).includes("Files");
+}
+window.addEventListener("dragenter", (ev) => {
+  if (!hasFiles(ev)) return;
+  ev.preventDefault();
+  dragDepth++;
+  body.classList.add("dragging");
+});
+window.addEventListener("dragleave", (ev) => {
+  if (!hasFiles(ev)) return;
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (dragDepth === 0) body.classList.remove("dragging");
+});
+window.addEventListener("dragover", (ev) => {
+  if (!hasFiles(ev)) return;
+  ev.preventDefault();
+  ev.dataTransfer.dropEffect = job ? "none" : "copy";
+});
+window.addEventListener("drop", (ev) => {
+  if (!hasFiles(ev)) return;
+  ev.preventDefault();       // never let the browser navigate to the dropped file
+  dragDepth = 0;
+  body.classList.remove("dragging");
+  if (job) return;
+  const files = Array.from(ev.dataTransfer.files || []);
+  if (files.length) {
+    setSelection(files);
+    announce(`${files.length === 1 ? files[0].name : files.length + " files"} selected`);
+  }
+});
+
+// ---------------------------------------------------------------- options
+
+function currentFormat() {
+  const f = el.form.querySelector('input[name="format"]:checked');
+  return f ? f.value : "apr";
+}
+
+function readOptions() {
+  const options = {
+    format: currentFormat(),
+    keep_embeddings_f16: $("opt-emb").checked,
+    keep_output_f16: $("opt-out").checked,
+    pure: $("opt-pure").checked,
+    skip: el.skip.value.split(",").map((s) => s.trim()).filter(Boolean),
+  };
+  const chunk = el.chunk.value.trim();
+  el.chunk.removeAttribute("aria-invalid");
+  el.chunkHint.classList.remove("invalid");
+  if (chunk) {
+    const n = Number(chunk);
+    if (!Number.isSafeInteger(n) || n < 1) {
+      el.chunk.setAttribute("aria-invalid", "true");
+      el.chunkHint.classList.add("invalid");
+      throw new Error("The chunk size must be a whole number of bytes, 1 or more.");
+    }
+    options.chunk_bytes = n;
+  }
+  return options;
+}
+
+function saveOptions() {
+  try {
+    const o = {
+      format: currentFormat(),
+      keep_embeddings_f16: $("opt-emb").checked,
+      keep_output_f16: $("opt-out").checked,
+      pure: $("opt-pure").checked,
+      skip: el.skip.value,
+    };
+    localStorage.setItem(OPTIONS_KEY, JSON.stringify(o));
+  } catch (_) { /* storage unavailable */ }
+}
+
+function restoreOptions() {
+  let o;
+  try { o = JSON.parse(localStorage.getItem(OPTIONS_KEY) || "null"); } catch (_) { o = null; }
+  if (!o || typeof o !== "object") return;
+  const fmt = el.form.querySelector(`input[name="format"][value="${o.format === "gguf" ? "gguf" : "apr"}"]`);
+  if (fmt) fmt.checked = true;
+  $("opt-emb").checked = !!o.keep_embeddings_f16;
+  $("opt-out").checked = !!o.keep_output_f16;
+  $("opt-pure").checked = !!o.pure;
+  if (typeof o.skip === "string") el.skip.value = o.skip;
+}
+
+el.form.addEventListener("change", () => { saveOptions(); updateControls(); });
+el.form.addEventListener("input", saveOptions);
+el.form.addEventListener("submit", (ev) => ev.preventDefault());
+
+// ---------------------------------------------------------------- jobs
+
+function hidePanels() {
+  el.workPanel.hidden = true;
+  el.errorPanel.hidden = true;
+  el.resultPanel.hidden = true;
+  el.inspectPanel.hidden = true;
+}
+
+function clearDownload() {
+  if (objectUrl) URL.revokeObjectURL(objectUrl);
+  objectUrl = null;
+  el.downloadLink.removeAttribute("href");
+  el.downloadLink.setAttribute("aria-disabled", "true");
+}
+
+function startJob(kind, files) {
+  if (!ready || job || !files.length) return;
+  let options = null;
+  if (kind === "quantize") {
+    try {
+      options = readOptions();
+    } catch (err) {
+      showNotice("error", "Check the options", err.message, "Fix the highlighted field and try again.");
+      el.chunk.focus();
+      return;
+    }
+  }
+  hidePanels();
+  clearDownload();
+  const id = nextId++;
+  const name = displayName(files);
+  job = {
+    id, kind, name, files,
+    chunks: [], bytesOut: 0,
+    total: files.reduce((a, f) => a + f.size, 0),
+    started: performance.now(),
+    cancelRequested: false, cancelTimer: null,
+  };
+  setState("working");
+  el.workTitle.firstChild.textContent = kind === "quantize" ? "Quantizing " : "Reading ";
+  el.workFile.textContent = name;
+  el.cancelBtn.disabled = false;
+  el.cancelBtn.textContent = "Cancel";
+  el.workPanel.classList.toggle("indeterminate", kind !== "quantize");
+  showProgress(0, job.total, "");
+  if (kind !== "quantize") el.workBar.removeAttribute("value");
+  el.workTime.textContent = "0.0 s";
+  el.workPanel.hidden = false;
+  tick = setInterval(() => {
+    if (job) el.workTime.textContent = `${((performance.now() - job.started) / 1000).toFixed(1)} s`;
+  }, 100);
+  updateControls();
+  announce(kind === "quantize" ? `Quantizing ${name}` : `Reading ${name}`);
+
+  const msg = { type: kind === "quantize" ? MSG.QUANTIZE : MSG.INSPECT, id, files };
+  if (options) msg.options = options;
+  worker.postMessage(msg);
+}
+
+function endJob() {
+  if (job && job.cancelTimer) clearTimeout(job.cancelTimer);
+  if (tick) clearInterval(tick);
+  tick = null;
+  job = null;
+  el.workPanel.hidden = true;
+  updateControls();
+}
+
+function showProgress(done, total, tensor) {
+  if (!job) return;
+  const frac = total > 0 ? Math.min(1, done / total) : 0;
+  el.workBar.value = frac;
+  el.workPct.textContent = `${Math.floor(frac * 100)} %`;
+  el.workBytes.textContent = `${formatBytes(done)} of ${formatBytes(total)}`;
+  el.workTensor.textContent = tensor || "–";
+  el.workTensor.title = tensor || "";
+}
+
+function requestCancel() {
+  if (!job || job.cancelRequested) return;
+  job.cancelRequested = true;
+  job.chunks = [];
+  el.cancelBtn.disabled = true;
+  el.cancelBtn.textContent = "Cancelling…";
+  worker.postMessage({ type: MSG.CANCEL, id: job.id });
+  const id = job.id;
+  job.cancelTimer = setTimeout(() => {
+    if (!job || job.id !== id) return;
+    // The worker is stuck inside a long step: replace it.
+    worker.terminate();
+    worker = null;
+    finishCancelled();
+    startWorker(true);
+  }, CANCEL_GRACE_MS);
+}
+
+el.cancelBtn.addEventListener("click", requestCancel);
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && job && !ev.defaultPrevented) requestCancel();
+});
+
+function showNotice(kind, title, message, hint) {
+  el.errorPanel.classList.toggle("cancelled", kind === "cancelled");
+  el.errorTitle.textContent = title;
+  el.errorMessage.textContent = message;
+  el.errorHint.textContent = hint || "";
+  el.errorHint.hidden = !hint;
+  el.errorPanel.hidden = false;
+}
+
+function failJob(message) {
+  const j = job;
+  endJob();
+  if (!j) return;
+  setState("error");
+  const verb = j.kind === "quantize" ? "quantize" : "read";
+  showNotice("error", `Could not ${verb} ${j.name}`, message,
+    "Nothing was saved. Pick another file or change the options, then try again.");
+  announce(`Error: could not ${verb} ${j.name}. ${message}`);
+}
+
+function finishCancelled() {
+  const j = job;
+  endJob();
+  if (!j) return;
+  setState("cancelled");
+  showNotice("cancelled", "Cancelled",
+    `${j.kind === "quantize" ? "Quantizing" : "Reading"} ${j.name} was stopped.`,
+    "Nothing was saved. You can start again whenever you like.");
+  announce("Cancelled. Nothing was saved.");
+  el.quantizeBtn.focus();
+}
+
+function finishDone(report, head) {
+  const j = job;
+  const blob = new Blob([head, ...j.chunks], { type: "application/octet-stream" });
+  endJob();
+  objectUrl = URL.createObjectURL(blob);
+  const outName = (report && report.output && report.output.name) || "model.apr";
+  el.downloadLink.href = objectUrl;
+  el.downloadLink.download = outName;
+  el.downloadLink.removeAttribute("aria-disabled");
+  el.downloadName.textContent = outName;
+  renderReport(report, j, blob.size);
+  setState("done");
+  el.resultPanel.hidden = false;
+  announce(`Done. ${outName} is ready to download, ${formatBytes(blob.size)}.`);
+  el.resultTitle.focus({ preventScroll: true });
+  el.resultPanel.scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+function finishInspected(info) {
+  const j = job;
+  endJob();
+  renderInspect(info || {}, j);
+  setState("inspected");
+  el.inspectPanel.hidden = false;
+  announce(`Read ${j.name}: ${(info && info.tensors ? info.tensors.length : 0)} tensors.`);
+  $("inspect-title").focus({ preventScroll: true });
+  el.inspectPanel.scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+el.quantizeBtn.addEventListener("click", () => startJob("quantize", selection));
+el.inspectBtn.addEventListener("click", () => startJob("inspect", selection));
+
+el.sampleBtn.addEventListener("click", async () => {
+  if (!ready || job) return;
+  el.sampleBtn.disabled = true;
+  const label = el.sampleBtn.textContent;
+  el.sampleBtn.textContent = "Loading sample…";
+  try {
+    const res = await fetch(SAMPLE_URL);
+    if (!res.ok) throw new Error(`the server answered HTTP ${res.status}`);
+    const blob = await res.blob();
+    const file = new File([blob], SAMPLE_NAME, { type: "application/octet-stream" });
+    setSelection([file]);
+    startJob("quantize", [file]);
+  } catch (err) {
+    hidePanels();
+    setState("error");
+    showNotice("error", "Could not load the sample model", err.message || String(err),
+      "The sample comes with the site; reload the page and try again.");
+  } finally {
+    el.sampleBtn.textContent = label;
+    updateControls();
+  }
+});
+
+// ---------------------------------------------------------------- report
+
+const DTYPE_ORDER = ["F32", "F64", "BF16", "F16", "Q8_0", "APR_Q4", "Q4_0"];
+
+function colorIndex(dtype, all) {
+  const known = DTYPE_ORDER.indexOf(dtype);
+  if (known >= 0) return known;
+  return DTYPE_ORDER.length + (all.indexOf(dtype) % 3);
+}
+
+function groupBytes(tensors, dtypeKey, bytesKey) {
+  const m = new Map();
+  for (const t of tensors) {
+    const k = String(t[dtypeKey] ?? "?");
+    m.set(k, (m.get(k) || 0) + Number(t[bytesKey] || 0));
+  }
+  return m;
+}
+
+function renderChart(tensors, totals) {
+  el.chartRows.replaceChildren();
+  el.chartLegend.replaceChildren();
+  const before = groupBytes(tensors, "dtype_in", "bytes_in");
+  const after = groupBytes(tensors, "dtype_out", "bytes_out");
+  const totalIn = Number(totals.bytes_in) || [...before.values()].reduce((a, b) => a + b, 0);
+  const totalOut = Number(totals.bytes_out) || [...after.values()].reduce((a, b) => a + b, 0);
+  const scale = Math.max(totalIn, totalOut, 1);
+  const all = [...new Set([...before.keys(), ...after.keys()])];
+  all.sort((a, b) => colorIndex(a, all) - colorIndex(b, all));
+
+  const row = (label, groups, total) => {
+    const bar = make("div", { className: "stack" });
+    bar.setAttribute("role", "img");
+    const desc = [...groups.entries()].map(([k, v]) => `${k} ${formatBytes(v)}`).join(", ");
+    bar.setAttribute("aria-label", `${label}: ${formatBytes(total)} (${desc})`);
+    const fill = make("div", { className: "stack-fill" });
+    fill.style.width = `${(100 * total) / scale}%`;
+    for (const k of all) {
+      const v = groups.get(k);
+      if (!v) continue;
+      const seg = make("span", { className: `seg c${colorIndex(k, all)}`, title: `${k}: ${formatBytes(v)}` });
+      seg.style.flexGrow = String(v);
+      fill.append(seg);
+    }
+    bar.append(fill);
+    return make("div", { className: "chart-row" }, [
+      make("span", { className: "chart-label", text: label }),
+      bar,
+      make("span", { className: "chart-value", text: formatBytes(total) }),
+    ]);
+  };
+  el.chartRows.append(row("Before", before, totalIn), row("After", after, totalOut));
+
+  for (const k of all) {
+    const li = make("li", {}, [
+      make("span", { className: `swatch c${colorIndex(k, all)}` }),
+      make("span", { className: "mono", text: k }),
+    ]);
+    const a = after.get(k);
+    if (a) li.append(make("span", { className: "muted", text: formatBytes(a) }));
+    el.chartLegend.append(li);
+  }
+}
+
+function totalItem(label, value, detail, title) {
+  const dd = make("dd", {}, [make("span", { className: "big", text: value })]);
+  if (detail) dd.append(make("span", { className: "detail", text: detail }));
+  if (title) dd.title = title;
+  return make("div", {}, [make("dt", { text: label }), dd]);
+}
+
+let reportRows = [];
+let reportSort = { key: null, dir: 1 };
+
+function renderReport(report, j, fileSize) {
+  report = report || {};
+  const totals = report.totals || {};
+  const tensors = Array.isArray(report.tensors) ? report.tensors : [];
+  const input = report.input || {};
+  const output = report.output || {};
+  const bytesIn = Number(totals.bytes_in ?? input.bytes ?? 0);
+  const bytesOut = Number(totals.bytes_out ?? output.bytes ?? fileSize);
+  const ratio = Number(totals.ratio) || (bytesOut ? bytesIn / bytesOut : 0);
+
+  el.resultTitle.textContent = `Quantized ${j.name}`;
+  el.resultSub.textContent = `${String(input.format || "").toUpperCase() || "Input"} → ${String(output.format || "").toUpperCase()} · ${formatBytes(fileSize)} file`;
+
+  el.totals.replaceChildren(
+    totalItem("Parameters", compact.format(Number(totals.params || 0)), null, `${nf.format(Number(totals.params || 0))} parameters`),
+    totalItem("Size", formatBytes(bytesOut), `from ${formatBytes(bytesIn)}`, `${nf.format(bytesIn)} → ${nf.format(bytesOut)} bytes`),
+    totalItem("Compression", `${ratio.toFixed(2)}×`, `${bytesIn ? Math.round(100 * (1 - bytesOut / bytesIn)) : 0} % smaller`),
+    totalItem("Tensors", `${nf.format(Number(totals.quantized ?? 0))} / ${nf.format(Number(totals.tensors ?? tensors.length))}`, "quantized"),
+    totalItem("Time", formatSeconds(totals.seconds)),
+  );
+  renderChart(tensors, totals);
+
+  reportRows = tensors;
+  reportSort = { key: null, dir: 1 };
+  el.reportFilter.value = "";
+  for (const th of el.reportTable.tHead.rows[0].cells) th.setAttribute("aria-sort", "none");
+  drawReportRows();
+}
+
+function sortValue(t, key) {
+  switch (key) {
+    case "name": return String(t.name);
+    case "shape": return numel(t.shape);
+    case "dtype": return `${t.dtype_in}→${t.dtype_out}`;
+    case "bytes_in": return Number(t.bytes_out || 0);
+    case "mse": return t.mse === null || t.mse === undefined ? -Infinity : Number(t.mse);
+    default: return 0;
+  }
+}
+
+function drawReportRows() {
+  const q = el.reportFilter.value.trim().toLowerCase();
+  let rows = reportRows.filter((t) => !q || String(t.name).toLowerCase().includes(q));
+  if (reportSort.key) {
+    const { key, dir } = reportSort;
+    rows = rows.slice().sort((a, b) => {
+      const va = sortValue(a, key), vb = sortValue(b, key);
+      return (va < vb ? -1 : va > vb ? 1 : 0) * dir;
+    });
+  }
+  const frag = document.createDocumentFragment();
+  for (const t of rows) {
+    const tr = document.createElement("tr");
+    const action = String(t.action || "");
+    if (action) tr.className = `act-${action.replace(/[^a-z_-]/gi, "")}`;
+
+    tr.append(make("td", { className: "name mono", text: t.name, title: t.name }));
+    tr.append(make("td", { className: "shape", text: formatShape(t.shape) }));
+
+    const dt = make("td", { className: "dtype" });
+    const same = t.dtype_in === t.dtype_out;
+    dt.append(make("span", { className: "mono", text: same ? t.dtype_in : `${t.dtype_in} → ${t.dtype_out}` }));
+    if (action) {
+      const tag = make("span", { className: `tag tag-${action.replace(/[^a-z_-]/gi, "")}`, text: action });
+      if (t.reason) tag.title = String(t.reason);
+      dt.append(tag);
+    }
+    if (t.reason) dt.title = String(t.reason);
+    tr.append(dt);
+
+    tr.append(make("td", {
+      className: "num",
+      text: t.bytes_in === t.bytes_out ? formatBytes(t.bytes_in) : `${formatBytes(t.bytes_in)} → ${formatBytes(t.bytes_out)}`,
+      title: `${nf.format(Number(t.bytes_in))} → ${nf.format(Number(t.bytes_out))} bytes`,
+    }));
+    tr.append(make("td", {
+      className: "num mono",
+      text: formatMse(t.mse),
+      title: t.max_abs_err !== null && t.max_abs_err !== undefined ? `max abs error ${formatMse(t.max_abs_err)}` : "",
+    }));
+    frag.append(tr);
+  }
+  el.reportBody.replaceChildren(frag);
+  el.reportCount.textContent = q
+    ? `${rows.length} of ${reportRows.length} tensors match.`
+    : `${reportRows.length} tensors.`;
+}
+
+el.reportFilter.addEventListener("input", drawReportRows);
+el.reportTable.tHead.addEventListener("click", (ev) => {
+  const btn = ev.target.closest("button");
+  if (!btn) return;
+  const th = btn.closest("th");
+  const key = th.dataset.key;
+  if (reportSort.key === key) reportSort.dir = -reportSort.dir;
+  else reportSort = { key, dir: key === "name" || key === "dtype" ? 1 : -1 };
+  for (const cell of el.reportTable.tHead.rows[0].cells) cell.setAttribute("aria-sort", "none");
+  th.setAttribute("aria-sort", reportSort.dir > 0 ? "ascending" : "descending");
+  drawReportRows();
+});
+
+// ---------------------------------------------------------------- inspect
+
+const MAX_TEXT = 300;
+const MAX_ITEMS = 12;
+
+function valueText(v) {
+  let s;
+  if (Array.isArray(v)) {
+    const head = v.slice(0, MAX_ITEMS).map((x) => (typeof x === "string" ? JSON.stringify(x) : valueText(x)));
+    s = `[${head.join(", ")}${v.length > MAX_ITEMS ? `, … ${nf.format(v.length - MAX_ITEMS)} more` : ""}]`;
+  } else if (v && typeof v === "object") {
+    try { s = JSON.stringify(v); } catch (_) { s = String(v); }
+  } else if (v === undefined || v === null) {
+    s = "null";
+  } else {
+    s = String(v);
+  }
+  if (s.length > MAX_TEXT) s = `${s.slice(0, MAX_TEXT)}… (${nf.format(s.length)} characters)`;
+  return s;
+}
+
+let inspectRows = [];
+
+function renderInspect(info, j) {
+  const tensors = Array.isArray(info.tensors) ? info.tensors : [];
+  const meta = info.metadata && typeof info.metadata === "object" ? info.metadata : {};
+  const bytes = tensors.reduce((a, t) => a + Number(t.nbytes || 0), 0);
+  const params = tensors.reduce((a, t) => a + numel(t.shape), 0);
+  el.inspectFile.textContent = j.name;
+  el.inspectSub.textContent = `${String(info.format || "?").toUpperCase()} · ${nf.format(tensors.length)} tensors · ${compact.format(params)} parameters · ${formatBytes(bytes)} of tensor data`;
+
+  const frag = document.createDocumentFragment();
+  const addRow = (k, v, cls) => {
+    const tr = document.createElement("tr");
+    if (cls) tr.className = cls;
+    tr.append(make("th", { className: "mono", text: k }), make("td", { className: "mono", text: valueText(v) }));
+    tr.firstChild.scope = "row";
+    frag.append(tr);
+  };
+  for (const [k, v] of Object.entries(info)) {
+    if (k === "metadata" || k === "tensors" || k === "format") continue;
+    addRow(k, v, "extra");
+  }
+  const keys = Object.keys(meta);
+  for (const k of keys) addRow(k, meta[k]);
+  if (!frag.childNodes.length) {
+    const tr = document.createElement("tr");
+    const td = make("td", { className: "muted", text: "No metadata in this file." });
+    td.colSpan = 2;
+    tr.append(td);
+    frag.append(tr);
+  }
+  el.metaBody.replaceChildren(frag);
+
+  inspectRows = tensors;
+  el.inspectFilter.value = "";
+  drawInspectRows();
+}
+
+function drawInspectRows() {
+  const q = el.inspectFilter.value.trim().toLowerCase();
+  const rows = inspectRows.filter((t) => !q || String(t.name).toLowerCase().includes(q));
+  const frag = document.createDocumentFragment();
+  for (const t of rows) {
+    const tr = document.createElement("tr");
+    tr.append(
+      make("td", { className: "name mono", text: t.name, title: t.name }),
+      make("td", { className: "shape", text: formatShape(t.shape) }),
+      make("td", { className: "dtype mono", text: t.dtype }),
+      make("td", { className: "num", text: formatBytes(t.nbytes), title: `${nf.format(Number(t.nbytes))} bytes` }),
+    );
+    frag.append(tr);
+  }
+  el.inspectBody.replaceChildren(frag);
+  el.inspectCount.textContent = q
+    ? `${rows.length} of ${inspectRows.length} tensors match.`
+    : `${inspectRows.length} tensors.`;
+}
+el.inspectFilter.addEventListener("input", drawInspectRows);
+
+// ---------------------------------------------------------------- offline
+
+let swRegistered = false;
+function registerServiceWorker() {
+  if (swRegistered || !("serviceWorker" in navigator)) return;
+  if (!/^https?:$/.test(location.protocol)) return;
+  swRegistered = true;
+  navigator.serviceWorker.register("sw.js").then(
+    () => navigator.serviceWorker.ready.then(() => { body.dataset.offline = "ready"; }),
+    (err) => console.warn("offline support is not available:", err),
+  );
+}
+
+// ---------------------------------------------------------------- start
+
+restoreOptions();
+setSelection([]);
+setState("idle");
+clearDownload();
+startWorker(false);
+// Register the service worker after the first boot has had its downloads
+// (it precaches the same files), but do not wait forever for it.
+setTimeout(registerServiceWorker, 20000);

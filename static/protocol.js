@@ -1,0 +1,38 @@
+// The page <-> worker message protocol (one small protocol, Squoosh style).
+//
+// page -> worker
+//   {type: "quantize", id, files: [File...], options: {format, keep_embeddings_f16,
+//        keep_output_f16, pure, skip: [...], chunk_bytes?}}
+//   {type: "inspect", id, files: [File...]}
+//   {type: "cancel", id}
+//
+// worker -> page
+//   {type: "boot", stage: "runtime"|"numpy"|"core", progress: 0..1}
+//   {type: "ready", versions?: {python, numpy, pyodide}}
+//   {type: "progress", id, done, total, tensor}      (at most every ~100 ms, plus the last)
+//   {type: "chunk", id, data: ArrayBuffer}            (transferred; output bytes after the head)
+//   {type: "done", id, report, head: ArrayBuffer}      (the file is head + all chunks, in order)
+//   {type: "inspected", id, info}
+//   {type: "error", id, message}                       (id null: the worker failed to start)
+//   {type: "cancelled", id}
+//
+// A job ends with exactly one of done / inspected / error / cancelled.
+
+export const BOOT_STAGES = ["runtime", "numpy", "core"];
+
+export const MSG = Object.freeze({
+  QUANTIZE: "quantize",
+  INSPECT: "inspect",
+  CANCEL: "cancel",
+  BOOT: "boot",
+  READY: "ready",
+  PROGRESS: "progress",
+  CHUNK: "chunk",
+  DONE: "done",
+  INSPECTED: "inspected",
+  ERROR: "error",
+  CANCELLED: "cancelled",
+});
+
+// Keys the core's Options.from_dict accepts (anything else is rejected by the core).
+export const OPTION_KEYS = ["format", "keep_embeddings_f16", "keep_output_f16", "pure", "skip", "chunk_bytes"];

@@ -1,0 +1,331 @@
+// The worker: a thin adapter between the page's message protocol (protocol.js)
+// and the q4apr Python core running in Pyodide.  Module worker.
+
+import { loadPyodide } from "./pyodide/pyodide.mjs";
+import { MSG } from "./protocol.js";
+
+const PROGRESS_EVERY_S = 0.1;
+
+// Python side: drives the core's generator, yielding to the JS event loop between
+// steps so that "cancel" messages are seen.  Results go back through callbacks and
+// a small JSON status string (never the whole output: chunks are posted as they come).
+const DRIVER_PY = String.raw`
+import sys, json, time, asyncio
+if "/lib/q4apr" not in sys.path:
+    sys.path.insert(0, "/lib/q4apr")
+import numpy
+import q4apr
+import js
+from pyodide.ffi import to_js
+
+def _js(obj):
+    return to_js(obj, dict_converter=js.Object.fromEntries)
+
+def _message(e):
+    if isinstance(e, q4apr.Q4Error):
+        return getattr(e, "message", None) or str(e) or type(e).__name__
+    text = str(e)
+    return "internal error: " + type(e).__name__ + (": " + text if text else "")
+
+def _status(status, message=None):
+    d = {"status": status}
+    if message is not None:
+        d["message"] = message
+    return json.dumps(d)
+
+async def run_quantize(paths_json, opts_json, on_chunk, on_progress, on_done, is_cancelled):
+    model = None
+    gen = None
+    try:
+        paths = json.loads(paths_json)
+        options = q4apr.Options.from_dict(json.loads(opts_json))
+        await asyncio.sleep(0)
+        if is_cancelled():
+            return _status("cancelled")
+        model = q4apr.open_model(paths)
+        sink = q4apr.CallbackSink(on_chunk)
+        gen = q4apr.quantize_steps(model, sink, options)
+        last = 0.0
+        while True:
+            await asyncio.sleep(0)
+            if is_cancelled():
+                g, gen = gen, None
+                g.close()   # aborts the sink: no partial output
+                return _status("cancelled")
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                report = stop.value
+                gen = None
+                break
+            now = time.monotonic()
+            if now - last >= ${PROGRESS_EVERY_S}:
+                last = now
+                on_progress(p.done, p.total, p.tensor)
+        if is_cancelled():
+            return _status("cancelled")
+        on_done(_js(report.to_dict()), bytes(sink.head))
+        return _status("done")
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        if isinstance(e, getattr(q4apr, "Cancelled", ())):
+            return _status("cancelled")
+        return _status("error", _message(e))
+    finally:
+        if gen is not None:
+            try:
+                gen.close()
+            except BaseException:
+                pass
+        if model is not None:
+            try:
+                model.close()
+            except BaseException:
+                pass
+
+def run_inspect(paths_json, on_done):
+    model = None
+    try:
+        model = q4apr.open_model(json.loads(paths_json))
+        info = q4apr.inspect_model(model)
+        on_done(_js(info))
+        return _status("inspected")
+    except Exception as e:
+        return _status("error", _message(e))
+    finally:
+        if model is not None:
+            try:
+                model.close()
+            except BaseException:
+                pass
+
+def versions():
+    import platform
+    return json.dumps({
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "q4apr": getattr(q4apr, "__version__", None),
+    })
+`;
+
+let py = null;          // the Pyodide instance
+let ns = null;          // the driver's Python globals (a PyProxy of a dict)
+let api = null;         // {quantize, inspect}: PyProxies of the driver's functions
+const cancelled = new Set();
+let queue = Promise.resolve();
+
+function post(msg, transfer) {
+  self.postMessage(msg, transfer || []);
+}
+
+function describe(err) {
+  if (!err) return "unknown error";
+  if (typeof err === "string") return err;
+  return err.message || String(err);
+}
+
+async function boot() {
+  post({ type: MSG.BOOT, stage: "runtime", progress: 0.02 });
+  const indexURL = new URL("./pyodide/", import.meta.url).href;
+  py = await loadPyodide({
+    indexURL,
+    stdout: (s) => console.log("[py]", s),
+    stderr: (s) => console.warn("[py]", s),
+  });
+
+  post({ type: MSG.BOOT, stage: "numpy", progress: 0.6 });
+  const loadErrors = [];
+  await py.loadPackage("numpy", {
+    messageCallback: () => {},
+    errorCallback: (m) => loadErrors.push(String(m)),
+  });
+  // loadPackage resolves even when it failed: check that numpy really imports.
+  try {
+    py.runPython("import numpy");
+  } catch (e) {
+    const why = loadErrors.length ? loadErrors.join("; ") : describe(e).split("\n").filter(Boolean).pop();
+    throw new Error(`numpy could not be loaded (${why})`);
+  }
+
+  post({ type: MSG.BOOT, stage: "core", progress: 0.85 });
+  const res = await fetch(new URL("./q4apr.zip", import.meta.url));
+  if (!res.ok) throw new Error(`the q4apr core could not be fetched (HTTP ${res.status})`);
+  const buf = await res.arrayBuffer();
+  py.unpackArchive(buf, "zip", { extractDir: "/lib/q4apr" });
+
+  const dict = py.globals.get("dict");
+  ns = dict();
+  dict.destroy();
+  try {
+    py.runPython(DRIVER_PY, { globals: ns });
+  } catch (e) {
+    throw new Error(`the q4apr core could not be imported (${describe(e).split("\n").filter(Boolean).pop()})`);
+  }
+  api = { quantize: ns.get("run_quantize"), inspect: ns.get("run_inspect") };
+  const vfn = ns.get("versions");
+  const versions = JSON.parse(vfn());
+  vfn.destroy();
+  versions.pyodide = py.version;
+  post({ type: MSG.BOOT, stage: "core", progress: 1 });
+  post({ type: MSG.READY, versions });
+}
+
+const booted = boot().then(
+  () => true,
+  (err) => {
+    console.error(err);
+    post({ type: MSG.ERROR, id: null, message: `The Python runtime failed to start: ${describe(err)}` });
+    return false;
+  },
+);
+
+// ---- mounting the page's File objects (read lazily, never copied whole) ----
+
+function safeId(id) {
+  return String(id).replace(/[^A-Za-z0-9_-]/g, "_") || "job";
+}
+
+function mount(id, files) {
+  const FS = py.FS;
+  const dir = `/in/${safeId(id)}`;
+  try { FS.mkdir("/in"); } catch (_) { /* exists */ }
+  try { FS.mkdir(dir); } catch (_) { /* exists */ }
+  FS.mount(FS.filesystems.WORKERFS, { files }, dir);
+  // Model files first (by name), the shard index last.
+  const names = files.map((f) => f.name);
+  names.sort((a, b) => {
+    const ja = a.toLowerCase().endsWith(".json"), jb = b.toLowerCase().endsWith(".json");
+    if (ja !== jb) return ja ? 1 : -1;
+    return a < b ? -1 : a > b ? 1 : 0;
+  });
+  return { dir, paths: names.map((n) => `${dir}/${n}`) };
+}
+
+function unmount(dir) {
+  const FS = py.FS;
+  try { FS.unmount(dir); } catch (_) { /* not mounted */ }
+  try { FS.rmdir(dir); } catch (_) { /* gone */ }
+}
+
+function checkFiles(files) {
+  if (!Array.isArray(files) || files.length === 0) return "no file was given";
+  const seen = new Set();
+  for (const f of files) {
+    if (!(f instanceof Blob) || typeof f.name !== "string") return "the selection holds something that is not a file";
+    if (seen.has(f.name)) return `two files are both named ${f.name}`;
+    seen.add(f.name);
+  }
+  return null;
+}
+
+// Copy a Python bytes object (a PyProxy, or already a typed array) into a fresh,
+// exactly sized ArrayBuffer that can be transferred.
+function toArrayBuffer(b) {
+  if (b instanceof ArrayBuffer) return b;
+  if (ArrayBuffer.isView(b)) {
+    const u8 = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    return u8.slice().buffer;
+  }
+  const pb = b.getBuffer("u8");
+  try {
+    return pb.data.slice().buffer;
+  } finally {
+    pb.release();
+  }
+}
+
+// ---- jobs ----
+
+async function runQuantize(msg) {
+  const { id } = msg;
+  const problem = checkFiles(msg.files);
+  if (problem) return post({ type: MSG.ERROR, id, message: problem });
+  const options = { ...(msg.options || {}) };
+  if (options.chunk_bytes == null) delete options.chunk_bytes;
+
+  const { dir, paths } = mount(id, msg.files);
+  let outcome = null;
+  try {
+    const onChunk = (b) => {
+      const data = toArrayBuffer(b);
+      post({ type: MSG.CHUNK, id, data }, [data]);
+    };
+    const onProgress = (done, total, tensor) => {
+      post({ type: MSG.PROGRESS, id, done: Number(done), total: Number(total), tensor: String(tensor) });
+    };
+    let report = null, head = null;
+    const onDone = (r, h) => {
+      report = r;
+      head = toArrayBuffer(h);
+    };
+    const isCancelled = () => cancelled.has(id);
+    const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onProgress, onDone, isCancelled);
+    let status;
+    try {
+      status = JSON.parse(await coro);
+    } finally {
+      if (coro && typeof coro.destroy === "function") coro.destroy();
+    }
+    if (status.status === "done") {
+      outcome = { type: MSG.DONE, id, report, head };
+    } else if (status.status === "cancelled") {
+      outcome = { type: MSG.CANCELLED, id };
+    } else {
+      outcome = { type: MSG.ERROR, id, message: status.message || "unknown error" };
+    }
+  } catch (err) {
+    outcome = { type: MSG.ERROR, id, message: `internal error: ${describe(err)}` };
+  } finally {
+    unmount(dir);
+    cancelled.delete(id);
+  }
+  if (outcome.type === MSG.DONE) post(outcome, [outcome.head]);
+  else post(outcome);
+}
+
+async function runInspect(msg) {
+  const { id } = msg;
+  const problem = checkFiles(msg.files);
+  if (problem) return post({ type: MSG.ERROR, id, message: problem });
+  const { dir, paths } = mount(id, msg.files);
+  try {
+    let info = null;
+    const status = JSON.parse(api.inspect(JSON.stringify(paths), (i) => { info = i; }));
+    if (status.status === "inspected") post({ type: MSG.INSPECTED, id, info });
+    else post({ type: MSG.ERROR, id, message: status.message || "unknown error" });
+  } catch (err) {
+    post({ type: MSG.ERROR, id, message: `internal error: ${describe(err)}` });
+  } finally {
+    unmount(dir);
+    cancelled.delete(id);
+  }
+}
+
+self.onmessage = (ev) => {
+  const msg = ev.data || {};
+  if (msg.type === MSG.CANCEL) {
+    cancelled.add(msg.id);
+    return;
+  }
+  if (msg.type !== MSG.QUANTIZE && msg.type !== MSG.INSPECT) {
+    post({ type: MSG.ERROR, id: msg.id ?? null, message: `unknown request ${JSON.stringify(msg.type)}` });
+    return;
+  }
+  // One job at a time, in order of arrival.
+  queue = queue.then(async () => {
+    if (!(await booted)) {
+      post({ type: MSG.ERROR, id: msg.id, message: "the Python runtime is not available" });
+      return;
+    }
+    if (cancelled.has(msg.id)) {
+      cancelled.delete(msg.id);
+      post({ type: MSG.CANCELLED, id: msg.id });
+      return;
+    }
+    if (msg.type === MSG.QUANTIZE) await runQuantize(msg);
+    else await runInspect(msg);
+  }).catch((err) => {
+    post({ type: MSG.ERROR, id: msg.id, message: `internal error: ${describe(err)}` });
+  });
+};
