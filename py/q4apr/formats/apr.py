@@ -1,0 +1,214 @@
+"""APR v2 (Aprender): 64-byte header, JSON metadata, sorted tensor index, 64-aligned data,
+CRC32 footer. Byte layout per shared/docs/apr-v2.md; the writer reproduces Aprender's."""
+
+import json
+import os
+import struct
+import zlib
+
+from ..dtypes import BY_APR, tensor_nbytes
+from ..errors import BadInput
+from ..model import Model, TensorEntry, model_name
+
+MAGIC = b"APR\0"
+FLAG_ROW_MAJOR, FLAG_QUANTIZED, FLAG_COLUMN_MAJOR = 0x0400, 0x0020, 0x0800
+FLAG_UNSUPPORTED = {0x1: "LZ4 compression", 0x2: "ZSTD compression", 0x4: "encryption"}
+MAX_NDIM, MAX_NAME = 8, 256
+MAX_METADATA = 64 << 20
+QUANTIZATION = {"quant_type": "q4_0", "bits": 4, "block_size": 32, "symmetric": True}
+
+
+def align64(n):
+    return (n + 63) & ~63
+
+
+def header_crc(header):
+    """CRC32 of the header with its checksum field (bytes 40..44) left out."""
+    return zlib.crc32(header[:40] + header[44:64])
+
+
+def pack_header(flags, tensor_count, metadata_size, index_len):
+    index_off = 64 + align64(metadata_size)
+    data_off = index_off + align64(index_len)
+    h = bytearray(64)
+    h[0:4] = MAGIC
+    h[4:6] = bytes([2, 0])
+    struct.pack_into("<HIQIQQ", h, 6, flags, tensor_count, 64, metadata_size, index_off, data_off)
+    struct.pack_into("<I", h, 40, header_crc(h))
+    return bytes(h)
+
+
+def pack_entry(name, dtype, shape, offset, size):
+    b = name.encode("utf-8")
+    return (struct.pack("<H", len(b)) + b + struct.pack("<BB", dtype.apr, len(shape))
+            + struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<QQ", offset, size))
+
+
+def metadata_json(metadata):
+    """Compact JSON as serde_json writes it (UTF-8, no spaces, keys in the given order)."""
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def output_metadata(model, param_count):
+    """An APR input keeps its metadata (so a second pass changes nothing); others get ours."""
+    if model.format == "apr":
+        meta = dict(model.metadata)
+    else:
+        meta = {"name": model.name, "original_format": model.format}
+        arch = model.metadata.get("general.architecture") if model.format == "gguf" else None
+        if isinstance(arch, str):
+            meta["model_type"] = arch
+        if model.format == "gguf":
+            scalars = {k: v for k, v in model.metadata.items()
+                       if isinstance(v, (int, float, str, bool)) and not
+                       (isinstance(v, str) and v.startswith("[") and "×" in v)}
+            if scalars:
+                meta["gguf_metadata"] = scalars
+        elif model.metadata:
+            meta["source_metadata"] = model.metadata
+    meta["param_count"] = param_count
+    meta["quantization"] = dict(QUANTIZATION)
+    return meta
+
+
+class Layout:
+    """The head of an APR file: its size is fixed before the data, its content after."""
+
+    format = "apr"
+
+    def __init__(self, metadata, names_shapes, flags=None):
+        self.metadata = metadata_json(metadata)
+        self.flags = flags
+        self._order = sorted(names_shapes, key=lambda ns: ns[0].encode("utf-8"))
+        index_len = sum(2 + len(n.encode("utf-8")) + 2 + 8 * len(s) + 16 for n, s in names_shapes)
+        self._index_len = index_len
+        self.head_len = 64 + align64(len(self.metadata)) + align64(index_len)
+
+    @property
+    def order(self):
+        """Names in the order the data must be written: sorted by bytes."""
+        return [n for n, _ in self._order]
+
+    def tensor_start(self, data_len):
+        return align64(data_len)
+
+    def tensor_end(self, data_len):
+        return align64(data_len)
+
+    def head(self, records):
+        flags = self.flags
+        if flags is None:
+            flags = FLAG_ROW_MAJOR | (FLAG_QUANTIZED if any(r[2].quantized for r in records) else 0)
+        index = b"".join(pack_entry(r[0], r[2], r[1], r[3], r[4]) for r in
+                         sorted(records, key=lambda r: r[0].encode("utf-8")))
+        assert len(index) == self._index_len
+        m = len(self.metadata)
+        return (pack_header(flags, len(records), m, len(index)) + self.metadata
+                + bytes(align64(m) - m) + index + bytes(align64(len(index)) - len(index)))
+
+    def footer(self, head, data_crc, data_len):
+        from ..crc import crc32_combine
+        return struct.pack("<I", crc32_combine(zlib.crc32(head), data_crc, data_len))
+
+
+def read(path, check_crc=True):
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        h = f.read(64)
+        if len(h) < 64:
+            raise BadInput(f"too short for an APR file ({size} bytes, the header alone is 64)", path)
+        if h[:4] != MAGIC:
+            raise BadInput(f"not an APR v2 file (magic {h[:4]!r})", path)
+        if h[4] != 2:
+            raise BadInput(f"APR version {h[4]}.{h[5]} is not supported (2.x is)", path)
+        flags, count, meta_off, meta_size, index_off, data_off = struct.unpack_from("<HIQIQQ", h, 6)
+        (crc,) = struct.unpack_from("<I", h, 40)
+        if crc != header_crc(h):
+            raise BadInput("header checksum mismatch (the file is damaged)", path)
+        if flags & FLAG_COLUMN_MAJOR:
+            raise BadInput("column-major tensors are not supported", path)
+        for bit, what in FLAG_UNSUPPORTED.items():
+            if flags & bit:
+                raise BadInput(f"{what} is not supported", path)
+        if not (64 <= meta_off and meta_off + meta_size <= index_off <= data_off <= size - 4):
+            raise BadInput(f"section offsets out of order or past the end (metadata {meta_off}+"
+                           f"{meta_size}, index {index_off}, data {data_off}, file {size})", path)
+        if meta_size > MAX_METADATA:
+            raise BadInput(f"metadata of {meta_size} bytes is over the limit", path)
+        if check_crc:   # a damaged file is reported as damaged, before its content is read
+            check_footer(path, size)
+        f.seek(meta_off)
+        try:
+            meta = json.loads(f.read(meta_size).decode("utf-8")) if meta_size else {}
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise BadInput(f"metadata is not valid JSON ({str(e)[:80]})", path) from None
+        if not isinstance(meta, dict):
+            raise BadInput("metadata is not a JSON object", path)
+        f.seek(index_off)
+        index = f.read(data_off - index_off)
+    entries = _parse_index(path, index, count, data_off, size)
+    return Model("apr", [path], str(meta.get("name") or model_name(path)), entries, meta,
+                 {"flags": flags})
+
+
+def _parse_index(path, index, count, data_off, size):
+    entries, pos, prev = [], 0, None
+    if count > len(index) // 21:   # an entry takes at least 21 bytes
+        raise BadInput(f"tensor count {count} cannot fit in an index of {len(index)} bytes", path)
+    for i in range(count):
+        try:
+            (n,) = struct.unpack_from("<H", index, pos)
+            raw = index[pos + 2: pos + 2 + n]
+            dcode, ndim = struct.unpack_from("<BB", index, pos + 2 + n)
+            if ndim > MAX_NDIM:
+                raise BadInput(f"ndim {ndim} is over {MAX_NDIM}", path, raw.decode("utf-8", "replace"))
+            shape = struct.unpack_from(f"<{ndim}Q", index, pos + 4 + n)
+            offset, nbytes = struct.unpack_from("<QQ", index, pos + 4 + n + 8 * ndim)
+        except struct.error:
+            raise BadInput(f"the tensor index ends inside entry #{i}", path) from None
+        if len(raw) != n:
+            raise BadInput(f"the tensor index ends inside entry #{i}", path)
+        pos += 4 + n + 8 * ndim + 16
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadInput(f"tensor name #{i} is not UTF-8", path) from None
+        if prev is not None and raw <= prev:
+            raise BadInput("tensor names are not sorted and unique (the index is invalid)", path, name)
+        prev = raw
+        dtype = BY_APR.get(dcode)
+        if dtype is None:
+            raise BadInput(f"unknown dtype code {dcode}", path, name)
+        if any(d >= 1 << 48 for d in shape):
+            raise BadInput(f"shape {list(shape)} is too large", path, name)
+        want = tensor_nbytes(dtype, shape) if dtype.name in ("APR_Q4", "APR_Q8") or not dtype.quantized \
+            else None
+        if want is not None and nbytes != want:
+            raise BadInput(f"size {nbytes} does not match shape {list(shape)} of {dtype.name} "
+                           f"({want} bytes)", path, name)
+        start = data_off + offset
+        if start + nbytes > size - 4:
+            raise BadInput(f"data at {start}..{start + nbytes} runs past the end of the file", path, name)
+        entries.append(TensorEntry(name, tuple(shape), dtype, nbytes, path, start))
+    return entries
+
+
+def check_footer(path, size=None):
+    """The last 4 bytes must be the CRC32 of everything before them."""
+    size = os.path.getsize(path) if size is None else size
+    crc = 0
+    with open(path, "rb") as f:
+        left = size - 4
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        while left > 0:
+            n = f.readinto(view[: min(left, len(buf))])
+            if not n:
+                break
+            crc = zlib.crc32(view[:n], crc)
+            left -= n
+        stored = f.read(4)
+    if len(stored) != 4 or struct.unpack("<I", stored)[0] != crc:
+        raise BadInput("footer checksum mismatch (the file is damaged or truncated)", path)
+

@@ -1,0 +1,142 @@
+"""numpy's .npy (one array) and .npz (a zip of .npy members, stored or deflated).
+
+The header is parsed here, with limits, instead of by numpy: np.load would
+allocate the whole array at once, and a header is a Python literal from a stranger.
+"""
+
+import ast
+import os
+import struct
+import zipfile
+
+import numpy as np
+
+from ..dtypes import from_numpy, numel
+from ..errors import BadInput
+from ..model import Model, TensorEntry, check_names, model_name
+
+MAGIC = b"\x93NUMPY"
+MAX_HEADER = 1 << 16
+
+
+def parse_header(f, path, tensor=None):
+    """(dtype, shape, header length) of a .npy stream positioned at its start."""
+    pre = f.read(8)
+    if len(pre) < 8 or pre[:6] != MAGIC:
+        raise BadInput("not a .npy array (bad magic)", path, tensor)
+    major = pre[6]
+    if major == 1:
+        raw = f.read(2)
+        n = struct.unpack("<H", raw)[0] if len(raw) == 2 else -1
+        start = 10
+    elif major in (2, 3):
+        raw = f.read(4)
+        n = struct.unpack("<I", raw)[0] if len(raw) == 4 else -1
+        start = 12
+    else:
+        raise BadInput(f".npy format version {major} is not supported", path, tensor)
+    if n < 0 or n > MAX_HEADER:
+        raise BadInput(f".npy header length {n} is out of range", path, tensor)
+    text = f.read(n)
+    if len(text) != n:
+        raise BadInput("file ends inside the .npy header", path, tensor)
+    try:
+        d = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin1"))
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+        raise BadInput("the .npy header is not a valid dictionary", path, tensor) from None
+    if not isinstance(d, dict) or not {"descr", "fortran_order", "shape"} <= set(d):
+        raise BadInput("the .npy header lacks descr, fortran_order or shape", path, tensor)
+    shape = d["shape"]
+    if (not isinstance(shape, tuple) or len(shape) > 32
+            or not all(type(x) is int and 0 <= x < 1 << 48 for x in shape)):
+        raise BadInput(f"bad shape {shape!r}", path, tensor)
+    try:
+        npdt = np.dtype(d["descr"]) if isinstance(d["descr"], str) else None
+    except TypeError:
+        npdt = None
+    dtype = from_numpy(npdt) if npdt is not None and npdt.fields is None else None
+    if dtype is None:
+        raise BadInput(f"array dtype {d['descr']!r} is not supported (use little-endian float "
+                       "or integer)", path, tensor)
+    if d["fortran_order"] and len(shape) > 1:
+        raise BadInput("Fortran-ordered arrays are not supported (save with "
+                       "np.ascontiguousarray)", path, tensor)
+    return dtype, shape, start + n
+
+
+def read_npy(path):
+    size = os.path.getsize(path)
+    name = model_name(path)
+    with open(path, "rb") as f:
+        dtype, shape, off = parse_header(f, path)
+    nbytes = numel(shape) * dtype.type_size
+    if off + nbytes != size:
+        raise BadInput(f"shape {list(shape)} of {dtype.name} needs {nbytes} bytes of data but the "
+                       f"file holds {size - off}", path, name)
+    return Model("npy", [path], name, [TensorEntry(name, tuple(shape), dtype, nbytes, path, off)])
+
+
+def read_npz(path):
+    try:
+        zf = zipfile.ZipFile(path)
+        members = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise BadInput(f"not a readable .npz (zip) file ({e})", path) from None
+    entries = []
+    with zf:
+        for info in members:
+            if info.is_dir():
+                continue
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise BadInput("zip compression method is not supported", path, name)
+            try:
+                with zf.open(info) as m:
+                    dtype, shape, hlen = parse_header(m, path, name)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                raise BadInput(f"damaged zip member ({e})", path, name) from None
+            nbytes = numel(shape) * dtype.type_size
+            if hlen + nbytes != info.file_size:
+                raise BadInput(f"shape {list(shape)} of {dtype.name} needs {nbytes} bytes of data "
+                               f"but the member holds {info.file_size - hlen}", path, name)
+            entries.append(TensorEntry(name, tuple(shape), dtype, nbytes, path,
+                                       opener=_member_opener(path, info, hlen, name)))
+    check_names(path, entries)
+    return Model("npz", [path], model_name(path), entries)
+
+
+def _member_opener(path, info, skip, name):
+    """A function that opens the member and skips its .npy header (works deflated too)."""
+    def open_member():
+        zf = zipfile.ZipFile(path)
+        try:
+            m = zf.open(info)
+            m.read(skip)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            zf.close()
+            raise BadInput(f"damaged zip member ({e})", path, name) from None
+        return _Member(zf, m, path, name)
+    return open_member
+
+
+class _Member:
+    """A zip member reader that closes its archive too, and turns zip errors into BadInput."""
+
+    def __init__(self, zf, m, path, name):
+        self.zf, self.m, self.path, self.name = zf, m, path, name
+
+    def readinto(self, buf):
+        try:
+            return self.m.readinto(buf)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise BadInput(f"damaged zip member ({e})", self.path, self.name) from None
+
+    def close(self):
+        self.m.close()
+        self.zf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,139 @@
+"""A model opened for reading: its tensors as byte ranges, read chunk by chunk.
+
+Every reader turns a file into TensorEntry records that say where each tensor's
+bytes are; nothing is loaded until the pipeline reads it, in chunks, into a
+buffer it reuses. That is what lets a 3 GB model pass through a 256 MiB heap.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from .dtypes import DType
+from .errors import BadInput
+
+
+@dataclass
+class TensorEntry:
+    name: str
+    shape: tuple
+    dtype: DType
+    nbytes: int
+    path: str
+    offset: int = 0
+    opener: object = None   # callable() -> readable positioned at the tensor (e.g. a zip member)
+
+    def open(self):
+        """A binary reader positioned at the first byte of this tensor."""
+        if self.opener is not None:
+            return self.opener()
+        f = open(self.path, "rb")
+        f.seek(self.offset)
+        return f
+
+    @property
+    def n_elements(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Model:
+    format: str
+    paths: list
+    name: str
+    tensors: list
+    metadata: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)   # format-specific (GGUF key/values, APR flags)
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_exact(f, n, path, what):
+    """n bytes from f, or a BadInput that says the file ended inside `what`."""
+    data = f.read(n)
+    if len(data) != n:
+        raise BadInput(f"file ends inside {what} (wanted {n} bytes, got {len(data)})", path)
+    return data
+
+
+def check_range(path, file_size, offset, nbytes, tensor, what="data"):
+    """A tensor's bytes must lie inside the file."""
+    if offset < 0 or nbytes < 0 or offset + nbytes > file_size:
+        raise BadInput(f"{what} at bytes {offset}..{offset + nbytes} lies outside the file "
+                       f"({file_size} bytes)", path, tensor)
+
+
+def check_names(path, entries):
+    seen = set()
+    for e in entries:
+        if e.name in seen:
+            raise BadInput("duplicate tensor name", path, e.name)
+        seen.add(e.name)
+
+
+def model_name(path):
+    """'model' from '/x/model-00001-of-00002.safetensors'."""
+    base = os.path.basename(path)
+    for ext in (".safetensors", ".gguf", ".apr", ".npy", ".npz", ".index.json", ".json"):
+        if base.lower().endswith(ext):
+            base = base[: -len(ext)]
+            break
+    base = re.sub(r"-\d{5}-of-\d{5}$", "", base)
+    return base or "model"
+
+
+def sniff(path):
+    """The format of a file, by its first bytes (then its name)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise BadInput(f"cannot read ({e.strerror or e})", path) from None
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if head[:4] == b"APR\0":
+        return "apr"
+    if head[:6] == b"\x93NUMPY":
+        return "npy"
+    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
+        return "npz"
+    low = path.lower()
+    if low.endswith(".json"):
+        return "index"
+    if low.endswith(".safetensors") or (len(head) >= 9 and head[8:9] == b"{"):
+        return "safetensors"
+    if head[:3] in (b"APR",) or low.endswith(".apr"):
+        return "apr"
+    if not head:
+        raise BadInput("the file is empty", path)
+    raise BadInput("not a model file q4apr knows (safetensors, GGUF, APR, .npy, .npz)", path)
+
+
+def open_model(paths):
+    """Open one model from one file, or from safetensors shards and their index."""
+    from .formats import apr, gguf, numpy_files, safetensors
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise BadInput("no input file given")
+    kinds = [sniff(p) for p in paths]
+    if set(kinds) <= {"safetensors", "index"}:
+        return safetensors.read(paths, kinds)
+    if len(paths) > 1:
+        raise BadInput("give one model file (or safetensors shards with their index); got "
+                       + ", ".join(os.path.basename(p) for p in paths))
+    reader = {"gguf": gguf.read, "apr": apr.read, "npy": numpy_files.read_npy,
+              "npz": numpy_files.read_npz}[kinds[0]]
+    return reader(paths[0])

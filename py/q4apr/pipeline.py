@@ -1,0 +1,299 @@
+"""The streaming pipeline: tensors are read, converted and written one after the
+other, chunk by chunk, through buffers reused for the whole run.
+
+quantize_steps is a generator that yields after every chunk: the CLI drives it
+in a loop, the browser worker awaits between steps so a Cancel is seen at once.
+Peak extra memory is a few chunks, whatever the model's size.
+"""
+
+import dataclasses
+import os
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import codecs, policy
+from .dtypes import APR_Q4, F16, F32, numel
+from .errors import BadInput, Cancelled, Q4Error
+from .formats import apr, gguf
+from .model import model_name
+from .report import Report, TensorReport
+
+FORMATS = ("apr", "gguf")
+CODECS = {"APR_Q4": codecs.AprQ4, "Q4_0": codecs.Q4_0, "Q8_0": codecs.Q8_0}
+APRENDER_MIN_SCALE = 2.0 ** -14  # Aprender reads smaller scales as 0
+
+
+@dataclass
+class Options:
+    format: str = "apr"
+    keep_embeddings_f16: bool = False
+    keep_output_f16: bool = False
+    pure: bool = False
+    skip: tuple = ()
+    chunk_bytes: int = 4 << 20
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise BadInput(f"unknown output format {self.format!r} (use apr or gguf)")
+        if isinstance(self.skip, str):
+            self.skip = (self.skip,)
+        self.skip = tuple(p.strip() for p in self.skip if p and p.strip())
+        if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 128:
+            raise BadInput(f"chunk size {self.chunk_bytes!r} is too small (at least 128 bytes)")
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise BadInput("unknown option(s): " + ", ".join(unknown))
+        return cls(**{k: v for k, v in d.items() if v is not None})
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    tensor: str
+
+
+class _Overflow(Exception):
+    """A Q4 scale does not fit in f16: the tensor is written again at F32."""
+
+
+def output_name(inputs, fmt):
+    """model.safetensors (or its shards) -> model.apr (APR) or model.Q4_0.gguf (GGUF)."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    files = [p for p in inputs if not p.lower().endswith(".json")] or list(inputs)
+    stem = model_name(os.path.basename(files[0]))
+    for suffix in (".Q4_0", ".q4_0", ".Q4", ".q4"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return f"{stem}.apr" if fmt == "apr" else f"{stem}.Q4_0.gguf"
+
+
+def plan(model, options):
+    """(entry, Decision) for every tensor, in the order the output file stores them."""
+    decisions = []
+    for e in model.tensors:
+        d = policy.decide(e, options, model.format)
+        if d is None:
+            raise BadInput(f"{e.dtype.name} tensors cannot be stored in {options.format.upper()}",
+                           model.paths[0], e.name)
+        if e.dtype.quantized and e.dtype is not d.dtype_out and e.dtype.name not in CODECS:
+            raise BadInput(f"{e.dtype.name} tensors cannot be decoded by q4apr", model.paths[0],
+                           e.name)
+        decisions.append((e, d))
+    if options.format == "apr":
+        decisions.sort(key=lambda ed: ed[0].name.encode("utf-8"))
+    return decisions
+
+
+def make_layout(model, options, decisions):
+    names_shapes = [(e.name, e.shape) for e, _ in decisions]
+    if options.format == "gguf":
+        for e, _ in decisions:
+            if not e.shape:
+                raise BadInput("GGUF cannot hold a 0-D tensor", model.paths[0], e.name)
+            if len(e.shape) > gguf.MAX_DIMS:
+                raise BadInput(f"GGUF holds at most {gguf.MAX_DIMS} dims, this has "
+                               f"{len(e.shape)}", model.paths[0], e.name)
+        return gguf.Layout(model, names_shapes)
+    for e, _ in decisions:
+        if len(e.shape) > apr.MAX_NDIM:
+            raise BadInput(f"APR holds at most {apr.MAX_NDIM} dims", model.paths[0], e.name)
+        if len(e.name.encode("utf-8")) > apr.MAX_NAME:
+            raise BadInput(f"APR names are at most {apr.MAX_NAME} bytes", model.paths[0], e.name)
+    params = sum(numel(e.shape) for e in model.tensors)
+    return apr.Layout(apr.output_metadata(model, params), names_shapes)
+
+
+class _Buffers:
+    """Scratch space for one run, sized by the chunk, reused by every tensor."""
+
+    def __init__(self, chunk_elems):
+        self.n = chunk_elems
+        self.raw = bytearray(chunk_elems * 8)              # F64 is the widest input
+        self.x = np.empty(chunk_elems, np.float32)          # decoded input
+        self.y = np.empty(chunk_elems, np.float32)          # decoded output, for the error
+        self.f16 = np.empty(chunk_elems, np.float16)
+        self.q = np.empty(chunk_elems // 32 * 34 + 34, np.uint8)  # widest block type
+
+
+def quantize_steps(model, sink, options):
+    """Write model to sink in options.format; yield Progress per chunk; return the Report."""
+    t0 = time.perf_counter()
+    decisions = plan(model, options)
+    layout = make_layout(model, options, decisions)
+    total = sum(e.nbytes for e, _ in decisions)
+    chunk_elems = max(32, options.chunk_bytes // 4 // 32 * 32)
+    bufs = _Buffers(chunk_elems)
+    report = Report(model.format, [os.path.basename(p) for p in model.paths],
+                    sum(os.path.getsize(p) for p in model.paths), options.format,
+                    output_name(model.paths, options.format),
+                    params=sum(numel(e.shape) for e in model.tensors))
+    sink.begin(layout.head_len)
+    try:
+        records, crc, done = [], 0, 0
+        for entry, decision in decisions:
+            _pad(sink, layout.tensor_start(sink.size), layout)
+            start, crc_start = sink.size, crc
+            try:
+                stats = yield from _write_tensor(model, entry, decision.dtype_out, sink, bufs,
+                                                 done, total, layout, crc)
+            except _Overflow:
+                sink.truncate(start)
+                decision = policy.Decision(F32, "convert", "a Q4 scale overflows f16: kept at F32")
+                stats = yield from _write_tensor(model, entry, F32, sink, bufs, done, total,
+                                                 layout, crc_start)
+            crc = stats["crc"]
+            size = sink.size - start
+            crc = _pad(sink, layout.tensor_end(sink.size), layout, crc)
+            done += entry.nbytes
+            records.append((entry.name, entry.shape, decision.dtype_out, start, size))
+            report.tensors.append(TensorReport(
+                entry.name, list(entry.shape), entry.dtype.name, decision.dtype_out.name,
+                entry.nbytes, size, decision.action, decision.reason,
+                stats.get("mse"), stats.get("max_abs_err"), stats.get("warning")))
+        head = layout.head(records)
+        footer = layout.footer(head, crc, sink.size)
+        if footer:
+            sink.write(footer)
+        report.output_bytes = layout.head_len + sink.size
+        sink.finish(head)
+    except BaseException:
+        sink.abort()
+        raise
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def quantize(model, sink, options, progress=None, cancel=None):
+    """Run quantize_steps to the end; cancel() returning True stops it with Cancelled."""
+    steps = quantize_steps(model, sink, options)
+    try:
+        while True:
+            p = next(steps)
+            if progress is not None:
+                progress(p)
+            if cancel is not None and cancel():
+                raise Cancelled()
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        steps.close()   # on error or Ctrl-C: the generator aborts the sink
+
+
+def _pad(sink, to, layout, crc=None):
+    n = to - sink.size
+    if n > 0:
+        z = bytes(n)
+        sink.write(z)
+        if crc is not None and layout.format == "apr":
+            crc = zlib.crc32(z, crc)
+    return crc
+
+
+def _read_chunk(f, view, path, name):
+    """Fill view from f (short reads happen on zip members and WORKERFS), or fail clearly."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise BadInput(f"the file ends inside this tensor's data (it changed or is truncated)",
+                           path, name)
+        got += n
+
+
+def _write_tensor(model, entry, dtype_out, sink, bufs, done, total, layout, crc):
+    """Stream one tensor; a generator yielding Progress; returns stats (crc, mse, ...)."""
+    with_crc = layout.format == "apr"
+    src = entry.dtype
+    path = entry.path
+    n_total = numel(entry.shape)
+    stats = {}
+    try:
+        f = entry.open()
+    except OSError as e:
+        raise BadInput(f"cannot read ({e.strerror or e})", path, entry.name) from None
+    with f:
+        if dtype_out is src:
+            # a copy: the bytes as they are, chunk by chunk
+            left, pos = entry.nbytes, 0
+            while left:
+                k = min(bufs.n * 4, left)
+                view = memoryview(bufs.raw)[:k]
+                _read_chunk(f, view, path, entry.name)
+                sink.write(view)
+                if with_crc:
+                    crc = zlib.crc32(view, crc)
+                left -= k
+                pos += k
+                yield Progress(done + pos, total, entry.name)
+            stats["crc"] = crc
+            return stats
+        q4 = CODECS.get(dtype_out.name)
+        sq, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0, 0, 0
+        while i < n_total:
+            n = min(bufs.n, n_total - i)
+            k = src.nbytes(n)
+            view = memoryview(bufs.raw)[:k]
+            _read_chunk(f, view, path, entry.name)
+            x = _decode(src, view, n, bufs.x[:n])
+            if q4 is not None:
+                out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)])
+                scales = codecs.scales_f16(q4, out)
+                if not np.isfinite(scales).all():
+                    bad = np.flatnonzero(~np.isfinite(x))
+                    if bad.size:
+                        raise BadInput(f"non-finite weight {x[bad[0]]} at flat index {i + bad[0]} "
+                                       "(cannot be quantized)", path, entry.name)
+                    raise _Overflow()
+                if dtype_out is APR_Q4:
+                    low_scales += int(np.count_nonzero(np.abs(scales) < APRENDER_MIN_SCALE))
+                y = codecs.dequantize(q4, out, n, out=bufs.y[:n])
+                np.subtract(y, x, out=y)
+                sq += float(np.dot(y, y))
+                np.abs(y, out=y)
+                maxerr = max(maxerr, float(y.max()) if n else 0.0)
+            elif dtype_out is F16:
+                out = bufs.f16[:n]
+                np.copyto(out, x, casting="same_kind")
+            elif dtype_out is F32:
+                out = x
+            else:
+                raise Q4Error(f"internal: no conversion {src.name} -> {dtype_out.name}")
+            mv = memoryview(out).cast("B")
+            sink.write(mv)
+            if with_crc:
+                crc = zlib.crc32(mv, crc)
+            i += n
+            pos_in += k
+            yield Progress(done + pos_in, total, entry.name)
+    stats["crc"] = crc
+    if q4 is not None:
+        stats["mse"] = sq / n_total if n_total else 0.0
+        stats["max_abs_err"] = maxerr
+        if low_scales:
+            stats["warning"] = (f"{low_scales} block(s) have a scale below 2^-14: Aprender "
+                                "decodes them as zeros")
+    return stats
+
+
+def _decode(src, view, n, out):
+    """n elements of `src` bytes as float32 (a view when they already are)."""
+    if src is F32:
+        return np.frombuffer(view, "<f4", n)
+    if src.name == "BF16":
+        u16 = np.frombuffer(view, "<u2", n)
+        np.left_shift(u16, 16, out=out.view(np.uint32), dtype=np.uint32)
+        return out
+    if src.name in CODECS:
+        return codecs.dequantize(CODECS[src.name], np.frombuffer(view, np.uint8), n, out=out)
+    np.copyto(out, np.frombuffer(view, src.numpy, n), casting="same_kind")
+    return out
+

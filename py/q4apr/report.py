@@ -1,0 +1,82 @@
+"""What a run did, as data: the page and the CLI both display this."""
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TensorReport:
+    name: str
+    shape: list
+    dtype_in: str
+    dtype_out: str
+    bytes_in: int
+    bytes_out: int
+    action: str
+    reason: str
+    mse: float | None = None
+    max_abs_err: float | None = None
+    warning: str | None = None
+
+
+@dataclass
+class Report:
+    input_format: str
+    input_files: list
+    input_bytes: int
+    output_format: str
+    output_name: str
+    tensors: list = field(default_factory=list)
+    output_bytes: int = 0
+    params: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self):
+        bytes_in = sum(t.bytes_in for t in self.tensors)
+        bytes_out = sum(t.bytes_out for t in self.tensors)
+        return {
+            "input": {"format": self.input_format, "files": list(self.input_files),
+                      "bytes": self.input_bytes},
+            "output": {"format": self.output_format, "bytes": self.output_bytes,
+                       "name": self.output_name},
+            "tensors": [asdict(t) for t in self.tensors],
+            "totals": {
+                "params": self.params,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "ratio": bytes_in / bytes_out if bytes_out else None,
+                "file_ratio": self.input_bytes / self.output_bytes if self.output_bytes else None,
+                "seconds": self.seconds,
+                "tensors": len(self.tensors),
+                "quantized": sum(t.action == "quantize" for t in self.tensors),
+            },
+        }
+
+
+def human_bytes(n):
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def format_table(report):
+    """The report as a plain-text table for a terminal."""
+    d = report.to_dict()
+    rows = [("tensor", "shape", "dtype", "size", "mse", "why")]
+    for t in d["tensors"]:
+        rows.append((t["name"], "×".join(map(str, t["shape"])) or "scalar",
+                     f"{t['dtype_in']} → {t['dtype_out']}",
+                     f"{human_bytes(t['bytes_in'])} → {human_bytes(t['bytes_out'])}",
+                     f"{t['mse']:.3g}" if t["mse"] is not None else "",
+                     t["reason"] + (f" [{t['warning']}]" if t["warning"] else "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    lines.insert(1, "-" * min(120, len(lines[0])))
+    tot = d["totals"]
+    ratio = f"{tot['ratio']:.2f}×" if tot["ratio"] else "n/a"
+    lines.append("")
+    lines.append(f"{tot['tensors']} tensors ({tot['quantized']} quantized), "
+                 f"{tot['params']:,} params: {human_bytes(d['input']['bytes'])} → "
+                 f"{human_bytes(d['output']['bytes'])} ({ratio} on tensor data) "
+                 f"in {tot['seconds']:.2f} s")
+    return "\n".join(lines)
