@@ -68,7 +68,7 @@ const el = {
 // ---------------------------------------------------------------- formatting
 
 const nf = new Intl.NumberFormat("en");
-const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 2 });
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });
 
 function formatBytes(n) {
   n = Number(n);
@@ -391,10 +391,10 @@ function readOptions() {
   el.chunkHint.classList.remove("invalid");
   if (chunk) {
     const n = Number(chunk);
-    if (!Number.isSafeInteger(n) || n < 1) {
+    if (!Number.isSafeInteger(n) || n < 128) {
       el.chunk.setAttribute("aria-invalid", "true");
       el.chunkHint.classList.add("invalid");
-      throw new Error("The chunk size must be a whole number of bytes, 1 or more.");
+      throw new Error("The chunk size must be a whole number of bytes, at least 128.");
     }
     options.chunk_bytes = n;
   }
@@ -677,8 +677,8 @@ function renderChart(tensors, totals) {
       make("span", { className: `swatch c${colorIndex(k, all)}` }),
       make("span", { className: "mono", text: k }),
     ]);
-    const a = after.get(k);
-    if (a) li.append(make("span", { className: "muted", text: formatBytes(a) }));
+    const b = before.get(k), a = after.get(k);
+    li.append(make("span", { className: "muted", text: `${b ? formatBytes(b) : "–"} → ${a ? formatBytes(a) : "–"}` }));
     el.chartLegend.append(li);
   }
 }
@@ -689,6 +689,8 @@ function totalItem(label, value, detail, title) {
   if (title) dd.title = title;
   return make("div", {}, [make("dt", { text: label }), dd]);
 }
+
+const ACTION_TEXT = { quantize: "quantized", keep: "kept", convert: "converted", passthrough: "copied" };
 
 let reportRows = [];
 let reportSort = { key: null, dir: 1 };
@@ -756,11 +758,11 @@ function drawReportRows() {
     const same = t.dtype_in === t.dtype_out;
     dt.append(make("span", { className: "mono", text: same ? t.dtype_in : `${t.dtype_in} → ${t.dtype_out}` }));
     if (action) {
-      const tag = make("span", { className: `tag tag-${action.replace(/[^a-z_-]/gi, "")}`, text: action });
-      if (t.reason) tag.title = String(t.reason);
+      const tag = make("span", { className: `tag tag-${action.replace(/[^a-z_-]/gi, "")}`, text: ACTION_TEXT[action] || action });
       dt.append(tag);
     }
-    if (t.reason) dt.title = String(t.reason);
+    if (t.reason) dt.append(make("span", { className: "reason", text: String(t.reason) }));
+    if (t.warning) dt.append(make("span", { className: "warning", text: `⚠ ${t.warning}` }));
     tr.append(dt);
 
     tr.append(make("td", {
@@ -815,6 +817,7 @@ function valueText(v) {
   return s;
 }
 
+const INSPECT_SUMMARY_KEYS = new Set(["format", "metadata", "tensors", "files", "bytes", "name", "params"]);
 let inspectRows = [];
 
 function renderInspect(info, j) {
@@ -823,7 +826,14 @@ function renderInspect(info, j) {
   const bytes = tensors.reduce((a, t) => a + Number(t.nbytes || 0), 0);
   const params = tensors.reduce((a, t) => a + numel(t.shape), 0);
   el.inspectFile.textContent = j.name;
-  el.inspectSub.textContent = `${String(info.format || "?").toUpperCase()} · ${nf.format(tensors.length)} tensors · ${compact.format(params)} parameters · ${formatBytes(bytes)} of tensor data`;
+  const nfiles = Array.isArray(info.files) ? info.files.length : j.files.length;
+  const fileBytes = Number(info.bytes ?? j.files.reduce((a, f) => a + f.size, 0));
+  el.inspectSub.textContent = [
+    String(info.format || "?").toUpperCase(),
+    `${nfiles} ${nfiles === 1 ? "file" : "files"}, ${formatBytes(fileBytes)}`,
+    `${nf.format(tensors.length)} tensors (${formatBytes(bytes)})`,
+    `${compact.format(Number(info.params ?? params))} parameters`,
+  ].join(" · ");
 
   const frag = document.createDocumentFragment();
   const addRow = (k, v, cls) => {
@@ -834,7 +844,7 @@ function renderInspect(info, j) {
     frag.append(tr);
   };
   for (const [k, v] of Object.entries(info)) {
-    if (k === "metadata" || k === "tensors" || k === "format") continue;
+    if (INSPECT_SUMMARY_KEYS.has(k)) continue;
     addRow(k, v, "extra");
   }
   const keys = Object.keys(meta);
