@@ -213,7 +213,16 @@ def test_sample_model_round_trip_same_bytes_under_pyodide(dist_dir, tmp_path):
         assert browser[fmt]["digest"] == native[fmt]["digest"], fmt
         assert (py_dir / native[fmt]["name"]).read_bytes() == (nat_dir / native[fmt]["name"]).read_bytes()
         assert browser[fmt]["tensors"] == native[fmt]["tensors"]
-        assert browser[fmt]["report"]["tensors"] == native[fmt]["report"]["tensors"]
+        # the report's statistics are float sums: numpy's summation order differs between
+        # wasm32 and native SIMD builds, so mse may differ in the last digits (not the bytes)
+        b_rows, n_rows = browser[fmt]["report"]["tensors"], native[fmt]["report"]["tensors"]
+        assert len(b_rows) == len(n_rows)
+        for b, n in zip(b_rows, n_rows):
+            assert {**b, "mse": None} == {**n, "mse": None}
+            if n["mse"] is None:
+                assert b["mse"] is None, b["name"]
+            else:
+                assert b["mse"] == pytest.approx(n["mse"], rel=1e-4, abs=1e-12), b["name"]
         assert len(native[fmt]["tensors"]) == len(native["input"])
     assert browser["input"] == native["input"]
 
