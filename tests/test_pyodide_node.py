@@ -151,10 +151,10 @@ def test_shared_vectors_same_bytes_under_pyodide(shared_dir, tmp_path):
     core_ready()
     vectors = sorted((shared_dir / "vectors" / "apr").glob("*.npy"))
     assert vectors, "no .npy vectors in shared/vectors/apr"
-    args = ("--formats", "apr")
+    args = ("--formats", "apr,gguf")
     native = json.loads(run_native(QUANTIZE_FILES, *vectors, args=args, tmp_path=tmp_path))
     browser = json.loads(run_in_pyodide(QUANTIZE_FILES, *vectors, args=args))
-    assert len(native) == len(vectors)
+    assert len(native) == 2 * len(vectors)
     assert browser == native
 
 
