@@ -74,8 +74,10 @@ ensure_test_venv() {
   local want="${TEST_REQS[*]}"
   if [ "$(cat "$VENV/.q4apr-reqs" 2>/dev/null || true)" != "$want" ]; then
     say "installing into .venv: $want"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TEST_REQS[@]}" \
-      || die "pip could not install the test requirements from PyPI: $want"
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TEST_REQS[@]}" >"$VENV/pip.log" 2>&1; then
+      cat "$VENV/pip.log" >&2
+      die "pip could not install the test requirements from PyPI: $want"
+    fi
     printf '%s' "$want" >"$VENV/.q4apr-reqs"
   fi
 }
@@ -92,8 +94,10 @@ find_build_python() {
     local np
     np=$(printf '%s\n' "${TEST_REQS[@]}" | grep '^numpy==')
     say "numpy missing: installing $np into .venv"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$np" \
-      || die "pip could not install $np from PyPI (needed to generate the sample model)"
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$np" >"$VENV/pip.log" 2>&1; then
+      cat "$VENV/pip.log" >&2
+      die "pip could not install $np from PyPI (needed to generate the sample model)"
+    fi
     BUILD_PY=$VENV/bin/python
   fi
 }
