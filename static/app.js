@@ -601,6 +601,9 @@ el.sampleBtn.addEventListener("click", async () => {
   el.sampleBtn.disabled = true;
   const label = el.sampleBtn.textContent;
   el.sampleBtn.textContent = "Loading sample…";
+  hidePanels();
+  clearDownload();
+  setState("loading");
   try {
     const res = await fetch(SAMPLE_URL);
     if (!res.ok) throw new Error(`the server answered HTTP ${res.status}`);

@@ -1,0 +1,504 @@
+"""The web app end to end in Chromium: the built dist/, served on 127.0.0.1.
+
+Every download is compared byte for byte with the native core's output for the same
+input and options.  Screenshots of the main states go to tests/artifacts/ (gitignored).
+
+The page carries a strict CSP (no 'unsafe-eval'), so the tests wait on selectors and
+data-* attributes (body[data-boot], body[data-state]) instead of page.wait_for_function.
+"""
+
+import json
+import struct
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+import q4apr
+
+BOOT_MS = 90_000
+RUN_MS = 120_000
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+# ---------------------------------------------------------------- helpers
+
+def shot(page, name, full_page=True):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+
+
+def open_app(page, site_url):
+    page.set_default_timeout(60_000)
+    page.goto(site_url)
+    wait_booted(page)
+
+
+def wait_booted(page):
+    page.wait_for_selector('body[data-boot="ready"], body[data-boot="failed"]', state="attached", timeout=BOOT_MS)
+    assert page.get_attribute("body", "data-boot") == "ready", page.text_content("#error-panel")
+
+
+def wait_state(page, *states, timeout=RUN_MS):
+    sel = ", ".join(f'body[data-state="{s}"]' for s in states)
+    page.wait_for_selector(sel, state="attached", timeout=timeout)
+    return page.get_attribute("body", "data-state")
+
+
+def set_options(page, format="apr", keep_embeddings_f16=False, keep_output_f16=False, pure=False,
+                skip=(), chunk_bytes=None):
+    page.click(f'label[for="fmt-{format}"]')
+    page.set_checked("#opt-emb", keep_embeddings_f16)
+    page.set_checked("#opt-out", keep_output_f16)
+    page.set_checked("#opt-pure", pure)
+    page.fill("#opt-skip", ", ".join(skip))
+    if chunk_bytes is not None:
+        if page.get_attribute("details.advanced", "open") is None:
+            page.click("details.advanced summary")
+        page.fill("#opt-chunk", str(chunk_bytes))
+
+
+def choose(page, *paths):
+    page.set_input_files("#file-input", [str(p) for p in paths])
+
+
+def quantize(page, *paths):
+    if paths:
+        choose(page, *paths)
+    page.click("#quantize-btn")
+    state = wait_state(page, "done", "error")
+    assert state == "done", page.text_content("#error-panel")
+
+
+def download(page):
+    assert page.get_attribute("#download-link", "aria-disabled") is None
+    with page.expect_download() as info:
+        page.click("#download-link")
+    dl = info.value
+    return dl.suggested_filename, Path(dl.path()).read_bytes()
+
+
+def native(paths, **options):
+    with q4apr.open_model([str(p) for p in paths] if isinstance(paths, (list, tuple)) else str(paths)) as model:
+        sink = q4apr.MemorySink()
+        report = q4apr.quantize(model, sink, q4apr.Options(**options))
+    return sink.getvalue(), report.to_dict()
+
+
+def report_names(page):
+    return page.locator("#report-body td.name").all_text_contents()
+
+
+def llama_like(rng, dim=64, vocab=96, ff=128, layers=2):
+    t = {"model.embed_tokens.weight": rng.standard_normal((vocab, dim)),
+         "model.norm.weight": 1 + 0.1 * rng.standard_normal(dim),
+         "lm_head.weight": rng.standard_normal((vocab, dim))}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        for n in ("q", "k", "v", "o"):
+            t[p + f"self_attn.{n}_proj.weight"] = rng.standard_normal((dim, dim)) * 0.05
+        t[p + "mlp.gate_proj.weight"] = rng.standard_normal((ff, dim)) * 0.05
+        t[p + "mlp.up_proj.weight"] = rng.standard_normal((ff, dim)) * 0.05
+        t[p + "mlp.down_proj.weight"] = rng.standard_normal((dim, ff)) * 0.05
+        t[p + "input_layernorm.weight"] = np.ones(dim)
+        t[p + "post_attention_layernorm.weight"] = np.ones(dim)
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}
+
+
+@pytest.fixture
+def sample_path(dist_dir):
+    return dist_dir / "static" / "sample" / "model.safetensors"
+
+
+@pytest.fixture
+def st_file(tmp_path):
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(11)
+    t = llama_like(rng)
+    t["model.layers.1.mlp.up_proj.weight"] = t["model.layers.1.mlp.up_proj.weight"].astype(np.float16)
+    path = tmp_path / "tiny.safetensors"
+    save_file(t, str(path), metadata={"format": "pt", "note": "written by safetensors.numpy"})
+    return path
+
+
+@pytest.fixture
+def gguf_file(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(5)
+    path = tmp_path / "tiny.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny llama")
+    w.add_context_length(128)
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(96)])
+    w.add_tensor("token_embd.weight", rng.standard_normal((96, 64)).astype(np.float32))
+    w.add_tensor("blk.0.attn_q.weight", (0.05 * rng.standard_normal((64, 64))).astype(np.float16))
+    w.add_tensor("blk.0.ffn_up.weight", (0.05 * rng.standard_normal((128, 64))).astype(np.float32))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(64, np.float32))
+    w.add_tensor("output.weight", rng.standard_normal((96, 64)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_page_errors(request):
+    """Every test that uses the page ends with no uncaught script error and no CSP violation."""
+    page = request.getfixturevalue("page") if "page" in request.fixturenames else None
+    yield
+    if page is None:
+        return
+    assert page.page_errors == [], page.page_errors
+    csp = [t for _, t in page.console_messages if "Content Security Policy" in t]
+    assert csp == [], csp
+
+
+# ---------------------------------------------------------------- boot
+
+def test_boots_to_ready(page, site_url):
+    page.set_default_timeout(60_000)
+    page.goto(site_url)
+    shot(page, "01-booting", full_page=False)
+    assert page.get_attribute("body", "data-boot") in ("booting", "ready")
+    wait_booted(page)
+    assert page.text_content("#boot-text") == "Ready"
+    assert "numpy 2.0.2" in page.text_content("#versions")
+    assert page.is_enabled("#sample-btn")
+    assert not page.is_enabled("#quantize-btn")          # nothing chosen yet
+    shot(page, "02-ready")
+
+
+# ---------------------------------------------------------------- quantize and compare with native
+
+def test_sample_matches_native(page, site_url, sample_path):
+    open_app(page, site_url)
+    page.click("#sample-btn")
+    assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+    shot(page, "04-done")
+    name, data = download(page)
+    want, report = native(sample_path)
+    assert name == "model.apr" == report["output"]["name"]
+    assert data == want
+    # the report table and totals
+    assert len(report_names(page)) == len(report["tensors"])
+    assert page.text_content("#download-name") == "model.apr"
+    totals = page.text_content("#totals")
+    assert "Compression" in totals and "×" in totals
+    assert page.locator("#chart-rows .chart-row").count() == 2
+    assert page.locator("#chart-rows .seg").count() >= 2
+
+
+def test_safetensors_file_small_chunks_with_options(page, site_url, st_file):
+    opts = dict(keep_embeddings_f16=True, skip=("*.v_proj.*",), chunk_bytes=1000)
+    open_app(page, site_url)
+    set_options(page, **opts)
+    quantize(page, st_file)
+    name, data = download(page)
+    want, report = native(st_file, **opts)
+    assert name == "tiny.apr"
+    assert data == want
+    assert sorted(report_names(page)) == sorted(t["name"] for t in report["tensors"])
+    # the options did something: embeddings kept at F16, v_proj copied as is
+    rows = {r["name"]: r for r in report["tensors"]}
+    assert rows["model.embed_tokens.weight"]["dtype_out"] == "F16"
+    assert rows["model.layers.0.self_attn.v_proj.weight"]["dtype_out"] == "F32"
+
+
+def test_sharded_safetensors_with_index(page, site_url, tmp_path):
+    from safetensors.numpy import save_file
+    t = llama_like(np.random.default_rng(3), layers=2)
+    names = sorted(t)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    paths, weight_map = [], {}
+    for fn, keys in shards.items():
+        save_file({k: t[k] for k in keys}, str(tmp_path / fn))
+        paths.append(tmp_path / fn)
+        weight_map.update({k: fn for k in keys})
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": sum(v.nbytes for v in t.values())},
+                                 "weight_map": weight_map}))
+    paths.append(index)
+    open_app(page, site_url)
+    set_options(page, chunk_bytes=2048)
+    quantize(page, *paths)
+    name, data = download(page)
+    want, report = native(paths, chunk_bytes=2048)
+    assert name == report["output"]["name"]
+    assert data == want
+    assert len(report_names(page)) == len(t)
+
+
+def test_gguf_input_small_chunks(page, site_url, gguf_file):
+    open_app(page, site_url)
+    set_options(page, chunk_bytes=512)
+    quantize(page, gguf_file)
+    name, data = download(page)
+    want, report = native(gguf_file, chunk_bytes=512)
+    assert name == "tiny.apr"
+    assert data == want
+
+
+def test_gguf_output_format(page, site_url, sample_path):
+    open_app(page, site_url)
+    set_options(page, format="gguf", keep_output_f16=True, chunk_bytes=4096)
+    page.click("#sample-btn")
+    assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+    name, data = download(page)
+    want, report = native(sample_path, format="gguf", keep_output_f16=True, chunk_bytes=4096)
+    assert name == "model.Q4_0.gguf" == report["output"]["name"]
+    assert data[:4] == b"GGUF"
+    assert data == want
+
+
+def test_npy_input(page, site_url, tmp_path):
+    path = tmp_path / "weights.npy"
+    np.save(path, np.random.default_rng(2).standard_normal((64, 96)).astype(np.float32))
+    open_app(page, site_url)
+    set_options(page, chunk_bytes=1024)
+    quantize(page, path)
+    name, data = download(page)
+    want, report = native(path, chunk_bytes=1024)
+    assert name == report["output"]["name"] == "weights.apr"
+    assert data == want
+
+
+# ---------------------------------------------------------------- inspect
+
+def test_inspect_apr_and_gguf(page, site_url, sample_path, gguf_file, tmp_path):
+    apr = tmp_path / "model.apr"
+    apr.write_bytes(native(sample_path)[0])
+    open_app(page, site_url)
+
+    choose(page, apr)
+    page.click("#inspect-btn")
+    assert wait_state(page, "inspected", "error") == "inspected", page.text_content("#error-panel")
+    with q4apr.open_model(str(apr)) as m:
+        info = q4apr.inspect_model(m)
+    assert page.locator("#inspect-body tr").count() == len(info["tensors"])
+    assert "APR" in page.text_content("#inspect-sub")
+    assert "APR_Q4" in page.text_content("#inspect-body")
+    assert page.get_attribute("#download-link", "href") is None   # inspecting offers no file
+    shot(page, "06-inspect")
+
+    choose(page, gguf_file)
+    page.click("#inspect-btn")
+    assert wait_state(page, "inspected", "error") == "inspected", page.text_content("#error-panel")
+    meta = page.text_content("#meta-body")
+    assert "general.name" in meta and "tiny llama" in meta
+    assert "tokenizer.ggml.tokens" in meta and "llama.context_length" in meta
+    assert page.locator("#inspect-body tr").count() == 5
+
+
+# ---------------------------------------------------------------- cancel
+
+def test_cancel_then_next_run_works(page, site_url, tmp_path, sample_path):
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.safetensors"
+    save_file({f"layer.{i}.weight": rng.standard_normal((1024, 1024)).astype(np.float32) for i in range(6)},
+              str(big))                                           # 24 MiB
+    open_app(page, site_url)
+    set_options(page, chunk_bytes=4096)                           # thousands of steps
+    choose(page, big)
+    page.click("#quantize-btn")
+    page.wait_for_selector("#work-panel:not([hidden])")
+    # wait until it is visibly under way
+    page.wait_for_selector('#work-tensor:text-matches("layer")', timeout=30_000)
+    assert page.get_attribute("body", "data-state") == "working"
+    shot(page, "03-working")
+    t0 = time.monotonic()
+    page.click("#cancel-btn")
+    assert wait_state(page, "cancelled", "done", "error", timeout=5_000) == "cancelled"
+    assert time.monotonic() - t0 < 1.5
+    # the worker answered by itself (no forced restart) and nothing is offered
+    assert page.get_attribute("body", "data-boot") == "ready"
+    assert page.get_attribute("#download-link", "href") is None
+    assert page.is_hidden("#result-panel")
+    assert "Cancelled" in page.text_content("#error-title")
+    shot(page, "07-cancelled")
+
+    # the page is usable: the next run works and is right
+    page.fill("#opt-chunk", "")
+    page.click("#sample-btn")
+    assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+    name, data = download(page)
+    assert data == native(sample_path)[0]
+
+
+# ---------------------------------------------------------------- errors
+
+def test_corrupt_file_error_then_next_file_works(page, site_url, tmp_path, st_file):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(struct.pack("<Q", 40) + b'{"w": {"dtype": "F32", "shape": [4, 4], ' + b"\x00" * 30)
+    open_app(page, site_url)
+    choose(page, bad)
+    page.click("#quantize-btn")
+    assert wait_state(page, "error", "done") == "error"
+    title = page.text_content("#error-title")
+    message = page.text_content("#error-message")
+    assert "broken.safetensors" in title + message
+    assert "internal error" not in message and "Traceback" not in message
+    assert page.get_attribute("#download-link", "href") is None
+    assert page.is_hidden("#result-panel")
+    assert page.get_attribute("body", "data-boot") == "ready"     # the worker survived
+    shot(page, "05-error")
+
+    quantize(page, st_file)
+    name, data = download(page)
+    assert name == "tiny.apr"
+    assert data == native(st_file)[0]
+
+
+def test_truncated_tensor_data_names_file_and_tensor(page, site_url, tmp_path, st_file):
+    cut = tmp_path / "cut.safetensors"
+    raw = st_file.read_bytes()
+    cut.write_bytes(raw[: len(raw) - 3000])
+    open_app(page, site_url)
+    choose(page, cut)
+    page.click("#quantize-btn")
+    assert wait_state(page, "error", "done") == "error"
+    text = page.text_content("#error-title") + page.text_content("#error-message")
+    assert "cut.safetensors" in text
+
+
+def test_invalid_chunk_size_is_refused_in_page(page, site_url, st_file):
+    open_app(page, site_url)
+    set_options(page, chunk_bytes=5)
+    choose(page, st_file)
+    page.click("#quantize-btn")
+    assert page.get_attribute("#opt-chunk", "aria-invalid") == "true"
+    assert page.get_attribute("body", "data-state") == "idle"
+    assert "128" in page.text_content("#error-message")
+
+
+# ---------------------------------------------------------------- safety
+
+def test_markup_in_names_and_metadata_is_text(page, site_url, tmp_path):
+    from safetensors.numpy import save_file
+    evil_name = '<img src=x onerror="window.__pwned=1">'
+    evil_key = "<script>window.__pwned=2</script>"
+    evil_val = '<b id="injected" onmouseover="window.__pwned=3">bold</b>'
+    path = tmp_path / "evil.safetensors"
+    rng = np.random.default_rng(9)
+    save_file({evil_name: rng.standard_normal((64, 64)).astype(np.float32),
+               "ok.weight": rng.standard_normal((64, 64)).astype(np.float32)},
+              str(path), metadata={evil_key: evil_val})
+    open_app(page, site_url)
+    choose(page, path)
+    page.click("#inspect-btn")
+    assert wait_state(page, "inspected", "error") == "inspected", page.text_content("#error-panel")
+    assert evil_name in page.locator("#inspect-body td.name").all_text_contents()
+    meta = page.text_content("#meta-body")
+    assert evil_key in meta and evil_val in meta
+
+    quantize(page)
+    assert evil_name in report_names(page)
+    assert page.locator("main img, main script, #injected").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    name, data = download(page)
+    assert data == native(path)[0]
+
+    # a file whose very name is markup, and whose content is broken
+    bad = tmp_path / "<b>x<i>.npy"
+    bad.write_bytes(b"\x93NUMPY garbage")
+    choose(page, bad)
+    page.click("#quantize-btn")
+    assert wait_state(page, "error", "done") == "error"
+    assert "<b>x<i>.npy" in page.text_content("#error-title")
+    assert page.locator("#error-panel b, #error-panel i").count() == 0
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_all_requests_stay_on_origin(page, site_url):
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(site_url))
+    open_app(page, site_url)
+    page.click("#sample-btn")
+    assert wait_state(page, "done", "error") == "done"
+    download(page)
+    page.wait_for_selector('body[data-offline="ready"]', state="attached", timeout=60_000)
+    urls = list(page.request_urls)
+    assert any("pyodide.asm.wasm" in u for u in urls)              # the worker's requests are seen too
+    assert any("numpy-2.0.2" in u for u in urls)
+    foreign = []
+    for u in urls:
+        if u.startswith("blob:"):
+            u = u[len("blob:"):]
+        if u.startswith("data:"):
+            continue
+        if "{0.scheme}://{0.netloc}".format(urlsplit(u)) != origin:
+            foreign.append(u)
+    assert foreign == []
+
+
+def test_csp_meta_is_in_place(page, site_url):
+    open_app(page, site_url)
+    csp = page.get_attribute('meta[http-equiv="Content-Security-Policy"]', "content")
+    for part in ("default-src 'self'", "script-src 'self' 'wasm-unsafe-eval'", "connect-src 'self'",
+                 "object-src 'none'", "style-src 'self'"):
+        assert part in csp
+    html = page.content()
+    assert " onclick=" not in html and " onload=" not in html
+    # an inline script is refused by the page's policy
+    page.evaluate("""() => { const s = document.createElement("script");
+                             s.textContent = "window.__inline = 1"; document.body.append(s); }""")
+    assert page.evaluate("window.__inline") is None
+    page.console_messages.clear()     # the refusal above is the expected CSP report
+
+
+# ---------------------------------------------------------------- offline
+
+def test_works_offline_after_first_visit(page, site_url, sample_path):
+    open_app(page, site_url)
+    page.wait_for_selector('body[data-offline="ready"]', state="attached", timeout=60_000)
+    # wait until this page is controlled (clients.claim) as well
+    for _ in range(100):
+        if page.evaluate("!!navigator.serviceWorker.controller"):
+            break
+        page.wait_for_timeout(100)
+    page.context.set_offline(True)
+    try:
+        page.reload()
+        wait_booted(page)
+        page.click("#sample-btn")
+        assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+        name, data = download(page)
+        assert data == native(sample_path)[0]
+    finally:
+        page.context.set_offline(False)
+
+
+def test_manifest_and_service_worker_files(dist_dir):
+    manifest = json.loads((dist_dir / "manifest.webmanifest").read_text())
+    assert manifest["start_url"] == "." and manifest["display"] == "standalone"
+    assert manifest["name"] and any(i["src"].endswith(".svg") for i in manifest["icons"])
+    sw = (dist_dir / "sw.js").read_text()
+    assert "__PRECACHE__" not in sw and "__BUILD_VERSION__" not in sw
+    start = sw.index("typeof [") + len("typeof ")
+    urls = json.loads(sw[start: sw.index("]", start) + 1])
+    for u in urls:
+        if u != "./":
+            assert (dist_dir / u).is_file(), u
+    assert "static/q4apr.zip" in urls and "index.html" in urls
+
+
+# ---------------------------------------------------------------- narrow screens
+
+def test_narrow_layout(browser, site_url, sample_path):
+    context = browser.new_context(viewport={"width": 375, "height": 800}, device_scale_factor=2)
+    page = context.new_page()
+    try:
+        page.set_default_timeout(60_000)
+        page.goto(site_url)
+        wait_booted(page)
+        shot(page, "08-narrow-ready")
+        page.click("#sample-btn")
+        assert wait_state(page, "done", "error") == "done"
+        # nothing overflows the viewport horizontally (tables scroll inside their box)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        shot(page, "09-narrow-done")
+    finally:
+        context.close()
