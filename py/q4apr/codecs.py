@@ -1,0 +1,591 @@
+"""Block codecs: APR Q4 (Aprender dtype 128), GGML Q4_0 and Q8_0, plus F16/BF16.
+
+Written in the style of gguf-py's ``gguf/quants.py``: one class per block
+format with ``quantize_blocks`` / ``dequantize_blocks`` on ``(n, block_size)``
+float32 and ``(n, type_size)`` uint8 arrays, in plain vectorised numpy (stdlib
++ numpy >= 2.0 only, so that it runs under Pyodide too).
+
+The streaming pipeline calls the module-level functions on flat float32
+chunks: ``quantize(codec, x)``, ``dequantize(codec, data, n)`` and
+``scales_f16(codec, data)``.
+
+Why the code looks the way it does:
+
+* Speed.  numpy's per-row reductions (``a.max(axis=1)`` over rows of 32) and
+  ufuncs on ``(n, 16)`` slices pay a call per row, which is where gguf-py
+  spends its time.  Here the data is processed in cache-sized chunks, block
+  maxima come from five 1-D sliding-window ``maximum`` passes, and the packing
+  is done on wide integer views; every temporary is allocated once per call
+  and reused through ``out=``.
+* Exactness.  The fast path is bit-exact only where the arithmetic is tame
+  (normal, finite scales).  Blocks outside it (all-zero blocks, ties of
+  magnitude with opposite signs, scales in f32's subnormal range, NaN, Inf)
+  are rare and are redone by a slow path that mirrors the reference
+  arithmetic step by step.
+* Non-finite input never raises (all floating point warnings are silenced
+  inside the codecs).  NaN or Inf in a block makes that block's scale
+  non-finite (NaN or +-Inf), and a finite block whose scale overflows f16
+  (max|x| > ~458,000 for APR Q4, ~524,000 for Q4_0) gets an Inf scale: the
+  pipeline notices by looking at ``scales_f16``.  The nibbles of such blocks
+  are deterministic but meaningless.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "AprQ4", "Q4_0", "Q8_0", "CODECS", "get_codec", "nbytes", "n_blocks",
+    "quantize", "dequantize", "scales_f16",
+    "f32_to_f16", "f16_to_f32", "f32_to_bf16", "bf16_to_f32",
+]
+
+_F32 = np.float32
+_MAX32 = float(np.finfo(np.float32).max)
+_F16_MIN_NORMAL = 2.0 ** -14
+
+# Blocks per inner chunk: 4096 * 32 * 4 bytes = 512 KiB of f32, so the few
+# temporaries stay close to a core's L2 cache.
+_CHUNK_BLOCKS = 4096
+
+# Largest f32 below 0.5: trunc(t + copysign(_HALF_DOWN, t)) rounds half away
+# from zero exactly for every finite f32 t (t + 0.5 would round 0.49999997 up).
+_HALF_DOWN = np.nextafter(_F32(0.5), _F32(0.0))
+
+
+def _errstate():
+    return np.errstate(all="ignore")
+
+
+def _block_max(src: np.ndarray, t1: np.ndarray, t2: np.ndarray, fn) -> np.ndarray:
+    """Per-block ``fn``-reduction (np.maximum or np.minimum) of a flat array of
+    whole 32-blocks, returned as a strided view (length n/32) into ``t1``.
+
+    Five 1-D passes build a sliding window of width 32 (offsets 16, 8, 4, 2, 1),
+    so position 32*b holds the reduction of block b.  That is several times
+    faster than ``src.reshape(-1, 32).max(axis=1)``, which pays a call per row.
+    ``src`` is only read (it may be ``t2``); NaN propagates as in np.maximum.
+    """
+    fn(src[:-16], src[16:], out=t1[:-16])
+    fn(t1[:-8], t1[8:], out=t2[:-8])
+    fn(t2[:-4], t2[4:], out=t1[:-4])
+    fn(t1[:-2], t1[2:], out=t2[:-2])
+    fn(t2[:-1], t2[1:], out=t1[:-1])
+    return t1[::32]
+
+
+def _void_rows(arr: np.ndarray, offset: int, size: int, stride: int, n: int) -> np.ndarray:
+    """n opaque items of ``size`` bytes at ``offset + i*stride`` in contiguous arr.
+
+    Copying between such 1-D views is one strided memcpy loop, where the
+    equivalent (n, size) uint8 slices would pay a call per row.
+    """
+    return np.ndarray((n,), dtype=np.dtype((np.void, size)), buffer=arr, offset=offset, strides=(stride,))
+
+
+def _write_blocks(out2d: np.ndarray, d16: np.ndarray, payload: np.ndarray) -> None:
+    """Store f16 scales (n,) and payload (n,) V<body> items into (n, 2+body) blocks."""
+    n, ts = out2d.shape
+    np.ndarray((n,), dtype="<u2", buffer=out2d, offset=0, strides=(ts,))[...] = d16.view("<u2")
+    _void_rows(out2d, 2, ts - 2, ts, n)[...] = payload
+
+
+def _scales_f32(blocks: np.ndarray) -> np.ndarray:
+    """The f16 scales (first two bytes of each block) as a float32 (n,) array."""
+    raw = np.ascontiguousarray(blocks[:, :2])
+    return raw.view("<f2")[:, 0].astype(np.float32)
+
+
+class _Codec:
+    """Common block bookkeeping; subclasses implement the per-chunk kernels."""
+
+    name: str = ""
+    block_size: int = 32
+    type_size: int = 0
+    allows_partial_block: bool = False
+
+    def __init__(self):
+        raise TypeError("codec classes are used through their classmethods")
+
+    # -- to be provided by each format -------------------------------------------
+    @classmethod
+    def _quantize_chunk(cls, x: np.ndarray, out2d: np.ndarray, work: dict) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _dequantize_chunk(cls, blocks: np.ndarray, out2d: np.ndarray, **kw) -> None:
+        raise NotImplementedError
+
+    # -- the gguf-py shaped API -----------------------------------------------------
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(n, block_size) float -> (n, type_size) uint8."""
+        blocks = np.asarray(blocks, dtype=np.float32)
+        if blocks.ndim != 2 or blocks.shape[1] != cls.block_size:
+            raise ValueError(f"{cls.name}: expected shape (n, {cls.block_size}), got {blocks.shape}")
+        n = blocks.shape[0]
+        if out is None:
+            out = np.empty((n, cls.type_size), dtype=np.uint8)
+        elif out.shape != (n, cls.type_size) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"{cls.name}: out must be contiguous uint8 of shape {(n, cls.type_size)}")
+        cls._quantize_rows(np.ascontiguousarray(blocks).reshape(-1), out)
+        return out
+
+    @classmethod
+    def dequantize_blocks(cls, blocks: np.ndarray, out: np.ndarray | None = None, **kw) -> np.ndarray:
+        """(n, type_size) uint8 -> (n, block_size) float32."""
+        blocks = np.asarray(blocks)
+        if blocks.dtype != np.uint8:
+            blocks = blocks.view(np.uint8)
+        blocks = blocks.reshape(-1, cls.type_size)
+        n = blocks.shape[0]
+        if out is None:
+            out = np.empty((n, cls.block_size), dtype=np.float32)
+        elif out.shape != (n, cls.block_size) or out.dtype != np.float32:
+            raise ValueError(f"{cls.name}: out must be float32 of shape {(n, cls.block_size)}")
+        with _errstate():
+            for s in range(0, n, _CHUNK_BLOCKS):
+                e = min(n, s + _CHUNK_BLOCKS)
+                cls._dequantize_chunk(blocks[s:e], out[s:e], **kw)
+        return out
+
+    # -- helpers ----------------------------------------------------------------------
+    @classmethod
+    def _quantize_rows(cls, flat: np.ndarray, out2d: np.ndarray) -> None:
+        """Whole blocks: flat f32 (contiguous, len n*32) -> out2d (n, type_size)."""
+        n = out2d.shape[0]
+        if n == 0:
+            return
+        cb = min(n, _CHUNK_BLOCKS)
+        work = {                                         # reused by every chunk
+            "a": np.empty(cb * 32, np.float32),
+            "b": np.empty(cb * 32, np.float32),
+            "c": np.empty(cb * 32, np.float32),
+            "u": np.empty(cb * 64, np.uint8),
+            "v": np.empty(cb * 64, np.uint8),
+        }
+        with _errstate():
+            for s in range(0, n, cb):
+                e = min(n, s + cb)
+                cls._quantize_chunk(flat[s * 32:e * 32], out2d[s:e], work)
+
+
+class AprQ4(_Codec):
+    """APR Q4, Aprender's tensor dtype 128 (spec: shared/docs/apr-v2.md).
+
+    d = max|x| / 7 in f32 (1.0 for an all-zero block), stored as f16 (round to
+    nearest even); q = clamp(round_half_away(x / d), -8, 7) with the f32 d;
+    nibble = q + 8; element i -> byte 2 + i//2, low nibble for even i.  A short
+    last block is padded with nibble 0.  Decoding: (nibble - 8) * d16.
+
+    Deliberate difference from Aprender's writer, for non-finite input only: its
+    max ignores NaN, here NaN gives a NaN scale so the pipeline can see it.
+    """
+
+    name = "APR_Q4"
+    dtype_code = 128
+    block_size = 32
+    type_size = 18
+    allows_partial_block = True
+
+    # Fast-path window for the f32 scale: d/2 must be exact (normal f32) and finite.
+    _D_MIN = 2.0 ** -125
+
+    @classmethod
+    def _quantize_chunk(cls, x, out2d, work):
+        n = out2d.shape[0]
+        m = n * 32
+        a, b, c = work["a"][:m], work["b"][:m], work["c"][:m]
+        nib = work["u"][:m].view(np.int8)
+        tmp8 = work["v"][:m].view(np.int8)
+
+        np.abs(x, out=a)
+        amax = _block_max(a, b, a, np.maximum)          # strided view into b
+        d = amax / _F32(7)                              # f32 division, as Aprender
+        np.copyto(d, _F32(1.0), where=(amax == 0))
+        d16 = d.astype(np.float16)
+
+        # Fast path: t2 = x / (d/2) == 2*(x/d) exactly while d/2 is a normal f32.
+        ok = (d >= cls._D_MIN) & (d <= _MAX32)
+        all_ok = bool(ok.all())
+        h = d * _F32(0.5)
+        if not all_ok:
+            np.copyto(h, _F32(1.0), where=~ok)
+        np.divide(x.reshape(n, 32), h[:, None], out=c.reshape(n, 32))
+        # m2 = trunc(2t) lies in [-14, 14] here (|t| <= 7 * (1 + 2**-23)), so the
+        # int8 cast is exact and no clamp is needed.  round_half_away(t) is
+        # ceil(m2/2) for m2 >= 0 and floor(m2/2) for m2 < 0, i.e.
+        # (m2 + 1 + (m2 >> 7)) >> 1; the +8 bias goes in as +16 before the shift.
+        np.copyto(nib, c, casting="unsafe")
+        np.right_shift(nib, 7, out=tmp8)
+        np.add(nib, tmp8, out=nib)
+        np.add(nib, 17, out=nib)
+        np.right_shift(nib, 1, out=nib)
+        if not all_ok:
+            bad = np.flatnonzero(~ok)
+            nib.reshape(n, 32)[bad] = cls._slow_nibbles(x.reshape(n, 32)[bad], d[bad])
+
+        # Neighbours share a byte: read the nibbles as little-endian uint16
+        # (lo | hi << 8); lo | hi << 4 is then the low byte of v | v >> 4.
+        v = nib.view(np.uint16)
+        w = tmp8.view(np.uint16)
+        np.right_shift(v, 4, out=w)
+        np.bitwise_or(v, w, out=w)
+        packed = a.view(np.uint8)[: m // 2]
+        np.copyto(packed, w, casting="unsafe")          # uint16 -> uint8 keeps the low byte
+        _write_blocks(out2d, d16, _void_rows(packed, 0, 16, 16, n))
+
+    @staticmethod
+    def _slow_nibbles(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Aprender's arithmetic step by step, for blocks whose f32 d is zero
+        (max|x| <= 3 * 2**-149 underflows), subnormal-ish, NaN or Inf:
+        ``((x / d).round().clamp(-8, 7) as i8) + 8`` where NaN as i8 is 0."""
+        t = x / d[:, None]
+        q = np.trunc(t + np.copysign(_HALF_DOWN, t))
+        np.clip(q, -8, 7, out=q)
+        q[np.isnan(q)] = 0
+        return (q + 8).astype(np.int8)
+
+    @classmethod
+    def _dequantize_chunk(cls, blocks, out2d, aprender=False):
+        n = blocks.shape[0]
+        d = _scales_f32(blocks)
+        if aprender:
+            # Aprender's reader: NaN, Inf and |d| < 2**-14 (f16 subnormals) read as 0.
+            d[~((np.abs(d) >= _F16_MIN_NORMAL) & (np.abs(d) <= _MAX32))] = 0.0
+        # Widen each byte to uint16 and move the high nibble to the high byte:
+        # the uint16's bytes are then elements 2j, 2j+1 in order.
+        w = np.empty((n, 16), np.uint16)
+        np.copyto(w, blocks[:, 2:])
+        hi = w & np.uint16(0xF0)
+        hi <<= np.uint16(4)
+        w &= np.uint16(0x0F)
+        w |= hi
+        o = out2d.reshape(n, 32)
+        np.copyto(o, w.view(np.uint8).reshape(n, 32))
+        o -= _F32(8)
+        o *= d[:, None]
+
+
+class Q4_0(_Codec):
+    """GGML Q4_0 (llama.cpp), byte-identical to ``gguf.quants`` on finite input.
+
+    d = (the element of largest |x|, first one on ties, with its sign) / -8;
+    id = 1/d (0 if d == 0); q = min(15, trunc(x*id + 8.5)), all in f32; byte j
+    holds element j (low nibble) and element j + 16 (high nibble).
+
+    Where gguf-py and ggml's C reference (quantize_row_q4_0_ref) disagree on
+    finite input, C wins: in a block of zeros C keeps its initial max = +0.0,
+    so d = -0.0 (bytes 00 80) even when the first element is -0.0; gguf-py takes
+    max = x[0] and stores +0.0 (00 00) then.  The nibbles (all 8) agree.
+
+    Non-finite values: a NaN anywhere makes d NaN (numpy's argmax treats NaN as
+    the largest, as in gguf-py; C would skip it).  Elements whose x*id + 8.5 is
+    not finite (NaN/Inf blocks, or d in f32's subnormal range where 1/d = Inf)
+    get nibble 0, as gguf-py and C do on x86; here it does not depend on the
+    platform's float-to-int cast.
+    """
+
+    name = "Q4_0"
+    ggml_type = 2
+    block_size = 32
+    type_size = 18
+
+    # |max| >= 2**-123 keeps d = max/-8 a normal f32, so 1/d is finite.
+    _M_MIN = 2.0 ** -123
+
+    @classmethod
+    def _quantize_chunk(cls, x, out2d, work):
+        n = out2d.shape[0]
+        m = n * 32
+        a, b, c = work["a"][:m], work["b"][:m], work["c"][:m]
+        q = work["u"][:m]
+
+        mx = _block_max(x, a, b, np.maximum).copy()
+        mn = _block_max(x, a, b, np.minimum)
+        neg_mn = np.negative(mn)
+        # The element of largest magnitude is mx or mn unless they tie (|mx| == |mn|,
+        # zero blocks included) or a NaN is about: those go to the slow path.
+        pos = mx > neg_mn
+        smax = np.where(pos, mx, mn)
+        np.abs(smax, out=neg_mn)
+        ok = (pos | (neg_mn > mx)) & (neg_mn >= cls._M_MIN) & (neg_mn <= _MAX32)
+        all_ok = bool(ok.all())
+        if not all_ok:
+            np.copyto(smax, _F32(-8.0), where=~ok)      # harmless d = 1 for the fast pass
+        d = smax / _F32(-8)
+        idd = _F32(1.0) / d
+
+        np.multiply(x.reshape(n, 32), idd[:, None], out=c.reshape(n, 32))
+        np.add(c, _F32(8.5), out=c)
+        np.copyto(q, c, casting="unsafe")               # trunc: c is in [0.49, 16.51]
+        w8 = work["v"][:m]
+        np.right_shift(q, 4, out=w8)                    # min(q, 15) for q <= 16, and
+        np.subtract(q, w8, out=q)                       # much faster than np.minimum(q, 15)
+        if not all_ok:
+            bad = np.flatnonzero(~ok)
+            qb, db = cls._slow(x.reshape(n, 32)[bad])
+            q.reshape(n, 32)[bad] = qb
+            d[bad] = db
+        d16 = d.astype(np.float16)
+
+        # byte j = q[j] | q[j+16] << 4.  On uint64 lanes, lanes 4b, 4b+1 hold
+        # q[0:16] of block b and lanes 4b+2, 4b+3 hold q[16:32]: one 1-D shift by
+        # two lanes lines them up (values < 16, so no bit crosses a byte).
+        v = q.view(np.uint64)
+        w = work["v"][:m].view(np.uint64)
+        np.left_shift(v[2:], 4, out=w[:-2])
+        np.bitwise_or(w[:-2], v[:-2], out=w[:-2])
+        _write_blocks(out2d, d16, _void_rows(w, 0, 16, 32, n))
+
+    @staticmethod
+    def _slow(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """gguf-py's arithmetic for the odd blocks (C's -0.0 for zero blocks)."""
+        imax = np.abs(x).argmax(axis=-1, keepdims=True)
+        mx = np.take_along_axis(x, imax, axis=-1)
+        d = mx / _F32(-8)
+        d[mx == 0] = _F32(-0.0)
+        idd = np.where(d == 0, _F32(0), _F32(1) / d).astype(np.float32)
+        t = x * idd + _F32(8.5)
+        t[~np.isfinite(t)] = 0
+        qb = np.minimum(np.trunc(t).astype(np.uint8), 15)
+        return qb, d[:, 0]
+
+    @classmethod
+    def _dequantize_chunk(cls, blocks, out2d):
+        n = blocks.shape[0]
+        d = _scales_f32(blocks)
+        qs = blocks[:, 2:]
+        o = out2d.reshape(n, 32)
+        np.bitwise_and(qs, np.uint8(0x0F), out=o[:, :16], casting="unsafe")
+        np.right_shift(qs, np.uint8(4), out=o[:, 16:], casting="unsafe")
+        o -= _F32(8)
+        o *= d[:, None]
+
+
+class Q8_0(_Codec):
+    """GGML Q8_0: f16 d = max|x| / 127, then 32 int8 round_half_away(x * (1/d)).
+
+    Byte-identical to gguf-py (which is bit-exact with ggml's C reference) on
+    finite input.  Elements whose x*id is not finite (NaN/Inf input, or d in
+    f32's subnormal range so that 1/d = Inf) get 0, as gguf-py on x86.
+    """
+
+    name = "Q8_0"
+    ggml_type = 8
+    block_size = 32
+    type_size = 34
+
+    # max|x| >= 127 * 2**-125 keeps d normal, 1/d finite and 2*id exact.
+    _A_MIN = 127.0 * 2.0 ** -125
+
+    @classmethod
+    def _quantize_chunk(cls, x, out2d, work):
+        n = out2d.shape[0]
+        m = n * 32
+        a, b, c = work["a"][:m], work["b"][:m], work["c"][:m]
+        q16 = work["u"][: 2 * m].view(np.int16)
+        s16 = work["v"][: 2 * m].view(np.int16)
+
+        np.abs(x, out=a)
+        amax = _block_max(a, b, a, np.maximum)
+        d = amax / _F32(127)
+        ok = (amax >= cls._A_MIN) & (amax <= _MAX32)
+        all_ok = bool(ok.all())
+        if not all_ok:
+            np.copyto(d, _F32(1.0), where=~ok)          # harmless for the fast pass
+        idd = _F32(1.0) / d
+        # t2 = x * (2*id) == 2*(x*id) exactly; |t2| <= 254.0001, so the int16
+        # cast is exact, and round_half_away(t) = (m2 + 1 + (m2 >> 15)) >> 1.
+        idd *= _F32(2)
+        np.multiply(x.reshape(n, 32), idd[:, None], out=c.reshape(n, 32))
+        np.copyto(q16, c, casting="unsafe")
+        np.right_shift(q16, 15, out=s16)
+        np.add(q16, s16, out=q16)
+        np.add(q16, 1, out=q16)
+        np.right_shift(q16, 1, out=q16)
+        q8 = a.view(np.int8)[:m]
+        np.copyto(q8, q16, casting="unsafe")
+        if not all_ok:
+            bad = np.flatnonzero(~ok)
+            db = amax[bad] / _F32(127)
+            q8.reshape(n, 32)[bad] = cls._slow(x.reshape(n, 32)[bad], db)
+            d[bad] = db
+        _write_blocks(out2d, d.astype(np.float16), _void_rows(q8, 0, 32, 32, n))
+
+    @staticmethod
+    def _slow(x: np.ndarray, d: np.ndarray) -> np.ndarray:
+        idd = np.where(d == 0, _F32(0), _F32(1) / d).astype(np.float32)
+        t = x * idd[:, None]
+        q = np.trunc(t + np.copysign(_HALF_DOWN, t))
+        q[~np.isfinite(q)] = 0
+        return q.astype(np.int8)
+
+    @classmethod
+    def _dequantize_chunk(cls, blocks, out2d):
+        n = blocks.shape[0]
+        d = _scales_f32(blocks)
+        o = out2d.reshape(n, 32)
+        np.copyto(o, blocks[:, 2:].view(np.int8))
+        o *= d[:, None]
+
+
+CODECS: dict[str, type[_Codec]] = {c.name: c for c in (AprQ4, Q4_0, Q8_0)}
+
+
+def get_codec(codec) -> type[_Codec]:
+    """A codec class from itself or its name ('APR_Q4', 'Q4_0', 'Q8_0')."""
+    if isinstance(codec, type) and issubclass(codec, _Codec):
+        return codec
+    try:
+        return CODECS[str(codec).upper()]
+    except KeyError:
+        raise ValueError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}") from None
+
+
+def n_blocks(codec, n_elements: int) -> int:
+    c = get_codec(codec)
+    return -(-int(n_elements) // c.block_size)
+
+
+def nbytes(codec, n_elements: int) -> int:
+    """Encoded size of n_elements: type_size * ceil(n / block_size)."""
+    c = get_codec(codec)
+    return n_blocks(c, n_elements) * c.type_size
+
+
+def quantize(codec, x_flat, out: np.ndarray | None = None) -> np.ndarray:
+    """Flat float32 values -> 1-D uint8 blocks.
+
+    APR Q4 takes any length (the short last block is zero padded, padding
+    nibbles 0); Q4_0 and Q8_0 need a multiple of 32.  Blocks are independent,
+    so a long tensor can be fed chunk by chunk as long as every chunk but the
+    last holds whole blocks.
+    """
+    c = get_codec(codec)
+    x = np.ascontiguousarray(x_flat, dtype=np.float32).reshape(-1)
+    n = x.size
+    full, rest = divmod(n, c.block_size)
+    if rest and not c.allows_partial_block:
+        raise ValueError(f"{c.name}: {n} elements is not a multiple of {c.block_size}")
+    size = nbytes(c, n)
+    if out is None:
+        out = np.empty(size, dtype=np.uint8)
+    elif out.dtype != np.uint8 or out.ndim != 1 or out.size != size or not out.flags.c_contiguous:
+        raise ValueError(f"{c.name}: out must be contiguous 1-D uint8 of {size} bytes")
+    out2d = out.reshape(-1, c.type_size)
+    c._quantize_rows(x[: full * c.block_size], out2d[:full])
+    if rest:
+        pad = np.zeros(c.block_size, dtype=np.float32)
+        pad[:rest] = x[full * c.block_size:]
+        last = out2d[full:]
+        c._quantize_rows(pad, last)
+        # Aprender leaves the padding nibbles at 0 (not 8).
+        qs = last[0, 2:]
+        if rest % 2:
+            qs[rest // 2] &= 0x0F
+        qs[(rest + 1) // 2:] = 0
+    return out
+
+
+def dequantize(codec, data, n_elements: int, out: np.ndarray | None = None, aprender: bool = False) -> np.ndarray:
+    """1-D uint8 blocks (bytes-like or array, exactly nbytes(codec, n)) ->
+    float32 (n_elements,).  aprender=True (APR Q4 only) reads a scale that is
+    NaN, Inf or below 2**-14 in magnitude as 0, like Aprender's decoder."""
+    c = get_codec(codec)
+    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    n = int(n_elements)
+    size = nbytes(c, n)
+    if raw.size != size:
+        raise ValueError(f"{c.name}: {n} elements need {size} bytes, got {raw.size}")
+    if n % c.block_size and not c.allows_partial_block:
+        raise ValueError(f"{c.name}: {n} elements is not a multiple of {c.block_size}")
+    if out is None:
+        out = np.empty(n, dtype=np.float32)
+    elif out.dtype != np.float32 or out.ndim != 1 or out.size != n or not out.flags.c_contiguous:
+        raise ValueError(f"{c.name}: out must be contiguous 1-D float32 of {n} values")
+    kw = {"aprender": True} if aprender else {}
+    if aprender and c is not AprQ4:
+        raise ValueError("aprender=True applies to APR_Q4 only")
+    blocks = raw.reshape(-1, c.type_size)
+    full = n // c.block_size
+    c.dequantize_blocks(blocks[:full], out=out[: full * c.block_size].reshape(full, c.block_size), **kw)
+    if n % c.block_size:
+        last = c.dequantize_blocks(blocks[full:], **kw)
+        out[full * c.block_size:] = last[0, : n - full * c.block_size]
+    return out
+
+
+def scales_f16(codec, data_bytes) -> np.ndarray:
+    """The f16 scale d of every block, as a float16 view (no copy) of the data.
+
+    ``~np.isfinite(s)`` finds NaN/Inf/overflowed blocks; for APR Q4 a scale
+    with 0 < |d| < 2**-14 is one that Aprender's decoder reads as 0.
+    """
+    c = get_codec(codec)
+    raw = np.frombuffer(data_bytes, dtype=np.uint8) if not isinstance(data_bytes, np.ndarray) \
+        else data_bytes.reshape(-1).view(np.uint8)
+    if raw.size % c.type_size:
+        raise ValueError(f"{c.name}: {raw.size} bytes is not a whole number of {c.type_size}-byte blocks")
+    return raw.reshape(-1, c.type_size)[:, :2].view("<f2")[:, 0]
+
+
+# --- F16 / BF16 ------------------------------------------------------------------------
+
+def f32_to_f16(x, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 -> float16, round to nearest even; overflow -> Inf, NaN kept."""
+    x = np.asarray(x, dtype=np.float32)
+    with _errstate():
+        if out is None:
+            return x.astype(np.float16)
+        np.copyto(out, x, casting="same_kind")
+    return out
+
+
+def f16_to_f32(h, out: np.ndarray | None = None) -> np.ndarray:
+    """float16 (or its raw little-endian bytes / uint16 bits) -> float32, exact."""
+    h = _as_16bit(h, "<f2")
+    if out is None:
+        return h.astype(np.float32)
+    np.copyto(out, h)
+    return out
+
+
+def f32_to_bf16(x, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), as ggml / gguf-py / torch do: round to
+    nearest even on the bits; a NaN stays NaN with its sign and gets the quiet
+    bit (gguf-py's ``BF16.quantize_blocks``)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = x.view(np.uint32).copy()
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if nan.any():
+        u[nan] = (u[nan] & np.uint32(0xFFFF0000)) | np.uint32(0x00400000)
+    r = u >> np.uint32(16)
+    r &= np.uint32(1)
+    r += np.uint32(0x7FFF)
+    u += r                                              # no wrap: NaNs were masked
+    u >>= np.uint32(16)
+    if out is None:
+        return u.astype(np.uint16)
+    np.copyto(out, u, casting="unsafe")
+    return out
+
+
+def bf16_to_f32(b, out: np.ndarray | None = None) -> np.ndarray:
+    """bfloat16 bits (uint16, or raw little-endian bytes) -> float32, exact:
+    the 16 bits become the upper half of a uint32."""
+    b = _as_16bit(b, "<u2")
+    if out is None:
+        out = np.empty(b.shape, dtype=np.float32)
+    u = out.view(np.uint32)
+    np.copyto(u, b)                                     # widen first: uint16 << 16 would be 0
+    u <<= np.uint32(16)
+    return out
+
+
+def _as_16bit(v, dt: str) -> np.ndarray:
+    if not isinstance(v, np.ndarray):
+        return np.frombuffer(v, dtype=dt)
+    if v.dtype.itemsize == 2:
+        return v.view(dt)
+    return v.reshape(-1).view(np.uint8).view(dt)
