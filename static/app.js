@@ -479,6 +479,7 @@ function startJob(kind, files) {
   if (kind !== "quantize") el.workBar.removeAttribute("value");
   el.workTime.textContent = "0.0 s";
   el.workPanel.hidden = false;
+  el.workPanel.scrollIntoView({ behavior: "smooth", block: "nearest" });
   tick = setInterval(() => {
     if (job) el.workTime.textContent = `${((performance.now() - job.started) / 1000).toFixed(1)} s`;
   }, 100);

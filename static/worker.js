@@ -208,6 +208,11 @@ function unmount(dir) {
   try { FS.rmdir(dir); } catch (_) { /* gone */ }
 }
 
+// Messages name files as the user knows them, not by their mount point.
+function unmountedText(text, dir) {
+  return String(text).split(`${dir}/`).join("");
+}
+
 function checkFiles(files) {
   if (!Array.isArray(files) || files.length === 0) return "no file was given";
   const seen = new Set();
@@ -267,6 +272,7 @@ async function runQuantize(msg) {
     } finally {
       if (coro && typeof coro.destroy === "function") coro.destroy();
     }
+    if (status.message) status.message = unmountedText(status.message, dir);
     if (status.status === "done") {
       outcome = { type: MSG.DONE, id, report, head };
     } else if (status.status === "cancelled") {
@@ -293,7 +299,7 @@ async function runInspect(msg) {
     let info = null;
     const status = JSON.parse(api.inspect(JSON.stringify(paths), (i) => { info = i; }));
     if (status.status === "inspected") post({ type: MSG.INSPECTED, id, info });
-    else post({ type: MSG.ERROR, id, message: status.message || "unknown error" });
+    else post({ type: MSG.ERROR, id, message: unmountedText(status.message || "unknown error", dir) });
   } catch (err) {
     post({ type: MSG.ERROR, id, message: `internal error: ${describe(err)}` });
   } finally {

@@ -329,6 +329,32 @@ def test_cancel_then_next_run_works(page, site_url, tmp_path, sample_path):
     assert data == native(sample_path)[0]
 
 
+def test_cancel_replaces_a_stuck_worker(page, site_url, tmp_path, sample_path):
+    # 300,000 one-element tensors: a 23 MB header whose parsing is one long step that
+    # cannot see the cancel message, so the page must replace the worker after ~1 s.
+    n = 300_000
+    header = {f"t{i}": {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i in range(n)}
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    many = tmp_path / "many.safetensors"
+    many.write_bytes(struct.pack("<Q", len(h)) + h + bytes(4 * n))
+    open_app(page, site_url)
+    choose(page, many)
+    page.click("#quantize-btn")
+    page.wait_for_timeout(300)
+    assert page.get_attribute("body", "data-state") == "working"
+    t0 = time.monotonic()
+    page.click("#cancel-btn")
+    assert wait_state(page, "cancelled", "done", "error", timeout=5_000) == "cancelled"
+    assert time.monotonic() - t0 < 1.8
+    assert page.get_attribute("#download-link", "href") is None
+    # a fresh worker boots and the next run works
+    wait_booted(page)
+    page.click("#sample-btn")
+    assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+    assert download(page)[1] == native(sample_path)[0]
+
+
 # ---------------------------------------------------------------- errors
 
 def test_corrupt_file_error_then_next_file_works(page, site_url, tmp_path, st_file):
@@ -342,6 +368,7 @@ def test_corrupt_file_error_then_next_file_works(page, site_url, tmp_path, st_fi
     message = page.text_content("#error-message")
     assert "broken.safetensors" in title + message
     assert "internal error" not in message and "Traceback" not in message
+    assert "/in/" not in message                                  # no mount paths
     assert page.get_attribute("#download-link", "href") is None
     assert page.is_hidden("#result-panel")
     assert page.get_attribute("body", "data-boot") == "ready"     # the worker survived
