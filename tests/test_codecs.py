@@ -625,6 +625,17 @@ def test_non_finite_input_never_raises_and_shows_in_scales(codec):
     assert y.shape == x.shape
 
 
+@pytest.mark.parametrize("codec", ["APR_Q4", "Q4_0", "Q8_0"])
+def test_nan_scale_is_canonical(codec):
+    """NaN bits out of float arithmetic differ between x86 and WebAssembly; the
+    bytes must not, so a NaN scale is always the quiet NaN 0x7E00."""
+    x = np.ones(64, F32)
+    x[5] = np.float32(np.nan)
+    x[32 + 7] = np.uint32(0xFFC00001).view(F32)       # a negative NaN with payload
+    q = C.quantize(codec, x).reshape(2, -1)
+    assert list(q[:, :2].copy().view("<u2")[:, 0]) == [0x7E00, 0x7E00]
+
+
 def test_apr_q4_nan_policy_differs_from_aprender_on_purpose():
     x = np.zeros(32, F32)
     x[0], x[1] = np.nan, 1.0
@@ -671,3 +682,55 @@ def test_apr_q4_decode_of_random_bytes_matches_definition():
     with np.errstate(all="ignore"):
         ref = ((nib - 8).astype(F32) * d[:, None]).reshape(-1)[: 300 * 32 - 5]
     assert np.array_equal(y, ref, equal_nan=True)
+
+
+# --------------------------------------------------------------------------------------
+# Same bytes under Pyodide (WebAssembly, numpy 2.0.2) as natively
+# --------------------------------------------------------------------------------------
+
+PYODIDE_SCRIPT = r'''
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from q4apr import codecs as C
+F32 = np.float32
+rng = np.random.default_rng(0)
+arrs = {
+    "normal": rng.standard_normal(32 * 5000).astype(F32),
+    "f32_subnormal": (rng.integers(-12, 13, 32 * 64) * F32(2.0 ** -149)).astype(F32),
+    "f32_subnormal_2": (rng.standard_normal(32 * 64) * 1e-40).astype(F32),
+    "signed_zeros": np.where(rng.random(32 * 8) < 0.5, F32(0), F32(-0.0)).astype(F32),
+    "halves": (rng.integers(-16, 17, 32 * 64) * 0.5).astype(F32),
+    "ties": rng.integers(-8, 9, 32 * 64).astype(F32),
+    "huge": (rng.uniform(-1, 1, 32 * 64) * 1e30).astype(F32),
+    "tail": rng.standard_normal(1000).astype(F32),
+}
+nf = rng.standard_normal(32 * 16).astype(F32)
+nf[3], nf[40], nf[70] = np.nan, np.inf, -np.inf
+arrs["non_finite"] = nf
+for k, x in arrs.items():
+    for c in ("APR_Q4", "Q4_0", "Q8_0"):
+        if c != "APR_Q4" and x.size % 32:
+            continue
+        q = C.quantize(c, x)
+        y = C.dequantize(c, q, x.size)
+        print(k, c, hashlib.sha256(q.tobytes()).hexdigest(), hashlib.sha256(y.tobytes()).hexdigest())
+b = rng.integers(0, 2 ** 32, 100000, dtype=np.uint64).astype(np.uint32).view(F32)
+print("bf16", hashlib.sha256(C.f32_to_bf16(b).tobytes()).hexdigest(),
+      hashlib.sha256(C.bf16_to_f32(C.f32_to_bf16(b)).tobytes()).hexdigest())
+'''
+
+
+def test_same_bytes_under_pyodide(tmp_path):
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the Pyodide runs are covered by test_pyodide_node.py")
+    conftest = pytest.importorskip("conftest")
+    if not hasattr(conftest, "run_in_pyodide"):
+        pytest.skip("tests/conftest.py has no Pyodide runner")
+    script = tmp_path / "codecs_script.py"
+    script.write_text(PYODIDE_SCRIPT)
+    native = subprocess.run([sys.executable, str(script), str(REPO / "py")], capture_output=True,
+                            text=True, check=True).stdout
+    wasm = conftest.run_in_pyodide(PYODIDE_SCRIPT, args=(str(REPO / "py"),), mounts=(str(REPO / "py"),))
+    assert native.count("\n") == 26
+    assert wasm == native

@@ -90,6 +90,16 @@ def _write_blocks(out2d: np.ndarray, d16: np.ndarray, payload: np.ndarray) -> No
     _void_rows(out2d, 2, ts - 2, ts, n)[...] = payload
 
 
+def _to_f16(d: np.ndarray, all_ok: bool) -> np.ndarray:
+    """f32 scales -> f16 (round to nearest even, overflow -> Inf).  A NaN scale
+    is written as the canonical quiet NaN 0x7E00: NaN bits out of arithmetic
+    differ between platforms (x86 vs WebAssembly), the output bytes must not."""
+    d16 = d.astype(np.float16)
+    if not all_ok:
+        d16.view(np.uint16)[np.isnan(d16)] = 0x7E00
+    return d16
+
+
 def _scales_f32(blocks: np.ndarray) -> np.ndarray:
     """The f16 scales (first two bytes of each block) as a float32 (n,) array."""
     raw = np.ascontiguousarray(blocks[:, :2])
@@ -203,15 +213,18 @@ class AprQ4(_Codec):
         amax = _block_max(a, b, a, np.maximum)          # strided view into b
         d = amax / _F32(7)                              # f32 division, as Aprender
         np.copyto(d, _F32(1.0), where=(amax == 0))
-        d16 = d.astype(np.float16)
 
         # Fast path: t2 = x / (d/2) == 2*(x/d) exactly while d/2 is a normal f32.
         ok = (d >= cls._D_MIN) & (d <= _MAX32)
         all_ok = bool(ok.all())
+        d16 = _to_f16(d, all_ok)
         h = d * _F32(0.5)
         if not all_ok:
-            np.copyto(h, _F32(1.0), where=~ok)
+            bad = np.flatnonzero(~ok)
+            h[bad] = _F32(1.0)
         np.divide(x.reshape(n, 32), h[:, None], out=c.reshape(n, 32))
+        if not all_ok:
+            c.reshape(n, 32)[bad] = 0                   # keep every float->int cast in range
         # m2 = trunc(2t) lies in [-14, 14] here (|t| <= 7 * (1 + 2**-23)), so the
         # int8 cast is exact and no clamp is needed.  round_half_away(t) is
         # ceil(m2/2) for m2 >= 0 and floor(m2/2) for m2 < 0, i.e.
@@ -222,7 +235,6 @@ class AprQ4(_Codec):
         np.add(nib, 17, out=nib)
         np.right_shift(nib, 1, out=nib)
         if not all_ok:
-            bad = np.flatnonzero(~ok)
             nib.reshape(n, 32)[bad] = cls._slow_nibbles(x.reshape(n, 32)[bad], d[bad])
 
         # Neighbours share a byte: read the nibbles as little-endian uint16
@@ -280,7 +292,8 @@ class Q4_0(_Codec):
     max = x[0] and stores +0.0 (00 00) then.  The nibbles (all 8) agree.
 
     Non-finite values: a NaN anywhere makes d NaN (numpy's argmax treats NaN as
-    the largest, as in gguf-py; C would skip it).  Elements whose x*id + 8.5 is
+    the largest, as in gguf-py; C would skip it), stored as 0x7E00 whatever the
+    sign and payload of the NaN (gguf-py keeps those).  Elements whose x*id + 8.5 is
     not finite (NaN/Inf blocks, or d in f32's subnormal range where 1/d = Inf)
     get nibble 0, as gguf-py and C do on x86; here it does not depend on the
     platform's float-to-int cast.
@@ -307,27 +320,30 @@ class Q4_0(_Codec):
         # The element of largest magnitude is mx or mn unless they tie (|mx| == |mn|,
         # zero blocks included) or a NaN is about: those go to the slow path.
         pos = mx > neg_mn
+        ok = pos | (neg_mn > mx)
         smax = np.where(pos, mx, mn)
-        np.abs(smax, out=neg_mn)
-        ok = (pos | (neg_mn > mx)) & (neg_mn >= cls._M_MIN) & (neg_mn <= _MAX32)
+        mag = np.abs(smax)
+        ok &= (mag >= cls._M_MIN) & (mag <= _MAX32)
         all_ok = bool(ok.all())
         if not all_ok:
-            np.copyto(smax, _F32(-8.0), where=~ok)      # harmless d = 1 for the fast pass
+            bad = np.flatnonzero(~ok)
+            smax[bad] = _F32(-8.0)                      # d = 1 for the fast pass, redone below
         d = smax / _F32(-8)
         idd = _F32(1.0) / d
 
         np.multiply(x.reshape(n, 32), idd[:, None], out=c.reshape(n, 32))
         np.add(c, _F32(8.5), out=c)
+        if not all_ok:
+            c.reshape(n, 32)[bad] = 0                   # keep every float->int cast in range
         np.copyto(q, c, casting="unsafe")               # trunc: c is in [0.49, 16.51]
         w8 = work["v"][:m]
         np.right_shift(q, 4, out=w8)                    # min(q, 15) for q <= 16, and
         np.subtract(q, w8, out=q)                       # much faster than np.minimum(q, 15)
         if not all_ok:
-            bad = np.flatnonzero(~ok)
             qb, db = cls._slow(x.reshape(n, 32)[bad])
             q.reshape(n, 32)[bad] = qb
             d[bad] = db
-        d16 = d.astype(np.float16)
+        d16 = _to_f16(d, all_ok)
 
         # byte j = q[j] | q[j+16] << 4.  On uint64 lanes, lanes 4b, 4b+1 hold
         # q[0:16] of block b and lanes 4b+2, 4b+3 hold q[16:32]: one 1-D shift by
@@ -393,12 +409,15 @@ class Q8_0(_Codec):
         ok = (amax >= cls._A_MIN) & (amax <= _MAX32)
         all_ok = bool(ok.all())
         if not all_ok:
-            np.copyto(d, _F32(1.0), where=~ok)          # harmless for the fast pass
+            bad = np.flatnonzero(~ok)
+            d[bad] = _F32(1.0)                          # for the fast pass, redone below
         idd = _F32(1.0) / d
         # t2 = x * (2*id) == 2*(x*id) exactly; |t2| <= 254.0001, so the int16
         # cast is exact, and round_half_away(t) = (m2 + 1 + (m2 >> 15)) >> 1.
         idd *= _F32(2)
         np.multiply(x.reshape(n, 32), idd[:, None], out=c.reshape(n, 32))
+        if not all_ok:
+            c.reshape(n, 32)[bad] = 0                   # keep every float->int cast in range
         np.copyto(q16, c, casting="unsafe")
         np.right_shift(q16, 15, out=s16)
         np.add(q16, s16, out=q16)
@@ -407,11 +426,10 @@ class Q8_0(_Codec):
         q8 = a.view(np.int8)[:m]
         np.copyto(q8, q16, casting="unsafe")
         if not all_ok:
-            bad = np.flatnonzero(~ok)
             db = amax[bad] / _F32(127)
             q8.reshape(n, 32)[bad] = cls._slow(x.reshape(n, 32)[bad], db)
             d[bad] = db
-        _write_blocks(out2d, d.astype(np.float16), _void_rows(q8, 0, 32, 32, n))
+        _write_blocks(out2d, _to_f16(d, all_ok), _void_rows(q8, 0, 32, 32, n))
 
     @staticmethod
     def _slow(x: np.ndarray, d: np.ndarray) -> np.ndarray:
