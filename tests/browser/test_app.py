@@ -191,6 +191,55 @@ def test_sample_matches_native(page, site_url, sample_path):
     assert page.locator("#chart-rows .seg").count() >= 2
 
 
+def test_drop_a_file_on_the_drop_zone(page, site_url, sample_path, tmp_path):
+    open_app(page, site_url)
+    dt = page.evaluate_handle("""async () => {
+        const r = await fetch("static/sample/model.safetensors");
+        const f = new File([await r.blob()], "dropped.safetensors");
+        const dt = new DataTransfer();
+        dt.items.add(f);
+        return dt;
+    }""")
+    page.dispatch_event("#dropzone", "dragenter", {"dataTransfer": dt})
+    assert "dragging" in page.get_attribute("body", "class")
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dt})
+    assert "dragging" not in (page.get_attribute("body", "class") or "")
+    assert page.locator("#file-list li .fname").all_text_contents() == ["dropped.safetensors"]
+    quantize(page)
+    name, data = download(page)
+    assert name == "dropped.apr"
+    same = tmp_path / "dropped.safetensors"          # the output's metadata names the input
+    same.write_bytes(sample_path.read_bytes())
+    assert data == native(same)[0]
+
+
+def test_keyboard_only(page, site_url, st_file):
+    """The file picker and every control are reachable with Tab; Enter/Space act."""
+    open_app(page, site_url)
+    order = []
+    for _ in range(14):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    assert "file-input" in order and "sample-btn" in order and "opt-skip" in order
+    assert order.index("file-input") < order.index("sample-btn") < order.index("opt-skip")
+    page.focus("#file-input")
+    shot(page, "10-focus-file-input", full_page=False)
+    with page.expect_file_chooser() as fc:
+        page.keyboard.press("Space")
+    fc.value.set_files(str(st_file))
+    page.focus("#fmt-apr")
+    page.keyboard.press("ArrowRight")                 # radio group: to GGUF
+    assert page.is_checked("#fmt-gguf")
+    page.focus("#quantize-btn")
+    page.keyboard.press("Enter")
+    assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+    page.focus("#download-link")
+    with page.expect_download() as info:
+        page.keyboard.press("Enter")
+    assert info.value.suggested_filename == "tiny.Q4_0.gguf"
+    assert Path(info.value.path()).read_bytes() == native(st_file, format="gguf")[0]
+
+
 def test_safetensors_file_small_chunks_with_options(page, site_url, st_file):
     opts = dict(keep_embeddings_f16=True, skip=("*.v_proj.*",), chunk_bytes=1000)
     open_app(page, site_url)
@@ -479,8 +528,17 @@ def test_csp_meta_is_in_place(page, site_url):
 # ---------------------------------------------------------------- offline
 
 def test_works_offline_after_first_visit(page, site_url, sample_path):
-    open_app(page, site_url)
+    page.set_default_timeout(60_000)
+    page.goto(site_url)
+    # a cache left by an older version, to be deleted when the new service worker activates
+    page.evaluate("async () => { await (await caches.open('q4apr-old')).put('x', new Response('old')); }")
+    wait_booted(page)
     page.wait_for_selector('body[data-offline="ready"]', state="attached", timeout=60_000)
+    keys = page.evaluate("async () => await caches.keys()")
+    assert len(keys) == 1 and keys[0].startswith("q4apr-") and keys[0] != "q4apr-old", keys
+    cached = page.evaluate("async () => (await (await caches.open(%r)).keys()).map(r => r.url)" % keys[0])
+    assert any(u.endswith("/static/pyodide/pyodide.asm.wasm") for u in cached)
+    assert any(u.endswith("/static/sample/model.safetensors") for u in cached)
     # wait until this page is controlled (clients.claim) as well
     for _ in range(100):
         if page.evaluate("!!navigator.serviceWorker.controller"):
