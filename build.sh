@@ -252,6 +252,12 @@ PY
 
 do_build() {
   local t0=$SECONDS
+  mkdir -p "$CACHE"
+  # One build at a time in this tree (several test runs may build at once).
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$CACHE/build.lock"
+    flock 9
+  fi
   [ -f index.html ] || say "warning: index.html is missing (the site will have no page)"
   fetch_pyodide
   fetch_numpy
@@ -266,8 +272,12 @@ do_build() {
     || die "static/sample/make_sample.py failed"
   local version
   version=$(assemble "$ROOT" "$out") || die "assembling dist failed"
-  rm -rf "$DIST"
+  # swap in the new tree (a server over dist/ sees the old or the new one, hardly neither)
+  rm -rf "$DIST.old"
+  [ ! -e "$DIST" ] || mv "$DIST" "$DIST.old"
   mv "$out" "$DIST"
+  rm -rf "$DIST.old"
+  if command -v flock >/dev/null 2>&1; then exec 9>&-; fi
   say "built dist/ (version $version, $(du -sh "$DIST" | cut -f1), $(find "$DIST" -type f | wc -l) files) in $((SECONDS - t0))s"
 }
 
