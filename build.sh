@@ -302,6 +302,6 @@ case "$cmd" in
   build) do_build ;;
   serve) do_serve "$@" ;;
   test) do_test "$@" ;;
-  -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$cmd' (use: build | serve [PORT] | test [pytest args])" ;;
 esac
