@@ -223,10 +223,11 @@ def test_keyboard_only(page, site_url, st_file):
     assert "file-input" in order and "sample-btn" in order and "opt-skip" in order
     assert order.index("file-input") < order.index("sample-btn") < order.index("opt-skip")
     page.focus("#file-input")
-    shot(page, "10-focus-file-input", full_page=False)
     with page.expect_file_chooser() as fc:
         page.keyboard.press("Space")
     fc.value.set_files(str(st_file))
+    page.focus("#file-input")
+    shot(page, "10-focus-file-input", full_page=False)
     page.focus("#fmt-apr")
     page.keyboard.press("ArrowRight")                 # radio group: to GGUF
     assert page.is_checked("#fmt-gguf")
@@ -362,8 +363,9 @@ def test_cancel_then_next_run_works(page, site_url, tmp_path, sample_path):
     t0 = time.monotonic()
     page.click("#cancel-btn")
     assert wait_state(page, "cancelled", "done", "error", timeout=5_000) == "cancelled"
-    assert time.monotonic() - t0 < 1.5
-    # the worker answered by itself (no forced restart) and nothing is offered
+    assert time.monotonic() - t0 < 2.5
+    # The worker answered by itself, so within the page's 1 s grace (else the page would
+    # have replaced it and be booting again), and nothing is offered.
     assert page.get_attribute("body", "data-boot") == "ready"
     assert page.get_attribute("#download-link", "href") is None
     assert page.is_hidden("#result-panel")
@@ -395,7 +397,7 @@ def test_cancel_replaces_a_stuck_worker(page, site_url, tmp_path, sample_path):
     t0 = time.monotonic()
     page.click("#cancel-btn")
     assert wait_state(page, "cancelled", "done", "error", timeout=5_000) == "cancelled"
-    assert time.monotonic() - t0 < 1.8
+    assert time.monotonic() - t0 < 3.0           # the page's grace is 1 s
     assert page.get_attribute("#download-link", "href") is None
     # a fresh worker boots and the next run works
     wait_booted(page)
