@@ -65,16 +65,16 @@ def _errstate():
 
 def _block_max(src: np.ndarray, t1: np.ndarray, t2: np.ndarray, fn) -> np.ndarray:
     """Per-block ``fn``-reduction (np.maximum or np.minimum) of a flat int32
-    array of whole 32-blocks, returned as a strided view (n/32,) into ``t1``.
+    array of whole 32-blocks: (n/32,), natively a strided view into ``t1``.
 
     Five 1-D passes build a sliding window of width 32 (offsets 16, 8, 4, 2, 1),
-    so position 32*b holds the reduction of block b.  That is several times
-    faster than ``src.reshape(-1, 32).max(axis=1)``, which pays a call per row.
-    ``src`` is only read (it may be ``t2``).  The stale tails of t1/t2 never
-    reach a position 32*b.
+    so position 32*b holds the reduction of block b.  Natively that is several
+    times faster than ``src.reshape(-1, 32).max(axis=1)``, which pays a call per
+    row; under Pyodide (no SIMD) it is the other way round.  Integer max/min
+    are exact, so both give the same values.  ``src`` is only read (it may be
+    ``t2``); the stale tails of t1/t2 never reach a position 32*b.
     """
     if _WASM:
-        # No SIMD there: numpy's row-wise reduction beats five full passes.
         return fn.reduce(src.reshape(-1, 32), axis=1)
     fn(src[:-16], src[16:], out=t1[:-16])
     fn(t1[:-8], t1[8:], out=t2[:-8])
