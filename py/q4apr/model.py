@@ -5,6 +5,8 @@ bytes are; nothing is loaded until the pipeline reads it, in chunks, into a
 buffer it reuses. That is what lets a 3 GB model pass through a 256 MiB heap.
 """
 
+import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -73,12 +75,102 @@ def check_range(path, file_size, offset, nbytes, tensor, what="data"):
                        f"({file_size} bytes)", path, tensor)
 
 
-def check_names(path, entries):
-    seen = set()
+def check_names(entries):
+    """Tensor names are valid UTF-8 (no lone surrogates) and unique across all files."""
+    seen = {}
     for e in entries:
+        try:
+            e.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadInput("the tensor name is not valid UTF-8", e.path, e.name) from None
         if e.name in seen:
-            raise BadInput("duplicate tensor name", path, e.name)
-        seen.add(e.name)
+            other = seen[e.name]
+            where = "" if other == e.path else f" (also in {os.path.basename(other)})"
+            raise BadInput(f"duplicate tensor name{where}", e.path, e.name)
+        seen[e.name] = e.path
+
+
+def check_overlaps(path, entries):
+    """No two tensors of one file share a byte."""
+    ordered = sorted(entries, key=lambda e: (e.offset, e.nbytes))
+    for a, b in zip(ordered, ordered[1:]):
+        if b.offset < a.offset + a.nbytes:
+            raise BadInput(f"data overlaps tensor {a.name!r}", path, b.name)
+
+
+def load_json(raw, path, what, top_names_tensors=False):
+    """A JSON object from a stranger's bytes: UTF-8, finite numbers, no key twice, no lone
+    surrogates. A duplicate top-level key is named as a tensor if top_names_tensors."""
+    dups = []
+
+    def pairs(items):
+        d = dict(items)
+        dups.append(_first_duplicate(items) if len(d) != len(items) else None)
+        return d
+
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs,
+                           parse_constant=_no_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError, MemoryError) as e:
+        raise BadInput(f"{what} is not valid JSON ({str(e)[:80]})", path) from None
+    if not isinstance(value, dict):
+        raise BadInput(f"{what} is not a JSON object", path)
+    if top_names_tensors:
+        _check_top_names(value, dups, path, what)
+    bad = next((k for k in reversed(dups) if k is not None), None)
+    if bad is not None:
+        raise BadInput(f"{what} has the key {bad!r} twice", path)
+    bad = _bad_string(value)
+    if bad is not None:
+        raise BadInput(f"{what} holds a string that is not valid Unicode: {bad!r:.60}", path)
+    return value
+
+
+def _check_top_names(value, dups, path, what):
+    """The keys of the top-level object are tensor names: name them when they are wrong."""
+    if dups and dups[-1] is not None:
+        raise BadInput(f"duplicate tensor name in {what}", path, dups[-1])
+    for k in value:
+        if _bad_string(k) is not None:
+            raise BadInput("the tensor name is not valid UTF-8", path, k)
+
+
+def _first_duplicate(items):
+    seen = set()
+    for k, _ in items:
+        if k in seen:
+            return k
+        seen.add(k)
+    return None
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text):
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return v
+
+
+def _bad_string(value):
+    """The first string (key or value) in a JSON value that cannot be encoded as UTF-8."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return v
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
 
 
 def model_name(path):
@@ -89,6 +181,8 @@ def model_name(path):
             base = base[: -len(ext)]
             break
     base = re.sub(r"-\d{5}-of-\d{5}$", "", base)
+    # a file name that is not UTF-8 still gives a name that is
+    base = base.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     return base or "model"
 
 
@@ -99,6 +193,8 @@ def sniff(path):
             head = f.read(16)
     except OSError as e:
         raise BadInput(f"cannot read ({e.strerror or e})", path) from None
+    if not head:
+        raise BadInput("the file is empty", path)
     if head[:4] == b"GGUF":
         return "gguf"
     if head[:4] == b"APR\0":
@@ -114,8 +210,6 @@ def sniff(path):
         return "safetensors"
     if head[:3] in (b"APR",) or low.endswith(".apr"):
         return "apr"
-    if not head:
-        raise BadInput("the file is empty", path)
     raise BadInput("not a model file q4apr knows (safetensors, GGUF, APR, .npy, .npz)", path)
 
 

@@ -8,13 +8,16 @@ import zlib
 
 from ..dtypes import BY_APR, tensor_nbytes
 from ..errors import BadInput
-from ..model import Model, TensorEntry, model_name
+from ..model import Model, TensorEntry, check_names, check_overlaps, load_json, model_name
 
 MAGIC = b"APR\0"
 FLAG_ROW_MAJOR, FLAG_QUANTIZED, FLAG_COLUMN_MAJOR = 0x0400, 0x0020, 0x0800
 FLAG_UNSUPPORTED = {0x1: "LZ4 compression", 0x2: "ZSTD compression", 0x4: "encryption"}
 MAX_NDIM, MAX_NAME = 8, 256
 MAX_METADATA = 64 << 20
+MAX_INDEX = 64 << 20     # about 200,000 tensors of long names
+MIN_ENTRY = 21           # bytes of an index entry with a 1-byte name and one dim
+ALIGN = 64
 QUANTIZATION = {"quant_type": "q4_0", "bits": 4, "block_size": 32, "symmetric": True}
 
 
@@ -136,40 +139,29 @@ def read(path, check_crc=True):
                            f"{meta_size}, index {index_off}, data {data_off}, file {size})", path)
         if meta_size > MAX_METADATA:
             raise BadInput(f"metadata of {meta_size} bytes is over the limit", path)
+        if data_off - index_off > MAX_INDEX:
+            raise BadInput(f"a tensor index of {data_off - index_off} bytes is over the "
+                           f"{MAX_INDEX} byte limit", path)
         if check_crc:   # a damaged file is reported as damaged, before its content is read
             check_footer(path, size)
         f.seek(meta_off)
-        try:
-            meta = json.loads(f.read(meta_size).decode("utf-8")) if meta_size else {}
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise BadInput(f"metadata is not valid JSON ({str(e)[:80]})", path) from None
-        if not isinstance(meta, dict):
-            raise BadInput("metadata is not a JSON object", path)
+        meta = load_json(f.read(meta_size), path, "the metadata") if meta_size else {}
         f.seek(index_off)
         index = f.read(data_off - index_off)
     entries = _parse_index(path, index, count, data_off, size)
+    check_names(entries)
+    check_overlaps(path, entries)
     return Model("apr", [path], str(meta.get("name") or model_name(path)), entries, meta,
                  {"flags": flags})
 
 
 def _parse_index(path, index, count, data_off, size):
-    entries, pos, prev = [], 0, None
-    if count > len(index) // 21:   # an entry takes at least 21 bytes
+    """The index entries: sorted unique names, known dtypes, sizes that match the shapes."""
+    if count > len(index) // MIN_ENTRY:
         raise BadInput(f"tensor count {count} cannot fit in an index of {len(index)} bytes", path)
+    entries, pos, prev = [], 0, None
     for i in range(count):
-        try:
-            (n,) = struct.unpack_from("<H", index, pos)
-            raw = index[pos + 2: pos + 2 + n]
-            dcode, ndim = struct.unpack_from("<BB", index, pos + 2 + n)
-            if ndim > MAX_NDIM:
-                raise BadInput(f"ndim {ndim} is over {MAX_NDIM}", path, raw.decode("utf-8", "replace"))
-            shape = struct.unpack_from(f"<{ndim}Q", index, pos + 4 + n)
-            offset, nbytes = struct.unpack_from("<QQ", index, pos + 4 + n + 8 * ndim)
-        except struct.error:
-            raise BadInput(f"the tensor index ends inside entry #{i}", path) from None
-        if len(raw) != n:
-            raise BadInput(f"the tensor index ends inside entry #{i}", path)
-        pos += 4 + n + 8 * ndim + 16
+        raw, dcode, shape, offset, nbytes, pos = _unpack_entry(path, index, pos, i)
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -177,21 +169,45 @@ def _parse_index(path, index, count, data_off, size):
         if prev is not None and raw <= prev:
             raise BadInput("tensor names are not sorted and unique (the index is invalid)", path, name)
         prev = raw
-        dtype = BY_APR.get(dcode)
-        if dtype is None:
-            raise BadInput(f"unknown dtype code {dcode}", path, name)
-        if any(d >= 1 << 48 for d in shape):
-            raise BadInput(f"shape {list(shape)} is too large", path, name)
-        want = tensor_nbytes(dtype, shape) if dtype.name in ("APR_Q4", "APR_Q8") or not dtype.quantized \
-            else None
-        if want is not None and nbytes != want:
-            raise BadInput(f"size {nbytes} does not match shape {list(shape)} of {dtype.name} "
-                           f"({want} bytes)", path, name)
-        start = data_off + offset
-        if start + nbytes > size - 4:
-            raise BadInput(f"data at {start}..{start + nbytes} runs past the end of the file", path, name)
-        entries.append(TensorEntry(name, tuple(shape), dtype, nbytes, path, start))
+        entries.append(_entry(path, name, dcode, shape, offset, nbytes, data_off, size))
     return entries
+
+
+def _unpack_entry(path, index, pos, i):
+    """(name bytes, dtype code, shape, offset, size, next pos) of the entry at pos."""
+    try:
+        (n,) = struct.unpack_from("<H", index, pos)
+        raw = index[pos + 2: pos + 2 + n]
+        dcode, ndim = struct.unpack_from("<BB", index, pos + 2 + n)
+        if ndim > MAX_NDIM:
+            raise BadInput(f"ndim {ndim} is over {MAX_NDIM}", path, raw.decode("utf-8", "replace"))
+        shape = struct.unpack_from(f"<{ndim}Q", index, pos + 4 + n)
+        offset, nbytes = struct.unpack_from("<QQ", index, pos + 4 + n + 8 * ndim)
+    except struct.error:
+        raise BadInput(f"the tensor index ends inside entry #{i}", path) from None
+    return raw, dcode, shape, offset, nbytes, pos + 4 + n + 8 * ndim + 16
+
+
+def _entry(path, name, dcode, shape, offset, nbytes, data_off, size):
+    """One tensor: its dtype known, its size that of its shape, its data 64-aligned in the file."""
+    dtype = BY_APR.get(dcode)
+    if dtype is None:
+        raise BadInput(f"unknown dtype code {dcode}", path, name)
+    if any(d >= 1 << 48 for d in shape):
+        raise BadInput(f"shape {list(shape)} is too large", path, name)
+    n = 1
+    for d in shape:
+        n *= d
+    want = tensor_nbytes(dtype, shape) if dtype.name == "APR_Q8" else dtype.nbytes(n)
+    if nbytes != want:
+        raise BadInput(f"size {nbytes} does not match shape {list(shape)} of {dtype.name} "
+                       f"({want} bytes)", path, name)
+    if offset % ALIGN:
+        raise BadInput(f"data offset {offset} is not {ALIGN}-byte aligned", path, name)
+    start = data_off + offset
+    if start + nbytes > size - 4:
+        raise BadInput(f"data at {start}..{start + nbytes} runs past the end of the file", path, name)
+    return TensorEntry(name, tuple(shape), dtype, nbytes, path, start)
 
 
 def check_footer(path, size=None):

@@ -10,12 +10,13 @@ import numpy as np
 
 from ..dtypes import BY_GGUF, numel, tensor_nbytes
 from ..errors import BadInput
-from ..model import Model, TensorEntry, check_names, model_name
+from ..model import Model, TensorEntry, check_names, check_overlaps, model_name
 
 MAGIC = b"GGUF"
 VERSION = 3
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4                      # GGML_MAX_DIMS
+MAX_NAME = 4096                   # bytes of a tensor name (llama.cpp itself allows 63)
 FILE_TYPE_MOSTLY_Q4_0 = 2
 QUANTIZATION_VERSION = 2          # GGML_QNT_VERSION
 
@@ -89,17 +90,17 @@ def read(path):
         kv = []
         for i in range(n_kv):
             key = _text(r.string(f"key #{i}"), path, f"key #{i}")
-            vtype = r.unpack("I", f"the type of {key}")
-            kv.append((key, vtype, r.value(vtype, f"value of {key}")))
-        kvd = {k: (t, v) for k, t, v in kv}
-        alignment = DEFAULT_ALIGNMENT
-        if "general.alignment" in kvd:
-            t, alignment = kvd["general.alignment"]
-            if t != UINT32 or alignment == 0 or alignment & (alignment - 1):
-                raise BadInput(f"general.alignment {alignment!r} is not a power of two", path)
+            vtype = r.unpack("I", f"the type of {key[:80]}")
+            kv.append((key, vtype, r.value(vtype, f"value of {key[:80]}")))
+        kvd = _kv_dict(kv, path)
+        alignment = _alignment(kvd, path)
         infos = []
         for i in range(n_tensors):
-            name = _text(r.string(f"tensor name #{i}"), path, f"tensor name #{i}")
+            raw = r.string(f"tensor name #{i}")
+            if len(raw) > MAX_NAME:
+                raise BadInput(f"tensor name #{i} is {len(raw)} bytes long (at most {MAX_NAME})",
+                               path)
+            name = _text(raw, path, f"tensor name #{i}")
             ndim = r.unpack("I", f"n_dims of {name}")
             if not 1 <= ndim <= MAX_DIMS:
                 raise BadInput(f"n_dims {ndim} is outside 1..{MAX_DIMS}", path, name)
@@ -126,17 +127,35 @@ def read(path):
             raise BadInput(f"data at {data_start + offset}..{data_start + offset + nbytes} runs "
                            f"past the end of the file ({size} bytes)", path, name)
         entries.append(TensorEntry(name, shape, dtype, nbytes, path, data_start + offset))
-    check_names(path, entries)
-    ordered = sorted(entries, key=lambda e: e.offset)
-    for a, b in zip(ordered, ordered[1:]):
-        if b.offset < a.offset + a.nbytes:
-            raise BadInput(f"data overlaps tensor {a.name!r}", path, b.name)
+    check_names(entries)
+    check_overlaps(path, entries)
     name = model_name(path)
     if "general.name" in kvd and kvd["general.name"][0] == STRING:
         name = kvd["general.name"][1].decode("utf-8", "replace") or name
     meta = {k: _json_value(t, v) for k, t, v in kv}
     return Model("gguf", [path], name, entries, meta,
                  {"gguf_kv": kv, "alignment": alignment, "version": version})
+
+
+def _kv_dict(kv, path):
+    """{key: (type, value)}; a key given twice makes the file ambiguous (llama.cpp refuses it)."""
+    kvd = {}
+    for k, t, v in kv:
+        if k in kvd:
+            raise BadInput(f"the key {k!r:.80} appears twice", path)
+        kvd[k] = (t, v)
+    return kvd
+
+
+def _alignment(kvd, path):
+    if "general.alignment" not in kvd:
+        return DEFAULT_ALIGNMENT
+    t, alignment = kvd["general.alignment"]
+    if t != UINT32:
+        raise BadInput(f"general.alignment has type {TYPE_NAMES.get(t, t)}, not u32", path)
+    if alignment == 0 or alignment & (alignment - 1):
+        raise BadInput(f"general.alignment {alignment} is not a power of two", path)
+    return alignment
 
 
 def _text(b, path, what):

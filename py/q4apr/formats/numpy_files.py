@@ -8,6 +8,7 @@ import ast
 import os
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -17,6 +18,10 @@ from ..model import Model, TensorEntry, check_names, model_name
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER = 1 << 16
+# what zipfile (and zlib under it) raise on a damaged archive
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, IndexError,
+              KeyError, struct.error, zlib.error, NotImplementedError, RuntimeError, OverflowError)
+ZIP_ENCRYPTED, ZIP_UNSUPPORTED_FLAGS = 0x1, 0x1 | 0x20 | 0x40
 
 
 def parse_header(f, path, tensor=None):
@@ -42,7 +47,7 @@ def parse_header(f, path, tensor=None):
         raise BadInput("file ends inside the .npy header", path, tensor)
     try:
         d = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin1"))
-    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+    except (ValueError, SyntaxError, TypeError, UnicodeDecodeError, MemoryError, RecursionError):
         raise BadInput("the .npy header is not a valid dictionary", path, tensor) from None
     if not isinstance(d, dict) or not {"descr", "fortran_order", "shape"} <= set(d):
         raise BadInput("the .npy header lacks descr, fortran_order or shape", path, tensor)
@@ -52,11 +57,11 @@ def parse_header(f, path, tensor=None):
         raise BadInput(f"bad shape {shape!r}", path, tensor)
     try:
         npdt = np.dtype(d["descr"]) if isinstance(d["descr"], str) else None
-    except TypeError:
+    except (TypeError, ValueError):
         npdt = None
     dtype = from_numpy(npdt) if npdt is not None and npdt.fields is None else None
     if dtype is None:
-        raise BadInput(f"array dtype {d['descr']!r} is not supported (use little-endian float "
+        raise BadInput(f"array dtype {d['descr']!r:.40} is not supported (use little-endian float "
                        "or integer)", path, tensor)
     if d["fortran_order"] and len(shape) > 1:
         raise BadInput("Fortran-ordered arrays are not supported (save with "
@@ -80,41 +85,53 @@ def read_npz(path):
     try:
         zf = zipfile.ZipFile(path)
         members = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise BadInput(f"not a readable .npz (zip) file ({e})", path) from None
+    except ZIP_ERRORS as e:
+        raise BadInput(f"not a readable .npz (zip) file ({str(e)[:80]})", path) from None
     entries = []
     with zf:
         for info in members:
-            if info.is_dir():
+            if info.filename.endswith("/"):
                 continue
-            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise BadInput("zip compression method is not supported", path, name)
-            try:
-                with zf.open(info) as m:
-                    dtype, shape, hlen = parse_header(m, path, name)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-                raise BadInput(f"damaged zip member ({e})", path, name) from None
-            nbytes = numel(shape) * dtype.type_size
-            if hlen + nbytes != info.file_size:
-                raise BadInput(f"shape {list(shape)} of {dtype.name} needs {nbytes} bytes of data "
-                               f"but the member holds {info.file_size - hlen}", path, name)
-            entries.append(TensorEntry(name, tuple(shape), dtype, nbytes, path,
-                                       opener=_member_opener(path, info, hlen, name)))
-    check_names(path, entries)
+            entries.append(_member_entry(path, zf, info))
+    check_names(entries)
     return Model("npz", [path], model_name(path), entries)
+
+
+def _member_entry(path, zf, info):
+    """The TensorEntry of one .npy member, its header read and checked."""
+    name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+    if not name:
+        raise BadInput("a zip member has an empty name", path)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise BadInput(f"zip compression method {info.compress_type} is not supported", path, name)
+    if info.flag_bits & ZIP_UNSUPPORTED_FLAGS:
+        what = "encrypted" if info.flag_bits & ZIP_ENCRYPTED else "patched or strongly encrypted"
+        raise BadInput(f"{what} zip members are not supported", path, name)
+    try:
+        with zf.open(info) as m:
+            dtype, shape, hlen = parse_header(m, path, name)
+    except ZIP_ERRORS as e:
+        raise BadInput(f"damaged zip member ({str(e)[:80]})", path, name) from None
+    nbytes = numel(shape) * dtype.type_size
+    if hlen + nbytes != info.file_size:
+        raise BadInput(f"shape {list(shape)} of {dtype.name} needs {nbytes} bytes of data "
+                       f"but the member holds {info.file_size - hlen}", path, name)
+    return TensorEntry(name, tuple(shape), dtype, nbytes, path,
+                       opener=_member_opener(path, info, hlen, name))
 
 
 def _member_opener(path, info, skip, name):
     """A function that opens the member and skips its .npy header (works deflated too)."""
     def open_member():
-        zf = zipfile.ZipFile(path)
+        zf = None
         try:
+            zf = zipfile.ZipFile(path)
             m = zf.open(info)
             m.read(skip)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            zf.close()
-            raise BadInput(f"damaged zip member ({e})", path, name) from None
+        except ZIP_ERRORS as e:
+            if zf is not None:
+                zf.close()
+            raise BadInput(f"damaged zip member ({str(e)[:80]})", path, name) from None
         return _Member(zf, m, path, name)
     return open_member
 
@@ -128,8 +145,8 @@ class _Member:
     def readinto(self, buf):
         try:
             return self.m.readinto(buf)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise BadInput(f"damaged zip member ({e})", self.path, self.name) from None
+        except ZIP_ERRORS as e:
+            raise BadInput(f"damaged zip member ({str(e)[:80]})", self.path, self.name) from None
 
     def close(self):
         self.m.close()
