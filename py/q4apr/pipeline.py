@@ -244,6 +244,8 @@ def _write_tensor(model, entry, dtype_out, sink, bufs, done, total, layout, crc)
             view = memoryview(bufs.raw)[:k]
             _read_chunk(f, view, path, entry.name)
             x = _decode(src, view, n, bufs.x[:n])
+            if src.name == "F64":
+                _check_f32_range(view, x, n, i, path, entry.name)
             if q4 is not None:
                 out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)])
                 scales = codecs.scales_f16(q4, out)
@@ -294,6 +296,18 @@ def _decode(src, view, n, out):
         return out
     if src.name in CODECS:
         return codecs.dequantize(CODECS[src.name], np.frombuffer(view, np.uint8), n, out=out)
-    np.copyto(out, np.frombuffer(view, src.numpy, n), casting="same_kind")
+    with np.errstate(over="ignore"):   # F64 beyond F32's range: _check_f32_range says so
+        np.copyto(out, np.frombuffer(view, src.numpy, n), casting="same_kind")
     return out
+
+
+def _check_f32_range(view, x, n, i, path, name):
+    """An F64 weight that is finite but beyond float32's range cannot be converted."""
+    if np.isfinite(x).all():
+        return
+    f64 = np.frombuffer(view, "<f8", n)
+    bad = np.flatnonzero(np.isfinite(f64) & ~np.isfinite(x))
+    if bad.size:
+        raise BadInput(f"F64 weight {f64[bad[0]]:g} at flat index {i + bad[0]} is beyond the "
+                       "range of F32", path, name)
 
