@@ -188,7 +188,7 @@ if os.path.exists(os.path.join(root, "static", "manifest.webmanifest")):
     shutil.copyfile(os.path.join(root, "static", "manifest.webmanifest"), os.path.join(out, "manifest.webmanifest"))
 
 # static/ minus: sw.js and the manifest (moved to the root), the sample generator, vendor sources
-SKIP_FILES = {"sw.js", "manifest.webmanifest", "sample/make_sample.py"}
+SKIP_FILES = {"sw.js", "manifest.webmanifest", "sample/make_sample.py", "screenshot.png"}
 SKIP_DIRS = {"vendor", "pyodide", "__pycache__"}
 src_static = os.path.join(root, "static")
 for dirpath, dirnames, filenames in os.walk(src_static):

@@ -285,6 +285,9 @@ function onWorkerMessage(msg) {
         job.bytesOut += msg.data.byteLength;
       }
       break;
+    case MSG.TRUNCATE:
+      truncateChunks(job, msg.size);
+      break;
     case MSG.DONE:
       if (job.cancelRequested) finishCancelled();
       else finishDone(msg.report, msg.head);
@@ -563,6 +566,19 @@ function finishCancelled() {
     "Nothing was saved. You can start again whenever you like.");
   announce("Cancelled. Nothing was saved.");
   el.quantizeBtn.focus();
+}
+
+/** Drop output bytes past `size` (the core is writing a tensor again). */
+function truncateChunks(j, size) {
+  while (j.chunks.length && j.bytesOut > size) {
+    const last = j.chunks.pop();
+    j.bytesOut -= last.byteLength;
+    if (j.bytesOut < size) {
+      const keep = last.slice(0, size - j.bytesOut);
+      j.chunks.push(keep);
+      j.bytesOut += keep.byteLength;
+    }
+  }
 }
 
 function finishDone(report, head) {

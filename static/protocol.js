@@ -11,6 +11,7 @@
 //   {type: "ready", versions?: {python, numpy, pyodide}}
 //   {type: "progress", id, done, total, tensor}      (at most every ~100 ms, plus the last)
 //   {type: "chunk", id, data: ArrayBuffer}            (transferred; output bytes after the head)
+//   {type: "truncate", id, size}                       (drop chunk bytes past `size`: a tensor is rewritten)
 //   {type: "done", id, report, head: ArrayBuffer}      (the file is head + all chunks, in order)
 //   {type: "inspected", id, info}
 //   {type: "error", id, message}                       (id null: the worker failed to start)
@@ -28,6 +29,7 @@ export const MSG = Object.freeze({
   READY: "ready",
   PROGRESS: "progress",
   CHUNK: "chunk",
+  TRUNCATE: "truncate",
   DONE: "done",
   INSPECTED: "inspected",
   ERROR: "error",

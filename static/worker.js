@@ -33,7 +33,7 @@ def _status(status, message=None):
         d["message"] = message
     return json.dumps(d)
 
-async def run_quantize(paths_json, opts_json, on_chunk, on_progress, on_done, is_cancelled):
+async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done, is_cancelled):
     model = None
     gen = None
     try:
@@ -43,7 +43,7 @@ async def run_quantize(paths_json, opts_json, on_chunk, on_progress, on_done, is
         if is_cancelled():
             return _status("cancelled")
         model = q4apr.open_model(paths)
-        sink = q4apr.CallbackSink(on_chunk)
+        sink = q4apr.CallbackSink(on_chunk, on_truncate)
         gen = q4apr.quantize_steps(model, sink, options)
         last = 0.0
         while True:
@@ -256,6 +256,8 @@ async function runQuantize(msg) {
       const data = toArrayBuffer(b);
       post({ type: MSG.CHUNK, id, data }, [data]);
     };
+    // the core rewinds a tensor it must write again at F32 (a Q4 scale overflowed f16)
+    const onTruncate = (size) => post({ type: MSG.TRUNCATE, id, size: Number(size) });
     const onProgress = (done, total, tensor) => {
       post({ type: MSG.PROGRESS, id, done: Number(done), total: Number(total), tensor: String(tensor) });
     };
@@ -265,7 +267,7 @@ async function runQuantize(msg) {
       head = toArrayBuffer(h);
     };
     const isCancelled = () => cancelled.has(id);
-    const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onProgress, onDone, isCancelled);
+    const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onTruncate, onProgress, onDone, isCancelled);
     let status;
     try {
       status = JSON.parse(await coro);

@@ -316,6 +316,22 @@ def test_npy_input(page, site_url, tmp_path):
     assert data == want
 
 
+def test_scale_overflow_rewinds_the_tensor_to_f32(page, site_url, tmp_path):
+    """A Q4 scale that overflows f16 late in a tensor: the page drops what it had of it."""
+    a = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
+    a[60, 7] = 1e6
+    path = tmp_path / "huge.npz"
+    np.savez(path, **{"big.weight": a, "small.weight": a[:8] / 1e6})
+    open_app(page, site_url)
+    set_options(page, chunk_bytes=1024)
+    quantize(page, path)
+    _, data = download(page)
+    want, report = native(path, chunk_bytes=1024)
+    assert {t["name"]: t["dtype_out"] for t in report["tensors"]} == {"big.weight": "F32",
+                                                                     "small.weight": "APR_Q4"}
+    assert data == want
+
+
 # ---------------------------------------------------------------- inspect
 
 def test_inspect_apr_and_gguf(page, site_url, sample_path, gguf_file, tmp_path):
