@@ -613,7 +613,7 @@ def npy_cases():
         cases.append(Case(f"header-{name}", {"m.npy": npy_raw(text + "\n", data)},
                           match="header|dictionary|bad shape"))
     for descr in ("<U10", "O", ">f4", "V8", "<c8", "zz", "(100000000000,)f4", "(-1,)f4",
-                  "M8[xyz]", "i4,i4", 5, [("a", "<i4")]):
+                  "M8[xyz]", "i4,i4", ",f4", "f4,", "(2)f4,", 5, [("a", "<i4")], "<f4\n"):
         cases.append(Case(f"descr-{descr!r}", {"m.npy": npy_raw(npy_header(descr), data)},
                           match="dtype"))
     for shape in ((-1,), (1.5,), "4", (True, 2), (1 << 48,), (1,) * 33, [4, 64], None):

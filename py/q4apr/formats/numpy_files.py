@@ -6,6 +6,7 @@ allocate the whole array at once, and a header is a Python literal from a strang
 
 import ast
 import os
+import re
 import struct
 import zipfile
 import zlib
@@ -18,6 +19,7 @@ from ..model import Model, TensorEntry, check_names, model_name
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER = 1 << 16
+PLAIN_DESCR = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,2}")   # '<f4', '|b1', 'f8', ...
 # what zipfile (and zlib under it) raise on a damaged archive
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, IndexError,
               KeyError, struct.error, zlib.error, NotImplementedError, RuntimeError, OverflowError)
@@ -55,11 +57,7 @@ def parse_header(f, path, tensor=None):
     if (not isinstance(shape, tuple) or len(shape) > 32
             or not all(type(x) is int and 0 <= x < 1 << 48 for x in shape)):
         raise BadInput(f"bad shape {shape!r}", path, tensor)
-    try:
-        npdt = np.dtype(d["descr"]) if isinstance(d["descr"], str) else None
-    except (TypeError, ValueError):
-        npdt = None
-    dtype = from_numpy(npdt) if npdt is not None and npdt.fields is None else None
+    dtype = _dtype(d["descr"])
     if dtype is None:
         raise BadInput(f"array dtype {d['descr']!r:.40} is not supported (use little-endian float "
                        "or integer)", path, tensor)
@@ -67,6 +65,17 @@ def parse_header(f, path, tensor=None):
         raise BadInput("Fortran-ordered arrays are not supported (save with "
                        "np.ascontiguousarray)", path, tensor)
     return dtype, shape, start + n
+
+
+def _dtype(descr):
+    """Our DType for a .npy descr, or None. Only plain type strings reach np.dtype: it parses
+    others with ast (',f4' raises SyntaxError) and would build structured types."""
+    if not isinstance(descr, str) or not PLAIN_DESCR.fullmatch(descr):
+        return None
+    try:
+        return from_numpy(np.dtype(descr))
+    except (TypeError, ValueError, SyntaxError):
+        return None
 
 
 def read_npy(path):
