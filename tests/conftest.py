@@ -23,6 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "py"))
+sys.path.insert(0, str(REPO / "tests"))   # tests/helpers.py, for tests in sub-folders
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = "/usr/bin/chromium"
@@ -108,7 +109,6 @@ def pyodide_run():
 
 @pytest.fixture(scope="session")
 def site_url(dist_dir):
-    sys.path.insert(0, str(REPO / "tests"))
     from serve import start_server
     server, url = start_server(dist_dir)
     yield url

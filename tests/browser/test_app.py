@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import q4apr
+from helpers import llama_like
 
 BOOT_MS = 90_000
 RUN_MS = 120_000
@@ -89,22 +90,6 @@ def native(paths, **options):
 
 def report_names(page):
     return page.locator("#report-body td.name").all_text_contents()
-
-
-def llama_like(rng, dim=64, vocab=96, ff=128, layers=2):
-    t = {"model.embed_tokens.weight": rng.standard_normal((vocab, dim)),
-         "model.norm.weight": 1 + 0.1 * rng.standard_normal(dim),
-         "lm_head.weight": rng.standard_normal((vocab, dim))}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for n in ("q", "k", "v", "o"):
-            t[p + f"self_attn.{n}_proj.weight"] = rng.standard_normal((dim, dim)) * 0.05
-        t[p + "mlp.gate_proj.weight"] = rng.standard_normal((ff, dim)) * 0.05
-        t[p + "mlp.up_proj.weight"] = rng.standard_normal((ff, dim)) * 0.05
-        t[p + "mlp.down_proj.weight"] = rng.standard_normal((dim, ff)) * 0.05
-        t[p + "input_layernorm.weight"] = np.ones(dim)
-        t[p + "post_attention_layernorm.weight"] = np.ones(dim)
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}
 
 
 @pytest.fixture
