@@ -40,7 +40,9 @@ class Options:
             raise BadInput(f"unknown output format {self.format!r} (use apr or gguf)")
         if isinstance(self.skip, str):
             self.skip = (self.skip,)
-        self.skip = tuple(p.strip() for p in self.skip if p and p.strip())
+        if not all(isinstance(p, str) for p in self.skip):
+            raise BadInput(f"skip patterns must be strings, got {self.skip!r}")
+        self.skip = tuple(p.strip() for p in self.skip if p.strip())
         if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 128:
             raise BadInput(f"chunk size {self.chunk_bytes!r} is too small (at least 128 bytes)")
 
