@@ -678,6 +678,7 @@ def npz_cases():
     cd = plain.index(CENTRAL)
     end = plain.index(END)
     good = npy_bytes(np.ones((2, 32), np.float32))
+    two = npz_of({"a.npy": good, "b.npy": good}, zipfile.ZIP_DEFLATED)
     cases = [Case("empty", {"m.npz": b""}, match="empty")]
     for at in (2, 4, 20, first_data, first_data + 50, cd - 1, cd + 20, end, end + 10,
                len(plain) - 1):
@@ -727,6 +728,8 @@ def npz_cases():
              match="zip"),
         Case("end-count-huge", {"m.npz": npz_patch(npz_patch(plain, END, 10, "<H", 0xFFFF),
                                                    END, 8, "<H", 0xFFFF)}, bad=False),
+        Case("members-share-data", {"m.npz": npz_patch(two, CENTRAL, 42, "<I", 0, which=1)},
+             match="overlap"),
         Case("nan-weight", {"m.npz": npz_of({"w.npy": npy_bytes(np.full((2, 32), np.nan,
                                                                         np.float32))})},
              match="non-finite", tensor="w"),
@@ -856,6 +859,28 @@ def test_apr_index_over_the_limit_is_refused_before_reading(tmp_path):
     p = sparse(tmp_path / "m.apr", head, size)
     err = hostile.exercise([p], memory_limit=MEMORY_LIMIT)
     assert err is not None and "limit" in err.problem
+
+
+def test_gguf_metadata_string_budget(tmp_path, monkeypatch):
+    from q4apr.formats import gguf as reader
+    monkeypatch.setattr(reader, "MAX_ITEMS", 1000)
+    strings = struct.pack("<IQ", 8, 1001) + gguf_str("") * 1001
+    files = gg([gguf_kv("tokenizer.ggml.tokens", 9, strings)])
+    err = check_case(Case("budget", files, match="more than 1000 strings"), tmp_path)
+    assert "tokenizer.ggml.tokens" in err.message
+    monkeypatch.setattr(reader, "MAX_ITEMS", 1001)
+    assert hostile.exercise(hostile.write_set(tmp_path, files)) is None
+
+
+def test_tensor_count_limits(tmp_path, monkeypatch):
+    from q4apr.formats import apr as apr_reader
+    from q4apr.formats import gguf as gguf_reader
+    monkeypatch.setattr(gguf_reader, "MAX_TENSORS", 1)
+    monkeypatch.setattr(apr_reader, "MAX_TENSORS", 1)
+    for name, files in (("gguf", SEED["gguf"]), ("apr", SEED["apr"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        check_case(Case(name, files, match="tensors are more than the 1 q4apr reads"), folder)
 
 
 def test_reads_are_never_sized_by_unchecked_numbers(tmp_path):

@@ -17,6 +17,7 @@ MAX_NDIM, MAX_NAME = 8, 256
 MAX_METADATA = 64 << 20
 MAX_INDEX = 64 << 20     # about 200,000 tensors of long names
 MIN_ENTRY = 21           # bytes of an index entry with a 1-byte name and one dim
+MAX_TENSORS = 1 << 20
 ALIGN = 64
 QUANTIZATION = {"quant_type": "q4_0", "bits": 4, "block_size": 32, "symmetric": True}
 
@@ -159,6 +160,8 @@ def _parse_index(path, index, count, data_off, size):
     """The index entries: sorted unique names, known dtypes, sizes that match the shapes."""
     if count > len(index) // MIN_ENTRY:
         raise BadInput(f"tensor count {count} cannot fit in an index of {len(index)} bytes", path)
+    if count > MAX_TENSORS:
+        raise BadInput(f"{count} tensors are more than the {MAX_TENSORS} q4apr reads", path)
     entries, pos, prev = [], 0, None
     for i in range(count):
         raw, dcode, shape, offset, nbytes, pos = _unpack_entry(path, index, pos, i)

@@ -17,6 +17,10 @@ VERSION = 3
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4                      # GGML_MAX_DIMS
 MAX_NAME = 4096                   # bytes of a tensor name (llama.cpp itself allows 63)
+MAX_TENSORS = 1 << 20
+# strings and arrays inside metadata arrays, all told: each costs ~50 bytes of Python objects
+# for its 8 bytes of file (the largest vocabularies hold well under a million)
+MAX_ITEMS = 1 << 22
 FILE_TYPE_MOSTLY_Q4_0 = 2
 QUANTIZATION_VERSION = 2          # GGML_QNT_VERSION
 
@@ -34,6 +38,7 @@ class _Reader:
 
     def __init__(self, f, path, size):
         self.f, self.path, self.size = f, path, size
+        self.items = MAX_ITEMS   # what is left of the budget of strings/arrays in arrays
 
     def left(self):
         return self.size - self.f.tell()
@@ -68,6 +73,10 @@ class _Reader:
             if count * 8 > self.left():
                 raise BadInput(f"{what}: {count} elements cannot fit in the "
                                f"{self.left()} bytes left", self.path)
+            if count > self.items:
+                raise BadInput(f"{what}: more than {MAX_ITEMS} strings or arrays in the "
+                               "metadata's arrays", self.path)
+            self.items -= count
             return sub, [self.value(sub, what, depth + 1) for _ in range(count)]
         raise BadInput(f"{what}: unknown value type {vtype}", self.path)
 
@@ -87,6 +96,8 @@ def read(path):
         # each key/value takes at least 12 bytes, each tensor info at least 24
         if n_kv * 12 + n_tensors * 24 > r.left():
             raise BadInput(f"{n_tensors} tensors and {n_kv} key/values cannot fit in the file", path)
+        if n_tensors > MAX_TENSORS:
+            raise BadInput(f"{n_tensors} tensors are more than the {MAX_TENSORS} q4apr reads", path)
         kv = []
         for i in range(n_kv):
             key = _text(r.string(f"key #{i}"), path, f"key #{i}")

@@ -98,12 +98,22 @@ def read_npz(path):
         raise BadInput(f"not a readable .npz (zip) file ({str(e)[:80]})", path) from None
     entries = []
     with zf:
+        _check_members_apart(path, members)
         for info in members:
             if info.filename.endswith("/"):
                 continue
             entries.append(_member_entry(path, zf, info))
     check_names(entries)
     return Model("npz", [path], model_name(path), entries)
+
+
+def _check_members_apart(path, members):
+    """Members may not share compressed bytes: a zip whose entries all point at one deflated
+    member would make a small file decompress into terabytes."""
+    size = os.path.getsize(path)
+    starts = [m.header_offset for m in members]
+    if len(set(starts)) != len(starts) or sum(m.compress_size for m in members) > size:
+        raise BadInput("zip members overlap (they share compressed data)", path)
 
 
 def _member_entry(path, zf, info):
