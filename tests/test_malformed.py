@@ -127,6 +127,8 @@ def safetensors_cases():
              tensor="w"),
         Case("metadata-not-object", {"m.safetensors": st_raw('{"__metadata__": [1]}')},
              match="__metadata__"),
+        Case("metadata-nested-900", {"m.safetensors": st_raw(
+            '{"__metadata__": {"a": ' + "[" * 900 + "]" * 900 + "}}")}, match="nests deeper"),
         Case("duplicate-name", {"m.safetensors": st_raw(
             '{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
             '"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', bytes(8))},
@@ -214,6 +216,8 @@ def index_cases():
         Case("non-utf8", index_set(b'{"weight_map": {"\xff": "x"}}'), match="JSON"),
         Case("nested", index_set(b"[" * 100_000 + b"]" * 100_000), match="JSON"),
         Case("array", index_set([]), match="object"),
+        Case("metadata-nested-900", index_set('{"metadata": {"a": %s}, "weight_map": {}}'
+                                              % ("[" * 900 + "]" * 900)), match="nests deeper"),
         Case("nan-metadata", index_set('{"metadata": {"total_size": NaN}, "weight_map": {}}'),
              match="JSON"),
         Case("float-overflow", index_set('{"metadata": {"x": 1e400}, "weight_map": {}}'),
@@ -511,10 +515,11 @@ def apr_cases():
                        "nested": b"[" * 50_000 + b"]" * 50_000, "nan": b'{"x": NaN}',
                        "infinity": b'{"x": Infinity}', "float-overflow": b'{"x": -1e999}',
                        "key-twice": b'{"name": "a", "name": "b"}',
+                       "nested-900": b'{"a": ' + b"[" * 900 + b"]" * 900 + b"}",
                        "lone-surrogate": b'{"name": "\\udfff"}'}.items():
         cases.append(Case(f"metadata-{name}", apr_with(meta=text),
                           match="metadata (is not valid JSON|is not a JSON object|has the key|"
-                                "holds a string)"))
+                                "holds a string|nests deeper)"))
     cases += [
         Case("metadata-empty", apr_with(meta=b""), bad=False),
         Case("metadata-odd-name", apr_with(meta=b'{"name": {"a": [1]}, "param_count": "x"}'),

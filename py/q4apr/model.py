@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from .dtypes import DType
 from .errors import BadInput
 
+# JSON nesting a reader accepts: what parses near Python's recursion limit would not print
+MAX_JSON_DEPTH = 64
+
 
 @dataclass
 class TensorEntry:
@@ -120,6 +123,8 @@ def load_json(raw, path, what, top_names_tensors=False):
     bad = next((k for k in reversed(dups) if k is not None), None)
     if bad is not None:
         raise BadInput(f"{what} has the key {bad!r} twice", path)
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BadInput(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", path)
     bad = _bad_string(value)
     if bad is not None:
         raise BadInput(f"{what} holds a string that is not valid Unicode: {bad!r:.60}", path)
@@ -171,6 +176,17 @@ def _bad_string(value):
         elif isinstance(v, list):
             stack.extend(v)
     return None
+
+
+def _depth(value):
+    """How deeply a JSON value nests (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def model_name(path):

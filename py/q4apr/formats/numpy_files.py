@@ -56,7 +56,7 @@ def parse_header(f, path, tensor=None):
     shape = d["shape"]
     if (not isinstance(shape, tuple) or len(shape) > 32
             or not all(type(x) is int and 0 <= x < 1 << 48 for x in shape)):
-        raise BadInput(f"bad shape {shape!r}", path, tensor)
+        raise BadInput(f"bad shape {shape!r:.80}", path, tensor)
     dtype = _dtype(d["descr"])
     if dtype is None:
         raise BadInput(f"array dtype {d['descr']!r:.40} is not supported (use little-endian float "
