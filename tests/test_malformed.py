@@ -888,6 +888,21 @@ def test_tensor_count_limits(tmp_path, monkeypatch):
         check_case(Case(name, files, match="tensors are more than the 1 q4apr reads"), folder)
 
 
+def test_a_read_error_mid_tensor_is_bad_input(tmp_path, monkeypatch):
+    """The disk (or a browser File) failing under a read is reported, not a traceback."""
+    import errno
+
+    class Failing(io.BytesIO):
+        def readinto(self, b):
+            raise OSError(errno.EIO, "Input/output error")
+
+    p = hostile.write_set(tmp_path, SEED["npy"])
+    with q4apr.open_model(p) as m:
+        monkeypatch.setattr(type(m.tensors[0]), "open", lambda self: Failing())
+        with pytest.raises(q4apr.BadInput, match="m.npy.*cannot read.*Input/output"):
+            q4apr.quantize(m, q4apr.MemorySink(), q4apr.Options(chunk_bytes=256))
+
+
 def test_reads_are_never_sized_by_unchecked_numbers(tmp_path):
     """The harness itself: a read larger than the file is caught (so the corpus means it)."""
     p = hostile.write_set(tmp_path, {"x.bin": b"abc"})[0]

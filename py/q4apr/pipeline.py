@@ -204,7 +204,10 @@ def _read_chunk(f, view, path, name):
     """Fill view from f (short reads happen on zip members and WORKERFS), or fail clearly."""
     got = 0
     while got < len(view):
-        n = f.readinto(view[got:])
+        try:
+            n = f.readinto(view[got:])
+        except OSError as e:
+            raise BadInput(f"cannot read ({e.strerror or e})", path, name) from None
         if not n:
             raise BadInput(f"the file ends inside this tensor's data (it changed or is truncated)",
                            path, name)
