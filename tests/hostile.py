@@ -281,6 +281,7 @@ def exercise(paths, chunk_bytes=256, timeout=None, memory_limit=None):
 
 
 def _run_all(paths, chunk_bytes):
+    q4apr.verify_file(paths, chunk_bytes=chunk_bytes)   # reports, never raises
     try:
         model = q4apr.open_model(paths)
     except q4apr.BadInput as e:
