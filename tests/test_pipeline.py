@@ -121,3 +121,13 @@ def test_any_shape_any_chunk_round_trips(tmp_path_factory, rows, cols, chunk, se
         data = np.frombuffer(f.read(m.tensors[0].nbytes), np.uint8)
     back = q4apr.codecs.dequantize(q4apr.codecs.AprQ4, data, a.size).reshape(a.shape)
     assert np.mean((back - a) ** 2) == pytest.approx(rep["tensors"][0]["mse"], rel=1e-4, abs=1e-12)
+
+
+def test_f16_overflow_keeps_the_tensor_f32(tmp_path):
+    a = np.ones((96, 64), np.float32)
+    a[90, 1] = 70000.0     # beyond F16's 65504: keeping the embedding at F16 would make it inf
+    np.savez(tmp_path / "m.npz", **{"model.embed_tokens.weight": a})
+    out, rep = run([str(tmp_path / "m.npz")], keep_embeddings_f16=True, chunk_bytes=1024)
+    t = rep["tensors"][0]
+    assert (t["dtype_out"], t["action"]) == ("F32", "convert") and "F16" in t["reason"]
+    assert parse_apr(out)[2]["model.embed_tokens.weight"][2] == a.tobytes()

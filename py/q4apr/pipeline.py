@@ -63,7 +63,8 @@ class Progress:
 
 
 class _Overflow(Exception):
-    """A Q4 scale does not fit in f16: the tensor is written again at F32."""
+    """The planned type cannot hold this tensor (a Q4 scale or a value beyond f16's range):
+    the tensor is written again at F32. The exception's text is the report's reason."""
 
 
 def output_name(inputs, fmt):
@@ -147,9 +148,9 @@ def quantize_steps(model, sink, options):
             try:
                 stats = yield from _write_tensor(model, entry, decision.dtype_out, sink, bufs,
                                                  done, total, layout, crc)
-            except _Overflow:
+            except _Overflow as why:
                 sink.truncate(start)
-                decision = policy.Decision(F32, "convert", "a Q4 scale overflows f16: kept at F32")
+                decision = policy.Decision(F32, "convert", f"{why}: kept at F32")
                 stats = yield from _write_tensor(model, entry, F32, sink, bufs, done, total,
                                                  layout, crc_start)
             crc = stats["crc"]
@@ -259,7 +260,7 @@ def _write_tensor(model, entry, dtype_out, sink, bufs, done, total, layout, crc)
                     if bad.size:
                         raise BadInput(f"non-finite weight {x[bad[0]]} at flat index {i + bad[0]} "
                                        "(cannot be quantized)", path, entry.name)
-                    raise _Overflow()
+                    raise _Overflow("a Q4 scale overflows f16")
                 if dtype_out is APR_Q4:
                     low_scales += int(np.count_nonzero(np.abs(scales) < APRENDER_MIN_SCALE))
                 y = codecs.dequantize(q4, out, n, out=bufs.y[:n])
@@ -269,7 +270,10 @@ def _write_tensor(model, entry, dtype_out, sink, bufs, done, total, layout, crc)
                 maxerr = max(maxerr, float(y.max()) if n else 0.0)
             elif dtype_out is F16:
                 out = bufs.f16[:n]
-                np.copyto(out, x, casting="same_kind")
+                with np.errstate(over="ignore"):
+                    np.copyto(out, x, casting="same_kind")
+                if not np.isfinite(out).all() and (np.isfinite(x) & ~np.isfinite(out)).any():
+                    raise _Overflow("a value is beyond F16's range")
             elif dtype_out is F32:
                 out = x
             else:
