@@ -141,7 +141,10 @@ def atheris_run(fmt, seed_sets, seconds, findings_dir):
             _summary([stats])
             os._exit(0)
         files = dict(base)
-        files[target] = bytes(data)
+        data = bytes(data)
+        if fmt == "apr" and len(data) % 8:   # most inputs get their CRCs made right again,
+            data = hostile.fix_apr_crcs(data)  # so that mutations reach past the checksums
+        files[target] = data
         run_one(stats, files, workdir)
 
     # -timeout=0: hangs are caught by our own 5 s alarm (libFuzzer's would take SIGALRM)
