@@ -84,3 +84,11 @@ def test_verify_reports_damage_exit_1(model, tmp_path):
 def test_usage_error_exit_2():
     assert cli("quantize").returncode == 2
     assert cli("frobnicate").returncode == 2
+
+
+def test_output_permissions_follow_the_umask(model, tmp_path):
+    assert cli("quantize", model).returncode == 0
+    mode = (tmp_path / "model.apr").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

@@ -83,7 +83,7 @@ class FileSink(Sink):
         for p in inputs:
             if os.path.exists(self.path) and os.path.samefile(p, self.path):
                 raise BadInput("the output would overwrite this input; choose another name", p)
-        self._f = None
+        self._f = self._tmp = None
 
     def begin(self, head_len):
         super().begin(head_len)
@@ -95,6 +95,9 @@ class FileSink(Sink):
             raise Q4Error(f"cannot write in {folder}: {e.strerror or e}") from None
         self._f = os.fdopen(fd, "w+b")
         self._f.write(bytes(head_len))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)   # mkstemp's 0600 is not what a user expects
 
     def write(self, data):
         self._f.write(data)
@@ -114,12 +117,16 @@ class FileSink(Sink):
         self._f.close()
         self._f = None
         os.replace(self._tmp, self.path)
+        self._tmp = None
 
     def abort(self):
+        """Close and remove the temporary file, whatever step the run stopped at."""
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self._tmp is not None:
             try:
                 os.unlink(self._tmp)
             except OSError:
                 pass
+            self._tmp = None
