@@ -128,7 +128,7 @@ def safetensors_cases():
         Case("metadata-not-object", {"m.safetensors": st_raw('{"__metadata__": [1]}')},
              match="__metadata__"),
         Case("metadata-nested-900", {"m.safetensors": st_raw(
-            '{"__metadata__": {"a": ' + "[" * 900 + "]" * 900 + "}}")}, match="nests deeper"),
+            '{"__metadata__": {"a": ' + "[" * 900 + "]" * 900 + "}}")}, match="nests JSON deeper"),
         Case("duplicate-name", {"m.safetensors": st_raw(
             '{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
             '"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', bytes(8))},
@@ -217,7 +217,7 @@ def index_cases():
         Case("nested", index_set(b"[" * 100_000 + b"]" * 100_000), match="JSON"),
         Case("array", index_set([]), match="object"),
         Case("metadata-nested-900", index_set('{"metadata": {"a": %s}, "weight_map": {}}'
-                                              % ("[" * 900 + "]" * 900)), match="nests deeper"),
+                                              % ("[" * 900 + "]" * 900)), match="nests JSON deeper"),
         Case("nan-metadata", index_set('{"metadata": {"total_size": NaN}, "weight_map": {}}'),
              match="JSON"),
         Case("float-overflow", index_set('{"metadata": {"x": 1e400}, "weight_map": {}}'),
@@ -519,7 +519,7 @@ def apr_cases():
                        "lone-surrogate": b'{"name": "\\udfff"}'}.items():
         cases.append(Case(f"metadata-{name}", apr_with(meta=text),
                           match="metadata (is not valid JSON|is not a JSON object|has the key|"
-                                "holds a string|nests deeper)"))
+                                "holds a string|nests JSON deeper)"))
     cases += [
         Case("metadata-empty", apr_with(meta=b""), bad=False),
         Case("metadata-odd-name", apr_with(meta=b'{"name": {"a": [1]}, "param_count": "x"}'),

@@ -11,6 +11,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .dtypes import DType
 from .errors import BadInput
 
@@ -111,6 +113,8 @@ def load_json(raw, path, what, top_names_tensors=False):
         dups.append(_first_duplicate(items) if len(d) != len(items) else None)
         return d
 
+    if _bracket_depth(raw) > MAX_JSON_DEPTH:   # before parsing: deep JSON kills wasm's stack
+        raise BadInput(f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels", path)
     try:
         value = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs,
                            parse_constant=_no_constant, parse_float=_finite_float)
@@ -123,8 +127,6 @@ def load_json(raw, path, what, top_names_tensors=False):
     bad = next((k for k in reversed(dups) if k is not None), None)
     if bad is not None:
         raise BadInput(f"{what} has the key {bad!r} twice", path)
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise BadInput(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", path)
     bad = _bad_string(value)
     if bad is not None:
         raise BadInput(f"{what} holds a string that is not valid Unicode: {bad!r:.60}", path)
@@ -178,14 +180,22 @@ def _bad_string(value):
     return None
 
 
-def _depth(value):
-    """How deeply a JSON value nests (walked without recursion)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, (dict, list)):
-            deepest = max(deepest, d)
-            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def _bracket_depth(raw, chunk=1 << 20):
+    """The deepest nesting of [ and { in JSON text, strings skipped, counted in numpy.
+
+    Parsing first is no option: under Pyodide, json.loads of a few thousand nested
+    brackets overflows the JavaScript stack and kills the whole runtime."""
+    text = np.frombuffer(_JSON_STRING.sub(b"", bytes(raw)), np.uint8)
+    deepest = level = 0
+    for at in range(0, len(text), chunk):
+        b = text[at: at + chunk]
+        step = ((b == 0x5B) | (b == 0x7B)).astype(np.int32) - ((b == 0x5D) | (b == 0x7D))
+        run = np.cumsum(step, dtype=np.int64) + level
+        deepest = max(deepest, int(run.max()))
+        level = int(run[-1])
     return deepest
 
 
