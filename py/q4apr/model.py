@@ -16,6 +16,34 @@ import numpy as np
 from .dtypes import DType
 from .errors import BadInput
 
+# Under Pyodide (wasm32) CPython is built without large-file support: seek() converts
+# its offset through a 32-bit C long, so seeking past 2 GiB raises OverflowError, and a
+# buffered reader fails there too (it checks the position seek() returns).  An unbuffered
+# file stepped forward by relative seeks below 2**31 does work (its position lives in the
+# JS file system); only the position seek()/tell() report is wrong, and it is not used.
+_SEEK_MAX = 2**31 - 1
+_SEEK_STEP = 1 << 30
+
+
+def open_at(path, offset):
+    """A binary reader of `path` positioned at `offset`, for read() and readinto()."""
+    if offset <= _SEEK_MAX:
+        f = open(path, "rb")
+        f.seek(offset)
+        return f
+    f = open(path, "rb", buffering=0)
+    try:
+        left = offset
+        while left:
+            step = min(left, _SEEK_STEP)
+            f.seek(step, os.SEEK_CUR)
+            left -= step
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 # JSON nesting a reader accepts: what parses near Python's recursion limit would not print
 MAX_JSON_DEPTH = 64
 
@@ -34,9 +62,7 @@ class TensorEntry:
         """A binary reader positioned at the first byte of this tensor."""
         if self.opener is not None:
             return self.opener()
-        f = open(self.path, "rb")
-        f.seek(self.offset)
-        return f
+        return open_at(self.path, self.offset)
 
     @property
     def n_elements(self):
