@@ -33,7 +33,8 @@ def _status(status, message=None):
         d["message"] = message
     return json.dumps(d)
 
-async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done, is_cancelled):
+async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done, is_cancelled,
+                       read_hint=None, read_pending=None):
     model = None
     gen = None
     try:
@@ -43,10 +44,16 @@ async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress
         if is_cancelled():
             return _status("cancelled")
         model = q4apr.open_model(paths)
+        if read_hint is not None:   # the byte ranges the run will read, for the read-ahead
+            read_hint(json.dumps([[e.path, e.offset, e.nbytes] for e in model.tensors
+                                  if e.opener is None]))
         sink = q4apr.CallbackSink(on_chunk, on_truncate)
         gen = q4apr.quantize_steps(model, sink, options)
         last = 0.0
         while True:
+            pending = read_pending() if read_pending is not None else None
+            if pending is not None:
+                await pending   # the bytes the next chunk reads are on their way
             await asyncio.sleep(0)
             if is_cancelled():
                 g, gen = gen, None
@@ -171,6 +178,10 @@ async function boot() {
   post({ type: MSG.READY, versions });
 }
 
+// For the benchmarks (bench/e2e_browser.py, through Playwright): the size of the wasm
+// heap in bytes.  It never shrinks, so after a run it is that run's peak.
+self.q4aprHeapBytes = () => (py ? py._module.HEAPU8.length : 0);
+
 const booted = boot().then(
   () => true,
   (err) => {
@@ -182,6 +193,122 @@ const booted = boot().then(
 
 // ---- mounting the page's File objects (read lazily, never copied whole) ----
 
+// WORKERFS answers each read with FileReaderSync, which stalls this thread while the
+// browser reads the file, and copies Uint8 into the Int8 heap byte by byte.  The core
+// reads each tensor in order, chunk by chunk, and yields between chunks: so after each
+// read the bytes that follow in the same tensor (driver's hint) are requested from a
+// helper thread (reader.js: FileReaderSync there, the buffer transferred back), which
+// reads them while Python computes; the driver awaits them between chunks (readPending),
+// and a read they cover is a memcpy.  A read nothing covers falls back to FileReaderSync
+// here; headers (read before the hint) are read as before.  Read-ahead lives in JS
+// memory, not the wasm heap: at most READ_AHEAD bytes per file.
+const READ_WINDOW = 4 << 20;
+const READ_AHEAD = 12 << 20;
+let lastRead = null;    // {reader, pos}: the reader read last and where it stopped
+
+let helper;             // the reading thread (reader.js); null: read on this thread
+const helperReplies = new Map();
+let helperSeq = 0;
+
+function helperFailed() {
+  helper = null;
+  for (const reply of helperReplies.values()) reply({ error: "the reading thread failed" });
+  helperReplies.clear();
+}
+
+// [start, end) of `file` as an ArrayBuffer, read off this thread when possible.
+function readRange(file, start, end) {
+  if (helper === undefined) {
+    try {
+      helper = new Worker(new URL("./reader.js", import.meta.url), { name: "q4apr-reader" });
+      helper.onmessage = (e) => {
+        const reply = helperReplies.get(e.data.id);
+        helperReplies.delete(e.data.id);
+        if (reply) reply(e.data);
+      };
+      helper.onerror = (e) => { e.preventDefault?.(); helperFailed(); };
+    } catch (_) {
+      helper = null;
+    }
+  }
+  if (!helper) return file.slice(start, end).arrayBuffer();
+  return new Promise((resolve, reject) => {
+    const id = ++helperSeq;
+    helperReplies.set(id, (d) => (d.buf ? resolve(d.buf) : reject(new Error(d.error))));
+    helper.postMessage({ id, file, start, end });
+  });
+}
+
+class ReadAhead {
+  constructor(file) {
+    this.file = file;
+    this.windows = [];  // {start, end, data: Uint8Array | null, promise}, by start
+    this.ranges = [];   // [start, end) byte ranges the run reads in order, sorted
+  }
+
+  // How far to read ahead after a read of [pos, end): to the end of the hinted range
+  // holding pos, at most READ_AHEAD past end; outside the hinted ranges, not at all.
+  limit(pos, end) {
+    const r = this.ranges;
+    let lo = 0, hi = r.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (r[mid][1] <= pos) lo = mid + 1;
+      else if (r[mid][0] > pos) hi = mid - 1;
+      else return Math.min(r[mid][1], end + READ_AHEAD, this.file.size);
+    }
+    return end;
+  }
+
+  request(start, end) {
+    const w = { start, end, data: null, promise: null };
+    w.promise = readRange(this.file, start, end).then(
+      (ab) => { w.data = new Uint8Array(ab); },
+      () => { w.failed = true; });   // the synchronous read will report the error
+    return w;
+  }
+
+  // Emscripten stream_ops.read: `length` bytes at `position` into heap[offset..].
+  read(heap, offset, length, position) {
+    const size = this.file.size;
+    if (position >= size) return 0;
+    const want = Math.min(length, size - position);
+    const dst = new Uint8Array(heap.buffer, heap.byteOffset + offset, want);
+    let done = 0;
+    while (done < want) {
+      const p = position + done;
+      const w = this.windows.find((v) => v.data && v.start <= p && p < v.end);
+      if (!w) break;
+      const n = Math.min(want - done, w.end - p);
+      dst.set(w.data.subarray(p - w.start, p - w.start + n), done);
+      done += n;
+    }
+    if (done < want) {
+      const part = this.file.slice(position + done, position + want);
+      dst.set(new Uint8Array(new FileReaderSync().readAsArrayBuffer(part)), done);
+    }
+    const end = position + want;
+    const limit = this.limit(position, end);
+    this.windows = this.windows.filter((v) => v.end > end && v.start < limit);
+    let from = end;
+    for (const v of this.windows) if (v.start <= from && v.end > from) from = v.end;
+    while (from < limit) {
+      const to = Math.min(limit, from + READ_WINDOW);
+      this.windows.push(this.request(from, to));
+      from = to;
+    }
+    this.windows.sort((a, b) => a.start - b.start);
+    lastRead = { reader: this, pos: end };
+    return want;
+  }
+
+  // The promise of the window the next read (at pos) needs, if it has not arrived.
+  pending(pos) {
+    const w = this.windows.find((v) => v.start <= pos && pos < v.end);
+    return w && !w.data && !w.failed ? w.promise : null;
+  }
+}
+
 function safeId(id) {
   return String(id).replace(/[^A-Za-z0-9_-]/g, "_") || "job";
 }
@@ -192,6 +319,13 @@ function mount(id, files) {
   try { FS.mkdir("/in"); } catch (_) { /* exists */ }
   try { FS.mkdir(dir); } catch (_) { /* exists */ }
   FS.mount(FS.filesystems.WORKERFS, { files }, dir);
+  const readers = new Map();
+  for (const f of files) {
+    const node = FS.lookupPath(`${dir}/${f.name}`).node;
+    const ra = new ReadAhead(f);
+    node.stream_ops = { ...node.stream_ops, read: (stream, heap, off, len, pos) => ra.read(heap, off, len, pos) };
+    readers.set(f.name, ra);
+  }
   // Model files first (by name), the shard index last.
   const names = files.map((f) => f.name);
   names.sort((a, b) => {
@@ -199,11 +333,12 @@ function mount(id, files) {
     if (ja !== jb) return ja ? 1 : -1;
     return a < b ? -1 : a > b ? 1 : 0;
   });
-  return { dir, paths: names.map((n) => `${dir}/${n}`) };
+  return { dir, paths: names.map((n) => `${dir}/${n}`), readers };
 }
 
 function unmount(dir) {
   const FS = py.FS;
+  lastRead = null;
   try { FS.unmount(dir); } catch (_) { /* not mounted */ }
   try { FS.rmdir(dir); } catch (_) { /* gone */ }
 }
@@ -249,7 +384,7 @@ async function runQuantize(msg) {
   const options = { ...(msg.options || {}) };
   if (options.chunk_bytes == null) delete options.chunk_bytes;
 
-  const { dir, paths } = mount(id, msg.files);
+  const { dir, paths, readers } = mount(id, msg.files);
   let outcome = null;
   try {
     const onChunk = (b) => {
@@ -267,7 +402,16 @@ async function runQuantize(msg) {
       head = toArrayBuffer(h);
     };
     const isCancelled = () => cancelled.has(id);
-    const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onTruncate, onProgress, onDone, isCancelled);
+    const readHint = (json) => {
+      for (const [path, start, n] of JSON.parse(json)) {
+        const ra = readers.get(String(path).split("/").pop());
+        if (ra && n > 0) ra.ranges.push([start, start + n]);
+      }
+      for (const ra of readers.values()) ra.ranges.sort((a, b) => a[0] - b[0]);
+    };
+    const readPending = () => (lastRead ? lastRead.reader.pending(lastRead.pos) : null);
+    const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onTruncate, onProgress, onDone,
+      isCancelled, readHint, readPending);
     let status;
     try {
       status = JSON.parse(await coro);
