@@ -1,7 +1,7 @@
 // The worker: a thin adapter between the page's message protocol (protocol.js)
 // and the q4apr Python core running in Pyodide.  Module worker.
 
-import { loadPyodide } from "./pyodide/pyodide.mjs";
+import { loadPyodide, version as pyodideVersion } from "./pyodide/pyodide.mjs";
 import { MSG } from "./protocol.js";
 
 const PROGRESS_EVERY_S = 0.1;
@@ -134,12 +134,40 @@ function describe(err) {
 
 async function boot() {
   post({ type: MSG.BOOT, stage: "runtime", progress: 0.02 });
-  const indexURL = new URL("./pyodide/", import.meta.url).href;
-  py = await loadPyodide({
-    indexURL,
+  // the core's zip comes while the runtime starts
+  const core = fetch(new URL("./q4apr.zip", import.meta.url)).then((res) => {
+    if (!res.ok) throw new Error(`the q4apr core could not be fetched (HTTP ${res.status})`);
+    return res.arrayBuffer();
+  });
+  core.catch(() => {});   // reported where it is awaited
+  const snapshot = await snapshotGet();
+  if (snapshot) {
+    try {
+      return await bootRuntime(snapshot, core);
+    } catch (err) {
+      console.warn(`starting from the stored runtime snapshot failed, starting afresh: ${describe(err)}`);
+      await snapshotDrop();
+    }
+  }
+  return bootRuntime(null, core);
+}
+
+async function bootRuntime(snapshot, core) {
+  const options = {
+    indexURL: new URL("./pyodide/", import.meta.url).href,
     stdout: (s) => console.log("[py]", s),
     stderr: (s) => console.warn("[py]", s),
-  });
+  };
+  if (snapshot) options._loadSnapshot = snapshot;
+  else if (typeof indexedDB !== "undefined") options._makeSnapshot = true;
+  py = await loadPyodide(options);
+  if (options._makeSnapshot) {
+    try {
+      snapshotPut(py.makeMemorySnapshot());   // stored in the background
+    } catch (err) {
+      console.warn(`no runtime snapshot: ${describe(err)}`);
+    }
+  }
 
   post({ type: MSG.BOOT, stage: "numpy", progress: 0.6 });
   const loadErrors = [];
@@ -156,10 +184,7 @@ async function boot() {
   }
 
   post({ type: MSG.BOOT, stage: "core", progress: 0.85 });
-  const res = await fetch(new URL("./q4apr.zip", import.meta.url));
-  if (!res.ok) throw new Error(`the q4apr core could not be fetched (HTTP ${res.status})`);
-  const buf = await res.arrayBuffer();
-  py.unpackArchive(buf, "zip", { extractDir: "/lib/q4apr" });
+  py.unpackArchive(await core, "zip", { extractDir: "/lib/q4apr" });
 
   const dict = py.globals.get("dict");
   ns = dict();
@@ -176,6 +201,50 @@ async function boot() {
   versions.pyodide = py.version;
   post({ type: MSG.BOOT, stage: "core", progress: 1 });
   post({ type: MSG.READY, versions });
+}
+
+// ---- start-up from a snapshot ----
+// Most of a cold start is CPython and Pyodide booting inside wasm (about 2.5 s of 3.8 s,
+// page load to ready, on a 2-core machine).  So the first boot also takes a snapshot of
+// the runtime's memory right after loadPyodide (Pyodide's _makeSnapshot; before numpy,
+// as a snapshot cannot hold loaded shared libraries) and keeps it in IndexedDB (21 MB);
+// later boots restore it in about 0.5 s, then load numpy and the core as usual.  The
+// snapshot API is experimental: Pyodide checks the snapshot's build id on restore, and
+// any failure while starting from a snapshot deletes it and starts afresh here.
+const SNAPSHOT_DB = "q4apr-runtime";
+const SNAPSHOT_KEY = `pyodide-${pyodideVersion}-v1`;
+
+function snapshotStore(mode, op) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open(SNAPSHOT_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("snapshots");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const db = open.result;
+      const tx = db.transaction("snapshots", mode);
+      const req = op(tx.objectStore("snapshots"));
+      tx.oncomplete = () => { db.close(); resolve(req.result); };
+      tx.onerror = tx.onabort = () => { db.close(); reject(tx.error); };
+    };
+  });
+}
+
+async function snapshotGet() {
+  if (typeof indexedDB === "undefined") return null;
+  try {
+    const v = await snapshotStore("readonly", (s) => s.get(SNAPSHOT_KEY));
+    return v instanceof Uint8Array ? v : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+function snapshotPut(bytes) {   // the only snapshot kept: older versions' go
+  return snapshotStore("readwrite", (s) => { s.clear(); return s.put(bytes, SNAPSHOT_KEY); }).catch(() => {});
+}
+
+function snapshotDrop() {
+  return snapshotStore("readwrite", (s) => s.delete(SNAPSHOT_KEY)).catch(() => {});
 }
 
 // For the benchmarks (bench/e2e_browser.py, through Playwright): the size of the wasm
