@@ -37,7 +37,8 @@ def build_parser():
                    help="keep the token embedding at F16")
     q.add_argument("--keep-output-f16", action="store_true", help="keep the output head at F16")
     q.add_argument("--pure", action="store_true",
-                   help="quantize every tensor, 1-D ones included (as llama-quantize --pure)")
+                   help="quantize every tensor, 1-D ones and norms included (the default "
+                        "already matches llama-quantize --pure)")
     q.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="keep tensors whose name matches this glob (repeatable)")
     q.add_argument("--chunk-mb", type=float, default=4.0, help="working chunk size (default 4)")
