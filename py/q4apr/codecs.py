@@ -70,12 +70,20 @@ def _block_max(src: np.ndarray, t1: np.ndarray, t2: np.ndarray, fn) -> np.ndarra
     Five 1-D passes build a sliding window of width 32 (offsets 16, 8, 4, 2, 1),
     so position 32*b holds the reduction of block b.  Natively that is several
     times faster than ``src.reshape(-1, 32).max(axis=1)``, which pays a call per
-    row; under Pyodide (no SIMD) it is the other way round.  Integer max/min
-    are exact, so both give the same values.  ``src`` is only read (it may be
-    ``t2``); the stale tails of t1/t2 never reach a position 32*b.
+    row.  Under Pyodide (no SIMD) the work counts, not the calls: there five
+    halving passes over even/odd strided views (n/2 + n/4 + ... = n elements in
+    all) beat both (~1.35x the row-wise reduce).  Integer max/min are exact, so
+    all give the same values.  ``src`` is only read before t2 is written (it
+    may be ``t2``); the stale tails of t1/t2 never reach a position 32*b.
     """
     if _WASM:
-        return fn.reduce(src.reshape(-1, 32), axis=1)
+        m = src.size
+        fn(src[0::2], src[1::2], out=t1[: m // 2])
+        fn(t1[0:m // 2:2], t1[1:m // 2:2], out=t2[: m // 4])
+        fn(t2[0:m // 4:2], t2[1:m // 4:2], out=t1[: m // 8])
+        fn(t1[0:m // 8:2], t1[1:m // 8:2], out=t2[: m // 16])
+        fn(t2[0:m // 16:2], t2[1:m // 16:2], out=t1[: m // 32])
+        return t1[: m // 32]
     fn(src[:-16], src[16:], out=t1[:-16])
     fn(t1[:-8], t1[8:], out=t2[:-8])
     fn(t2[:-4], t2[4:], out=t1[:-4])
