@@ -9,7 +9,6 @@ from .dtypes import numel
 from .errors import BadInput, Q4Error
 from .model import open_model
 
-CODECS = {"APR_Q4": codecs.AprQ4, "Q4_0": codecs.Q4_0, "Q8_0": codecs.Q8_0}
 
 
 def inspect_model(model):
@@ -61,7 +60,7 @@ def verify_file(paths, chunk_bytes=4 << 20):
 
 def _check_tensor(t, buf):
     """'' if the tensor's bytes read back and its Q4 scales are finite, else what is wrong."""
-    codec = CODECS.get(t.dtype.name)
+    codec = codecs.CODECS.get(t.dtype.name)
     block = t.dtype.type_size if codec else 1
     step = len(buf) // block * block
     nonfinite = 0

@@ -22,7 +22,6 @@ from .model import model_name
 from .report import Report, TensorReport
 
 FORMATS = ("apr", "gguf")
-CODECS = {"APR_Q4": codecs.AprQ4, "Q4_0": codecs.Q4_0, "Q8_0": codecs.Q8_0}
 APRENDER_MIN_SCALE = 2.0 ** -14  # Aprender reads smaller scales as 0
 _ABS_BITS = np.int32(0x7FFFFFFF)
 
@@ -88,7 +87,7 @@ def plan(model, options):
         if d is None:
             raise BadInput(f"{e.dtype.name} tensors cannot be stored in {options.format.upper()}",
                            model.paths[0], e.name)
-        if e.dtype.quantized and e.dtype is not d.dtype_out and e.dtype.name not in CODECS:
+        if e.dtype.quantized and e.dtype is not d.dtype_out and e.dtype.name not in codecs.CODECS:
             raise BadInput(f"{e.dtype.name} tensors cannot be decoded by q4apr", model.paths[0],
                            e.name)
         decisions.append((e, d))
@@ -243,7 +242,7 @@ def _write_tensor(model, entry, dtype_out, sink, bufs, done, total, layout, crc)
                 yield Progress(done + pos, total, entry.name)
             stats["crc"] = crc
             return stats
-        q4 = CODECS.get(dtype_out.name)
+        q4 = codecs.CODECS.get(dtype_out.name)
         sq, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0, 0, 0
         while i < n_total:
             n = min(bufs.n, n_total - i)
@@ -305,11 +304,9 @@ def _decode(src, view, n, out):
     if src is F32:
         return np.frombuffer(view, "<f4", n)
     if src.name == "BF16":
-        u16 = np.frombuffer(view, "<u2", n)
-        np.left_shift(u16, 16, out=out.view(np.uint32), dtype=np.uint32)
-        return out
-    if src.name in CODECS:
-        return codecs.dequantize(CODECS[src.name], np.frombuffer(view, np.uint8), n, out=out)
+        return codecs.bf16_to_f32(np.frombuffer(view, "<u2", n), out=out)
+    if src.name in codecs.CODECS:
+        return codecs.dequantize(codecs.CODECS[src.name], np.frombuffer(view, np.uint8), n, out=out)
     with np.errstate(over="ignore"):   # F64 beyond F32's range: _check_f32_range says so
         np.copyto(out, np.frombuffer(view, src.numpy, n), casting="same_kind")
     return out
