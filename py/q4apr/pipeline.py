@@ -143,15 +143,15 @@ def quantize_steps(model, sink, options):
     try:
         records, crc, done = [], 0, 0
         for entry, decision in decisions:
-            _pad(sink, layout.tensor_start(sink.size), layout)
+            crc = _pad(sink, layout.tensor_start(sink.size), layout, crc)
             start, crc_start = sink.size, crc
             try:
-                stats = yield from _write_tensor(model, entry, decision.dtype_out, sink, bufs,
+                stats = yield from _write_tensor(entry, decision.dtype_out, sink, bufs,
                                                  done, total, layout, crc)
             except _Overflow as why:
                 sink.truncate(start)
                 decision = policy.Decision(F32, "convert", f"{why}: kept at F32")
-                stats = yield from _write_tensor(model, entry, F32, sink, bufs, done, total,
+                stats = yield from _write_tensor(entry, F32, sink, bufs, done, total,
                                                  layout, crc_start)
             crc = stats["crc"]
             size = sink.size - start
@@ -191,12 +191,13 @@ def quantize(model, sink, options, progress=None, cancel=None):
         steps.close()   # on error or Ctrl-C: the generator aborts the sink
 
 
-def _pad(sink, to, layout, crc=None):
+def _pad(sink, to, layout, crc):
+    """Zeros up to data offset `to`; returns the running CRC (APR checksums every byte)."""
     n = to - sink.size
     if n > 0:
         z = bytes(n)
         sink.write(z)
-        if crc is not None and layout.format == "apr":
+        if layout.format == "apr":
             crc = zlib.crc32(z, crc)
     return crc
 
@@ -215,7 +216,7 @@ def _read_chunk(f, view, path, name):
         got += n
 
 
-def _write_tensor(model, entry, dtype_out, sink, bufs, done, total, layout, crc):
+def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
     """Stream one tensor; a generator yielding Progress; returns stats (crc, mse, ...)."""
     with_crc = layout.format == "apr"
     src = entry.dtype
