@@ -175,10 +175,10 @@ PY
 
 # ---------------------------------------------------------------- build
 
-# Copy the site into $2 (= dist.tmp) from the repo $1, zip the core, write sw.js; prints the build version.
+# Copy the site into $2 (= dist.tmp) from the repo $1 and zip the core (.py).
 assemble() {
   python3 - "$@" <<'PY'
-import hashlib, json, os, shutil, sys, zipfile
+import os, shutil, sys, zipfile
 root, out = sys.argv[1:]
 
 # index.html, manifest at the site root (beside sw.js, so scope "./" covers the app)
@@ -221,6 +221,16 @@ with zipfile.ZipFile(os.path.join(out, "static", "q4apr.zip"), "w") as z:
         with open(full, "rb") as f:
             z.writestr(info, f.read(), compresslevel=9)
 
+PY
+}
+
+# Write sw.js into $2 (= dist.tmp) from the repo $1, once every other file is in place;
+# prints the build version.
+write_sw() {
+  python3 - "$@" <<'PY'
+import hashlib, json, os, sys
+root, out = sys.argv[1:]
+
 # sw.js: __BUILD_VERSION__ = hash of every other file in dist (and of sw.js's source),
 # __PRECACHE__ = their URLs
 files = []
@@ -250,6 +260,43 @@ print(version)
 PY
 }
 
+# Bytecode compiled at build time by Pyodide's own CPython (in Node, tools/pyc_compile.*), so
+# that no start compiles Python: dist's numpy wheel becomes the verified wheel with each .py
+# replaced by its .pyc (and dist's pyodide-lock.json gets its sha256), and the core's zip
+# ($1/static/q4apr.zip, .py) gets a __pycache__/*.pyc beside each .py. Unchecked-hash pycs:
+# deterministic. Cached in .cache/pyc-$V/ by the inputs' and the tool's hashes.
+precompile() {
+  local out=$1 dir=$CACHE/pyc-$PYODIDE_VERSION tool core
+  tool=$(cat tools/pyc_compile.mjs tools/pyc_compile.py | sha256sum | cut -c1-16)
+  core=$(sha256_of "$out/static/q4apr.zip" | cut -c1-16)
+  local np_whl=$dir/numpy-${NUMPY_SHA256:0:16}-$tool.whl core_zip=$dir/core-$core-$tool.zip
+  local jobs=()
+  [ -f "$np_whl" ] || jobs+=("numpy:$CACHE/$NUMPY_WHEEL:$np_whl.part")
+  [ -f "$core_zip" ] || jobs+=("core:$out/static/q4apr.zip:$core_zip.part")
+  if [ ${#jobs[@]} -gt 0 ]; then
+    ensure_node
+    mkdir -p "$dir"
+    node tools/pyc_compile.mjs "$CACHE/pyodide-$PYODIDE_VERSION" "${jobs[@]}" \
+      || die "compiling Python to .pyc under Pyodide failed (tools/pyc_compile.mjs)"
+    [ -f "$np_whl" ] || mv "$np_whl.part" "$np_whl"
+    if [ ! -f "$core_zip" ]; then
+      find "$dir" -name 'core-*.zip' -delete   # the core's older builds
+      mv "$core_zip.part" "$core_zip"
+    fi
+  fi
+  cp "$np_whl" "$out/static/pyodide/$NUMPY_WHEEL"
+  cp "$core_zip" "$out/static/q4apr.zip"
+  python3 - "$out/static/pyodide/pyodide-lock.json" "$NUMPY_SHA256" "$(sha256_of "$np_whl")" <<'PY' \
+    || die "could not point dist's pyodide-lock.json at the compiled numpy wheel"
+import sys
+path, old, new = sys.argv[1:]
+text = open(path, encoding="utf-8").read()
+assert text.count('"sha256": "%s"' % old) == 1, "numpy's sha256 is not in the lock once"
+with open(path, "w", encoding="utf-8", newline="") as f:
+    f.write(text.replace('"sha256": "%s"' % old, '"sha256": "%s"' % new))
+PY
+}
+
 do_build() {
   local t0=$SECONDS
   mkdir -p "$CACHE"
@@ -267,11 +314,12 @@ do_build() {
   mkdir -p "$out/static/pyodide" "$out/static/sample"
   local f
   for f in "${PYODIDE_FILES[@]}"; do cp "$CACHE/pyodide-$PYODIDE_VERSION/$f" "$out/static/pyodide/"; done
-  cp "$CACHE/$NUMPY_WHEEL" "$out/static/pyodide/"
   "$BUILD_PY" static/sample/make_sample.py "$out/static/sample/model.safetensors" \
     || die "static/sample/make_sample.py failed"
   local version
-  version=$(assemble "$ROOT" "$out") || die "assembling dist failed"
+  assemble "$ROOT" "$out" || die "assembling dist failed"
+  precompile "$out"
+  version=$(write_sw "$ROOT" "$out") || die "writing sw.js failed"
   # swap in the new tree (a server over dist/ sees the old or the new one, hardly neither)
   rm -rf "$DIST.old"
   [ ! -e "$DIST" ] || mv "$DIST" "$DIST.old"

@@ -46,6 +46,20 @@ def core_ready():
 
 # ------------------------------------------------------------------ the dist layout
 
+PYODIDE_CACHE = REPO / ".cache" / "pyodide-0.27.7"
+PYC_HEADER = b"\xcb\r\r\n" + (1).to_bytes(4, "little")   # CPython 3.12 magic; hash-based, unchecked
+
+
+def verified_numpy_wheel():
+    """The official wheel build.sh verified (.cache/), and its entry in the official lock."""
+    entry = json.loads((PYODIDE_CACHE / "pyodide-lock.json").read_text())["packages"]["numpy"]
+    whl = REPO / ".cache" / entry["file_name"]
+    if not whl.is_file():
+        pytest.skip("the verified numpy wheel is not in .cache/ (build.sh fetches it)")
+    assert hashlib.sha256(whl.read_bytes()).hexdigest() == entry["sha256"]
+    return whl, entry
+
+
 def test_dist_has_pyodide_runtime_and_verified_numpy(dist_dir):
     pdir = dist_dir / "static" / "pyodide"
     for f in PYODIDE_FILES:
@@ -55,17 +69,78 @@ def test_dist_has_pyodide_runtime_and_verified_numpy(dist_dir):
     entry = lock["packages"]["numpy"]
     assert entry["file_name"] == NUMPY_WHEEL and entry["version"] == "2.0.2"
     assert hashlib.sha256((pdir / NUMPY_WHEEL).read_bytes()).hexdigest() == entry["sha256"]
+    # dist's lock is the official one but for numpy's sha256 (its wheel is precompiled)
+    official = json.loads((PYODIDE_CACHE / "pyodide-lock.json").read_text())
+    assert {**official["packages"]["numpy"], "sha256": entry["sha256"]} == entry
+    official["packages"]["numpy"] = entry
+    assert official == lock
+
+
+def test_dist_numpy_wheel_is_the_verified_one_precompiled(dist_dir):
+    whl, _ = verified_numpy_wheel()
+    with zipfile.ZipFile(whl) as src, zipfile.ZipFile(dist_dir / "static" / "pyodide" / NUMPY_WHEEL) as out:
+        src_names, out_names = src.namelist(), out.namelist()
+        py = [n for n in src_names if n.endswith(".py") and ".dist-info/" not in n]
+        assert len(py) > 100
+        assert out_names == [n + "c" if n in py else n for n in src_names]
+        for n in src_names:
+            if n in py:
+                pyc = out.read(n + "c")
+                assert pyc[:8] == PYC_HEADER, n
+            elif not n.endswith(".dist-info/RECORD"):
+                assert out.read(n) == src.read(n), n
+        record = out.read(next(n for n in out_names if n.endswith(".dist-info/RECORD"))).decode()
+        assert sorted(line.split(",")[0] for line in record.splitlines()) == sorted(out_names)
 
 
 def test_core_zip_is_the_package_sources(dist_dir):
     src = sorted("q4apr/" + p.relative_to(REPO / "py" / "q4apr").as_posix()
                  for p in (REPO / "py" / "q4apr").rglob("*.py") if "__pycache__" not in p.parts)
+    pycs = {n.rpartition("/")[0] + "/__pycache__/" + n.rpartition("/")[2][:-3] + ".cpython-312.pyc": n for n in src}
     with zipfile.ZipFile(dist_dir / "static" / "q4apr.zip") as z:
         names = z.namelist()
-        assert names == src
+        assert names == sorted(src + list(pycs))
         for n in names:
             assert z.getinfo(n).date_time == (1980, 1, 1, 0, 0, 0)
-            assert z.read(n) == (REPO / "py" / n).read_bytes()
+            if n in pycs:
+                assert z.read(n)[:8] == PYC_HEADER, n
+            else:
+                assert z.read(n) == (REPO / "py" / n).read_bytes()
+
+
+# The .pyc in dist are exactly what Pyodide's CPython compiles from the sources: the core's
+# from py/q4apr, numpy's from the verified wheel (unchecked-hash pycs name their source's hash).
+PYC_CHECK = r"""
+import importlib._bootstrap_external as be, importlib.util, sys, zipfile
+def pyc(source, filename):
+    code = compile(source, filename, "exec", dont_inherit=True, optimize=-1)
+    return bytes(be._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
+src_whl, out_whl, core_zip, pkg = sys.argv[1:]
+n = 0
+with zipfile.ZipFile(src_whl) as s, zipfile.ZipFile(out_whl) as o:
+    for name in s.namelist():
+        if name.endswith(".py") and ".dist-info/" not in name:
+            assert o.read(name + "c") == pyc(s.read(name), "/lib/python3.12/site-packages/" + name), name
+            n += 1
+with zipfile.ZipFile(core_zip) as z:
+    for name in z.namelist():
+        if name.endswith(".pyc"):
+            folder, _, base = name.rpartition("/__pycache__/")
+            py = folder + "/" + base.split(".")[0] + ".py"
+            with open(pkg + "/" + py[len("q4apr/"):], "rb") as f:
+                source = f.read()
+            assert z.read(name) == pyc(source, "/lib/q4apr/" + py), name
+            n += 1
+print(n)
+"""
+
+
+def test_pycs_are_compiled_from_the_sources_by_pyodide(dist_dir):
+    whl, _ = verified_numpy_wheel()
+    pkg = REPO / "py" / "q4apr"
+    out = run_in_pyodide(PYC_CHECK, whl, dist_dir / "static" / "pyodide" / NUMPY_WHEEL,
+                         dist_dir / "static" / "q4apr.zip", args=(pkg,), mounts=(pkg,))
+    assert int(out) > 100
 
 
 def test_sample_model_is_deterministic_safetensors(dist_dir, tmp_path):
@@ -119,7 +194,7 @@ def test_import_core_under_pyodide(tmp_path):
               "print(q4apr.__file__)\n"
               "print(sorted(n for n in %r if hasattr(q4apr, n)))\n" % (CORE_API,))
     out = run_in_pyodide(script).splitlines()
-    assert out[0] == "/lib/q4apr/q4apr/__init__.py"
+    assert out[0] == "/lib/q4apr/q4apr/__init__.py"   # .py kept; its __pycache__ .pyc is what runs
     assert out[1] == run_native(script, tmp_path=tmp_path).splitlines()[1]
 
 
