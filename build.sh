@@ -189,7 +189,7 @@ if os.path.exists(os.path.join(root, "static", "manifest.webmanifest")):
 
 # static/ minus: sw.js and the manifest (moved to the root), the sample generator, vendor sources
 SKIP_FILES = {"sw.js", "manifest.webmanifest", "sample/make_sample.py", "screenshot.png"}
-SKIP_DIRS = {"vendor", "pyodide", "__pycache__"}
+SKIP_DIRS = {"vendor", "pyodide", "__pycache__", "build"}   # static/build: build-time tools
 src_static = os.path.join(root, "static")
 for dirpath, dirnames, filenames in os.walk(src_static):
     rel_dir = os.path.relpath(dirpath, src_static)
@@ -260,14 +260,14 @@ print(version)
 PY
 }
 
-# Bytecode compiled at build time by Pyodide's own CPython (in Node, tools/pyc_compile.*), so
+# Bytecode compiled at build time by Pyodide's own CPython (in Node, static/build/pyc_compile.*), so
 # that no start compiles Python: dist's numpy wheel becomes the verified wheel with each .py
 # replaced by its .pyc (and dist's pyodide-lock.json gets its sha256), and the core's zip
 # ($1/static/q4apr.zip, .py) gets a __pycache__/*.pyc beside each .py. Unchecked-hash pycs:
 # deterministic. Cached in .cache/pyc-$V/ by the inputs' and the tool's hashes.
 precompile() {
   local out=$1 dir=$CACHE/pyc-$PYODIDE_VERSION tool core
-  tool=$(cat tools/pyc_compile.mjs tools/pyc_compile.py | sha256sum | cut -c1-16)
+  tool=$(cat static/build/pyc_compile.mjs static/build/pyc_compile.py | sha256sum | cut -c1-16)
   core=$(sha256_of "$out/static/q4apr.zip" | cut -c1-16)
   local np_whl=$dir/numpy-${NUMPY_SHA256:0:16}-$tool.whl core_zip=$dir/core-$core-$tool.zip
   local jobs=()
@@ -276,8 +276,8 @@ precompile() {
   if [ ${#jobs[@]} -gt 0 ]; then
     ensure_node
     mkdir -p "$dir"
-    node tools/pyc_compile.mjs "$CACHE/pyodide-$PYODIDE_VERSION" "${jobs[@]}" \
-      || die "compiling Python to .pyc under Pyodide failed (tools/pyc_compile.mjs)"
+    node static/build/pyc_compile.mjs "$CACHE/pyodide-$PYODIDE_VERSION" "${jobs[@]}" \
+      || die "compiling Python to .pyc under Pyodide failed (static/build/pyc_compile.mjs)"
     [ -f "$np_whl" ] || mv "$np_whl.part" "$np_whl"
     if [ ! -f "$core_zip" ]; then
       find "$dir" -name 'core-*.zip' -delete   # the core's older builds

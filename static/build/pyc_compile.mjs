@@ -1,8 +1,8 @@
 // Compile Python to .pyc at build time with the Python that will run it: Pyodide's own
 // CPython 3.12, loaded in Node from the runtime files build.sh unpacked.
 //
-//   node tools/pyc_compile.mjs INDEX_DIR JOB...
-//     JOB = numpy:IN.whl:OUT.whl | core:IN.zip:OUT.zip   (see tools/pyc_compile.py)
+//   node static/build/pyc_compile.mjs INDEX_DIR JOB...
+//     JOB = numpy:IN.whl:OUT.whl | core:IN.zip:OUT.zip   (see static/build/pyc_compile.py)
 //
 // Host paths are mounted (NODEFS) at the same absolute path inside Pyodide.
 import fs from "node:fs";
