@@ -79,3 +79,20 @@ def parse_apr(data):
         out[name] = (dt, dims, data[doff + off: doff + off + size])
         pos += 4 + n + 8 * nd + 16
     return {"magic": magic, "flags": flags, "count": count, "data_offset": doff}, meta, out
+
+
+def write_gguf_tensors(writer, tensors):
+    """Add {name: (array, GGMLQuantizationType)} to a gguf.GGUFWriter and write the file:
+    F32/F16 as they are, block and BF16 types through gguf-py's own quantizer."""
+    import gguf
+    plain = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
+    for name, (arr, qtype) in tensors.items():
+        if qtype in plain:
+            writer.add_tensor(name, np.asarray(arr).astype(plain[qtype]))
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(np.asarray(arr, np.float32), qtype),
+                              raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

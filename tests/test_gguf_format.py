@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import llama_like, run, write_bytes
+from helpers import llama_like, parse_apr, run, write_bytes, write_gguf_tensors
 
 import q4apr
 
@@ -22,15 +22,7 @@ def write_gguf_with_gguf_py(path, tensors, extra_kv=True):
         w.add_array("test.ints", list(range(100)))
         w.add_uint64("test.u64", 1 << 40)
         w.add_int8("test.i8", -3)
-    for name, (arr, qtype) in tensors.items():
-        if qtype in (Q.Q4_0, Q.Q8_0):
-            w.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
-        else:
-            w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf_tensors(w, tensors)
     return str(path)
 
 
@@ -113,7 +105,6 @@ def test_safetensors_to_gguf_rows_not_multiple_of_32_stay_f16(tmp_path):
 
 def test_gguf_to_apr_keeps_scalar_metadata(gguf_file):
     out, _ = run([gguf_file[0]])
-    from helpers import parse_apr
     _, meta, tensors = parse_apr(out)
     assert meta["model_type"] == "llama" and meta["original_format"] == "gguf"
     assert meta["gguf_metadata"]["test.u64"] == 1 << 40

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import llama_like
+from helpers import llama_like, write_gguf_tensors
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -171,16 +171,7 @@ def write_gguf_py_mixed(path, rng):
          "blk.0.attn_norm.weight": (np.ones(64), Q.F32),
          "blk.0.odd.weight": (rng.standard_normal((5, 3, 40)), Q.F32),   # 3-D, rows of 40
          "output.weight": (rng.standard_normal((96, 64)), Q.F32)}
-    for name, (arr, qt) in t.items():
-        arr = arr.astype(np.float16 if qt == Q.F16 else np.float32)
-        if qt in (Q.Q8_0, Q.Q4_0):
-            w.add_tensor(name, gguf.quants.quantize(arr, qt), raw_dtype=qt)
-        else:
-            w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf_tensors(w, t)
     return path
 
 
@@ -352,17 +343,7 @@ def write_llama_gguf(path, tensors, dtype="F32", vocab=True):
         w.add_token_types([2, 3, 3] + [1] * (N_VOCAB - 3))
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
-    for name, arr in tensors.items():
-        if dtype == "F16":
-            w.add_tensor(name, arr.astype(np.float16))
-        elif dtype == "BF16":
-            w.add_tensor(name, gguf.quants.quantize(arr, Q.BF16), raw_dtype=Q.BF16)
-        else:
-            w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf_tensors(w, {name: (arr, Q[dtype]) for name, arr in tensors.items()})
     return path
 
 
