@@ -13,7 +13,6 @@ sys.argv = ["/bench/<script name>", *args] and /bench on sys.path.  Chromium is 
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import random
 import signal
 import struct
 import tracemalloc

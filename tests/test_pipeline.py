@@ -90,9 +90,8 @@ def test_cancel_leaves_no_file(model_path, tmp_path):
 
 
 def test_file_sink_never_overwrites_an_input(model_path):
-    with q4apr.open_model(model_path) as m:
-        with pytest.raises(q4apr.BadInput, match="overwrite"):
-            q4apr.FileSink(model_path, inputs=[model_path])
+    with pytest.raises(q4apr.BadInput, match="overwrite"):
+        q4apr.FileSink(model_path, inputs=[model_path])
 
 
 def test_report_totals(model_path):

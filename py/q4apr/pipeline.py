@@ -211,7 +211,7 @@ def _read_chunk(f, view, path, name):
         except OSError as e:
             raise BadInput(f"cannot read ({e.strerror or e})", path, name) from None
         if not n:
-            raise BadInput(f"the file ends inside this tensor's data (it changed or is truncated)",
+            raise BadInput("the file ends inside this tensor's data (it changed or is truncated)",
                            path, name)
         got += n
 
