@@ -7,7 +7,6 @@ valid model must still quantize to the native bytes at the end.
 
 import re
 
-
 import hostile
 from test_app import (choose, download, native, open_app, quantize, sample_path,  # noqa: F401
                       set_options, wait_state)
