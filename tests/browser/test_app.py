@@ -178,6 +178,25 @@ def test_sample_matches_native(page, site_url, sample_path):
     assert page.locator("#chart-rows .seg").count() >= 2
 
 
+def test_works_under_a_sub_path(page, dist_dir, sample_path, tmp_path):
+    """A static host that serves the site under /some/where/: every URL is relative."""
+    from serve import start_server
+    (tmp_path / "some").mkdir()
+    (tmp_path / "some" / "where").symlink_to(dist_dir, target_is_directory=True)
+    server, root = start_server(str(tmp_path))
+    try:
+        open_app(page, root + "some/where/")
+        page.click("#sample-btn")
+        assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+        assert download(page)[1] == native(sample_path)[0]
+        scope = page.evaluate("navigator.serviceWorker.ready.then(r => r.scope)")
+        assert scope == root + "some/where/"
+        assert all(u.startswith(root + "some/where/") for u in page.request_urls
+                   if u.startswith("http")), page.request_urls
+    finally:
+        server.shutdown()
+
+
 def test_drop_a_file_on_the_drop_zone(page, site_url, sample_path, tmp_path):
     open_app(page, site_url)
     dt = page.evaluate_handle("""async () => {
