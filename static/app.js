@@ -394,10 +394,10 @@ function readOptions() {
   el.chunkHint.classList.remove("invalid");
   if (chunk) {
     const n = Number(chunk);
-    if (!Number.isSafeInteger(n) || n < 128) {
+    if (!Number.isSafeInteger(n) || n < 128 || n > 256 * 1024 * 1024) {
       el.chunk.setAttribute("aria-invalid", "true");
       el.chunkHint.classList.add("invalid");
-      throw new Error("The chunk size must be a whole number of bytes, at least 128.");
+      throw new Error("The chunk size must be a whole number of bytes, from 128 to 268435456 (256 MiB).");
     }
     options.chunk_bytes = n;
   }

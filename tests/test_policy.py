@@ -80,7 +80,9 @@ def test_unstorable_dtype_is_refused_naming_the_tensor(tmp_path):
 
 
 @pytest.mark.parametrize("bad,match", [({"format": "onnx"}, "onnx"), ({"colour": 1}, "colour"),
-                                       ({"chunk_bytes": 3}, "chunk")])
+                                       ({"chunk_bytes": 3}, "chunk"),
+                                       ({"chunk_bytes": 1 << 40}, "too large"),
+                                       ({"skip": [1]}, "strings")])
 def test_bad_options_are_refused(bad, match):
     with pytest.raises(q4apr.BadInput, match=match):
         q4apr.Options.from_dict(bad)

@@ -23,6 +23,7 @@ from .report import Report, TensorReport
 
 FORMATS = ("apr", "gguf")
 APRENDER_MIN_SCALE = 2.0 ** -14  # Aprender reads smaller scales as 0
+MAX_CHUNK = 256 << 20
 _ABS_BITS = np.int32(0x7FFFFFFF)
 
 
@@ -45,6 +46,8 @@ class Options:
         self.skip = tuple(p.strip() for p in self.skip if p.strip())
         if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 128:
             raise BadInput(f"chunk size {self.chunk_bytes!r} is too small (at least 128 bytes)")
+        if self.chunk_bytes > MAX_CHUNK:   # buffers are a few chunks: keep them far below 2 GiB
+            raise BadInput(f"chunk size {self.chunk_bytes} is too large (at most {MAX_CHUNK} bytes)")
 
     @classmethod
     def from_dict(cls, d):

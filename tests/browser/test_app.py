@@ -471,9 +471,10 @@ def test_truncated_tensor_data_names_file_and_tensor(page, site_url, tmp_path, s
     assert "cut.safetensors" in text
 
 
-def test_invalid_chunk_size_is_refused_in_page(page, site_url, st_file):
+@pytest.mark.parametrize("chunk", [5, 1 << 30])
+def test_invalid_chunk_size_is_refused_in_page(page, site_url, st_file, chunk):
     open_app(page, site_url)
-    set_options(page, chunk_bytes=5)
+    set_options(page, chunk_bytes=chunk)
     choose(page, st_file)
     page.click("#quantize-btn")
     assert page.get_attribute("#opt-chunk", "aria-invalid") == "true"
