@@ -3,12 +3,12 @@
 // placeholders (a content hash, and a JSON array of every file's relative URL).
 
 const VERSION = "__BUILD_VERSION__";
-const PREFIX = "q4apr-";
+const SCOPE = new URL("./", self.location.href);
+// One cache per deployment path: two copies of the site on one origin keep their own.
+const PREFIX = `q4apr:${SCOPE.pathname}:`;
 const CACHE = PREFIX + VERSION;
 // Unbuilt (placeholder not replaced), this evaluates to an empty list instead of throwing.
 const PRECACHE = typeof __PRECACHE__ !== "undefined" ? __PRECACHE__ : [];
-
-const SCOPE = new URL("./", self.location.href);
 
 self.addEventListener("install", (event) => {
   event.waitUntil((async () => {

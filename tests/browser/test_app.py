@@ -562,12 +562,14 @@ def test_works_offline_after_first_visit(page, site_url, sample_path):
     page.set_default_timeout(60_000)
     page.goto(site_url)
     # a cache left by an older version, to be deleted when the new service worker activates
-    page.evaluate("async () => { await (await caches.open('q4apr-old')).put('x', new Response('old')); }")
+    page.evaluate("async () => { await (await caches.open('q4apr:/:old')).put('x', new Response('old')); await (await caches.open('q4apr:/elsewhere/:v1')).put('x', new Response('theirs')); }")
     wait_booted(page)
     page.wait_for_selector('body[data-offline="ready"]', state="attached", timeout=60_000)
     keys = page.evaluate("async () => await caches.keys()")
-    assert len(keys) == 1 and keys[0].startswith("q4apr-") and keys[0] != "q4apr-old", keys
-    cached = page.evaluate("async () => (await (await caches.open(%r)).keys()).map(r => r.url)" % keys[0])
+    ours = [k for k in keys if k.startswith("q4apr:/:")]
+    assert len(ours) == 1 and ours[0] != "q4apr:/:old", keys
+    assert "q4apr:/elsewhere/:v1" in keys, keys    # another deployment's cache is left alone
+    cached = page.evaluate("async () => (await (await caches.open(%r)).keys()).map(r => r.url)" % ours[0])
     assert any(u.endswith("/static/pyodide/pyodide.asm.wasm") for u in cached)
     assert any(u.endswith("/static/sample/model.safetensors") for u in cached)
     # wait until this page is controlled (clients.claim) as well
