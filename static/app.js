@@ -798,9 +798,12 @@ function drawReportRows() {
     frag.append(tr);
   }
   el.reportBody.replaceChildren(frag);
-  el.reportCount.textContent = q
-    ? `${rows.length} of ${reportRows.length} tensors match.`
-    : `${reportRows.length} tensors.`;
+  el.reportCount.textContent = matchCount(q, rows.length, reportRows.length);
+}
+
+/** The line under a filtered tensor table. */
+function matchCount(query, shown, all) {
+  return query ? `${shown} of ${all} tensors match.` : `${all} tensors.`;
 }
 
 el.reportFilter.addEventListener("input", drawReportRows);
@@ -898,9 +901,7 @@ function drawInspectRows() {
     frag.append(tr);
   }
   el.inspectBody.replaceChildren(frag);
-  el.inspectCount.textContent = q
-    ? `${rows.length} of ${inspectRows.length} tensors match.`
-    : `${inspectRows.length} tensors.`;
+  el.inspectCount.textContent = matchCount(q, rows.length, inspectRows.length);
 }
 el.inspectFilter.addEventListener("input", drawInspectRows);
 

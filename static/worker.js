@@ -35,7 +35,6 @@ def _status(status, message=None):
 
 async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done, is_cancelled,
                        read_hint=None, read_pending=None):
-    model = None
     gen = None
     try:
         paths = json.loads(paths_json)
@@ -76,36 +75,23 @@ async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress
     except BaseException as e:
         if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
-        if isinstance(e, getattr(q4apr, "Cancelled", ())):
+        if isinstance(e, q4apr.Cancelled):
             return _status("cancelled")
         return _status("error", _message(e))
     finally:
         if gen is not None:
             try:
-                gen.close()
-            except BaseException:
-                pass
-        if model is not None:
-            try:
-                model.close()
+                gen.close()   # aborts the sink (the model holds no open files between reads)
             except BaseException:
                 pass
 
 def run_inspect(paths_json, on_done):
-    model = None
     try:
-        model = q4apr.open_model(json.loads(paths_json))
-        info = q4apr.inspect_model(model)
-        on_done(_js(info))
+        with q4apr.open_model(json.loads(paths_json)) as model:
+            on_done(_js(q4apr.inspect_model(model)))
         return _status("inspected")
     except Exception as e:
         return _status("error", _message(e))
-    finally:
-        if model is not None:
-            try:
-                model.close()
-            except BaseException:
-                pass
 
 def versions():
     import platform

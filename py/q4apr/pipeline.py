@@ -99,7 +99,7 @@ def plan(model, options):
     return decisions
 
 
-def make_layout(model, options, decisions):
+def make_layout(model, options, decisions, params):
     names_shapes = [(e.name, e.shape) for e, _ in decisions]
     if options.format == "gguf":
         for e, _ in decisions:
@@ -114,7 +114,6 @@ def make_layout(model, options, decisions):
             raise BadInput(f"APR holds at most {apr.MAX_NDIM} dims", model.paths[0], e.name)
         if len(e.name.encode("utf-8")) > apr.MAX_NAME:
             raise BadInput(f"APR names are at most {apr.MAX_NAME} bytes", model.paths[0], e.name)
-    params = sum(numel(e.shape) for e in model.tensors)
     return apr.Layout(apr.output_metadata(model, params), names_shapes)
 
 
@@ -134,14 +133,15 @@ def quantize_steps(model, sink, options):
     """Write model to sink in options.format; yield Progress per chunk; return the Report."""
     t0 = time.perf_counter()
     decisions = plan(model, options)
-    layout = make_layout(model, options, decisions)
+    params = sum(numel(e.shape) for e in model.tensors)
+    layout = make_layout(model, options, decisions, params)
     total = sum(e.nbytes for e, _ in decisions)
     chunk_elems = max(32, options.chunk_bytes // 4 // 32 * 32)
     bufs = _Buffers(chunk_elems)
     report = Report(model.format, [os.path.basename(p) for p in model.paths],
                     sum(os.path.getsize(p) for p in model.paths), options.format,
                     output_name(model.paths, options.format),
-                    params=sum(numel(e.shape) for e in model.tensors))
+                    params=params)
     sink.begin(layout.head_len)
     try:
         records, crc, done = [], 0, 0
