@@ -40,7 +40,7 @@ def core_ready():
     r = subprocess.run([sys.executable, "-c", "import q4apr, sys; sys.exit(0 if all(hasattr(q4apr, n) for n in %r) else 3)" % (CORE_API,)],
                        env=dict(os.environ, PYTHONPATH=str(REPO / "py")), capture_output=True)
     if r.returncode == 3:
-        pytest.skip("the core's public API (API.md) is not all there yet")
+        pytest.skip("the core's public API (help(q4apr)) is not all there yet")
 
 
 # ------------------------------------------------------------------ the dist layout

@@ -6,6 +6,7 @@ import os
 import struct
 import zlib
 
+from .._version import __version__
 from ..dtypes import BY_APR, tensor_nbytes
 from ..errors import BadInput
 from ..model import Model, TensorEntry, check_names, check_overlaps, load_json, model_name
@@ -73,6 +74,7 @@ def output_metadata(model, param_count):
             meta["source_metadata"] = model.metadata
     meta["param_count"] = param_count
     meta["quantization"] = dict(QUANTIZATION)
+    meta["writer"] = f"q4apr {__version__}"   # which tool (and version) made these bytes
     return meta
 
 
