@@ -180,7 +180,8 @@ def safetensors_cases():
         Case("inf-weight", st_nonfinite(np.inf), match="non-finite", tensor="blk.0.w.weight"),
         Case("inf-weight-f16", st_nonfinite(-np.inf, np.float16), match="non-finite",
              tensor="blk.0.w.weight"),
-        Case("nan-in-norm", st_nonfinite(np.nan, name="norm2.weight", shape=(32,)), bad=False),
+        Case("nan-in-norm", st_nonfinite(np.nan, name="norm2.weight", shape=(32,)),
+             match="non-finite weight nan at flat index", tensor="norm2.weight"),
         Case("f64-beyond-f32", st_nonfinite(1e300, np.float64), match="beyond the range of F32",
              tensor="blk.0.w.weight"),
         Case("f64-beyond-f32-1d", st_nonfinite(-1e39, np.float64, name="n2.weight", shape=(32,)),
@@ -400,7 +401,7 @@ def gguf_cases():
              match="non-finite", tensor="w.weight"),
         Case("q4_0-nan-scale", gg(infos=[gguf_info("w.weight", [32, 2], 2, 0)],
                                   data=(np.array([np.nan], np.float16).tobytes() + bytes(16)) * 2),
-             bad=False),
+             match="non-finite weight nan at flat index 0", tensor="w.weight"),
         Case("zero-tensors", gg(infos=[], data=b""), bad=False),
     ]
     for i, size in enumerate((8, 24, 300, 5000)):
@@ -564,9 +565,11 @@ def apr_cases():
         Case("offsets-overlap", apr_with(entries=apr_entry_with(f32, offset=entries[q4][3])),
              match="overlaps"),
         Case("nan-in-f32-vector", apr_with(data=data[:entries[f32][3]] + struct.pack("<f", np.nan)
-                                           + data[entries[f32][3] + 4:]), bad=False),
+                                           + data[entries[f32][3] + 4:]),
+             match="non-finite weight nan at flat index 0", tensor=names[f32]),
         Case("q4-nan-scale", apr_with(data=data[:e[3]] + np.array([np.nan], np.float16).tobytes()
-                                      + data[e[3] + 2:]), bad=False),
+                                      + data[e[3] + 2:]),
+             match="non-finite block scale nan at flat index 0", tensor=names[q4]),
         Case("nan-in-f32-matrix", {"m.apr": apr_file(
             b'{"name":"m"}', [(b"x.weight", 0, (2, 32), 0, 256)],
             F32_ROW + struct.pack("<f", np.inf) + F32_ROW[4:] + F32_ROW)},
@@ -643,7 +646,8 @@ def npy_cases():
              match="non-finite", tensor="m"),
         Case("inf-weight-f64", {"m.npy": npy_bytes(np.full((2, 32), -np.inf))},
              match="non-finite", tensor="m"),
-        Case("nan-1d", {"m.npy": npy_bytes(np.full(32, np.nan, np.float32))}, bad=False),
+        Case("nan-1d", {"m.npy": npy_bytes(np.full(32, np.nan, np.float32))},
+             match="non-finite weight nan at flat index 0", tensor="m"),
         Case("zero-d", {"m.npy": npy_bytes(np.float32(3.0))}, bad=False),
         Case("complex", {"m.npy": npy_bytes(np.zeros(4, np.complex64))}, match="dtype"),
     ]

@@ -1,4 +1,4 @@
-"""python -m q4apr: quantize, inspect and verify model files from a terminal.
+"""q4apr (or python -m q4apr): quantize, inspect and verify model files from a terminal.
 
 Exit codes: 0 done, 1 verify found damage, 2 bad input or usage, 3 internal error,
 130 interrupted. Output is written atomically and never over an input.
@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 
+from ._version import __version__
 from .errors import Cancelled, Q4Error
 from .inspection import inspect_model, verify_file
 from .model import open_model
@@ -22,8 +23,9 @@ EXIT_OK, EXIT_DAMAGED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m q4apr",
+    p = argparse.ArgumentParser(prog="q4apr",
                                 description="Quantize model weights to 4 bits (APR Q4 or GGUF Q4_0).")
+    p.add_argument("--version", action="version", version=f"q4apr {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("quantize", help="write a 4-bit APR or GGUF file")
@@ -41,6 +43,9 @@ def build_parser():
                         "already matches llama-quantize --pure)")
     q.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="keep tensors whose name matches this glob (repeatable)")
+    q.add_argument("--allow-non-finite", action="store_true",
+                   help="write NaN/Inf weights as they are (counted in the report) instead of "
+                        "refusing them; a tensor that would be quantized is kept at F32")
     q.add_argument("--chunk-mb", type=float, default=4.0, help="working chunk size (default 4)")
     q.add_argument("--force", action="store_true", help="replace an existing output file")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -78,7 +83,8 @@ def cmd_quantize(args):
     fmt = args.format or ("gguf" if (args.output or "").lower().endswith(".gguf") else "apr")
     options = Options(format=fmt, keep_embeddings_f16=args.keep_embeddings_f16,
                       keep_output_f16=args.keep_output_f16, pure=args.pure,
-                      skip=tuple(args.skip), chunk_bytes=int(args.chunk_mb * (1 << 20)))
+                      skip=tuple(args.skip), chunk_bytes=int(args.chunk_mb * (1 << 20)),
+                      allow_non_finite=args.allow_non_finite)
     out = args.output or os.path.join(os.path.dirname(args.inputs[0]),
                                       output_name(args.inputs, fmt))
     if os.path.exists(out) and not args.force and not any(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codecs, policy
+from . import codecs, nonfinite, policy
 from .dtypes import APR_Q4, F16, F32, numel
 from .errors import BadInput, Cancelled, Q4Error
 from .formats import apr, gguf
@@ -35,6 +35,7 @@ class Options:
     pure: bool = False
     skip: tuple = ()
     chunk_bytes: int = 4 << 20
+    allow_non_finite: bool = False   # write NaN/Inf as they are (counted) instead of refusing
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -48,6 +49,8 @@ class Options:
             raise BadInput(f"chunk size {self.chunk_bytes!r} is too small (at least 128 bytes)")
         if self.chunk_bytes > MAX_CHUNK:   # buffers are a few chunks: keep them far below 2 GiB
             raise BadInput(f"chunk size {self.chunk_bytes} is too large (at most {MAX_CHUNK} bytes)")
+        if not isinstance(self.allow_non_finite, bool):
+            raise BadInput(f"allow_non_finite must be true or false, got {self.allow_non_finite!r}")
 
     @classmethod
     def from_dict(cls, d):
@@ -150,12 +153,13 @@ def quantize_steps(model, sink, options):
             start, crc_start = sink.size, crc
             try:
                 stats = yield from _write_tensor(entry, decision.dtype_out, sink, bufs,
-                                                 done, total, layout, crc)
+                                                 done, total, layout, crc,
+                                                 options.allow_non_finite)
             except _Overflow as why:
                 sink.truncate(start)
                 decision = policy.Decision(F32, "convert", f"{why}: kept at F32")
                 stats = yield from _write_tensor(entry, F32, sink, bufs, done, total,
-                                                 layout, crc_start)
+                                                 layout, crc_start, options.allow_non_finite)
             crc = stats["crc"]
             size = sink.size - start
             crc = _pad(sink, layout.tensor_end(sink.size), layout, crc)
@@ -164,7 +168,8 @@ def quantize_steps(model, sink, options):
             report.tensors.append(TensorReport(
                 entry.name, list(entry.shape), entry.dtype.name, decision.dtype_out.name,
                 entry.nbytes, size, decision.action, decision.reason,
-                stats.get("mse"), stats.get("max_abs_err"), stats.get("warning")))
+                stats.get("mse"), stats.get("max_abs_err"), stats.get("warning"),
+                stats.get("non_finite", 0)))
         head = layout.head(records)
         footer = layout.footer(head, crc, sink.size)
         if footer:
@@ -219,25 +224,43 @@ def _read_chunk(f, view, path, name):
         got += n
 
 
-def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
+def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_nf=False):
     """Stream one tensor; a generator yielding Progress; returns stats (crc, mse, ...)."""
     with_crc = layout.format == "apr"
     src = entry.dtype
     path = entry.path
     n_total = numel(entry.shape)
-    stats = {}
+    stats = {"non_finite": 0}
+
+    def non_finite(found, i):
+        """Refuse the first non-finite value (at flat index i + its place in the chunk), or count."""
+        if found:
+            count, first, what = found
+            if not allow_nf:
+                raise BadInput(f"{what} at flat index {i + first} (refused; "
+                               "--allow-non-finite writes such values as they are)",
+                               path, entry.name)
+            stats["non_finite"] = min(n_total, stats["non_finite"] + count)
     try:
         f = entry.open()
     except OSError as e:
         raise BadInput(f"cannot read ({e.strerror or e})", path, entry.name) from None
     with f:
         if dtype_out is src:
-            # a copy: the bytes as they are, chunk by chunk
+            # a copy: the bytes as they are, chunk by chunk (whole blocks, to check the scales)
             left, pos = entry.nbytes, 0
+            step = bufs.n * 4
+            if src.quantized:
+                step = max(src.type_size, step // src.type_size * src.type_size)
+            scan = nonfinite.scannable(src)
             while left:
-                k = min(bufs.n * 4, left)
+                k = min(step, left)
                 view = memoryview(bufs.raw)[:k]
                 _read_chunk(f, view, path, entry.name)
+                if scan:
+                    elem = pos // src.type_size * src.block_size if src.quantized else \
+                        pos // max(1, src.type_size)
+                    non_finite(nonfinite.scan(src, view, bufs.y, pos, n_total), elem)
                 sink.write(view)
                 if with_crc:
                     crc = zlib.crc32(view, crc)
@@ -262,8 +285,8 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
                 if not np.isfinite(scales).all():
                     bad = np.flatnonzero(~np.isfinite(x))
                     if bad.size:
-                        raise BadInput(f"non-finite weight {x[bad[0]]} at flat index {i + bad[0]} "
-                                       "(cannot be quantized)", path, entry.name)
+                        non_finite((bad.size, bad[0], f"non-finite weight {x[bad[0]]}"), i)
+                        raise _Overflow("non-finite values cannot be quantized")
                     raise _Overflow("a Q4 scale overflows f16")
                 if dtype_out is APR_Q4:
                     low_scales += int(np.count_nonzero(np.abs(scales) < APRENDER_MIN_SCALE))
@@ -280,10 +303,15 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
                 out = bufs.f16[:n]
                 with np.errstate(over="ignore"):
                     np.copyto(out, x, casting="same_kind")
-                if not np.isfinite(out).all() and (np.isfinite(x) & ~np.isfinite(out)).any():
-                    raise _Overflow("a value is beyond F16's range")
+                if not np.isfinite(out).all():
+                    bad = np.flatnonzero(~np.isfinite(x))
+                    if bad.size:
+                        non_finite((bad.size, bad[0], f"non-finite weight {x[bad[0]]}"), i)
+                    if (np.isfinite(x) & ~np.isfinite(out)).any():
+                        raise _Overflow("a value is beyond F16's range")
             elif dtype_out is F32:
                 out = x
+                non_finite(nonfinite.scan(F32, memoryview(x).cast("B"), bufs.y), i)
             else:
                 raise Q4Error(f"internal: no conversion {src.name} -> {dtype_out.name}")
             mv = memoryview(out).cast("B")

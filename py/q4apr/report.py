@@ -16,6 +16,7 @@ class TensorReport:
     mse: float | None = None
     max_abs_err: float | None = None
     warning: str | None = None
+    non_finite: int = 0      # NaN/Inf values written (only with allow_non_finite)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Report:
                 "seconds": self.seconds,
                 "tensors": len(self.tensors),
                 "quantized": sum(t.action == "quantize" for t in self.tensors),
+                "non_finite": sum(t.non_finite for t in self.tensors),
             },
         }
 
@@ -75,6 +77,11 @@ def format_table(report):
     tot = d["totals"]
     ratio = f"{tot['ratio']:.2f}×" if tot["ratio"] else "n/a"
     lines.append("")
+    bad = [t for t in d["tensors"] if t["non_finite"]]
+    if bad:
+        lines.append(f"non-finite values written as they are (allowed) in {len(bad)} tensor(s):")
+        lines.extend(f"  {t['name']}: {t['non_finite']:,} NaN/Inf" for t in bad)
+        lines.append("")
     lines.append(f"{tot['tensors']} tensors ({tot['quantized']} quantized), "
                  f"{tot['params']:,} params: {human_bytes(d['input']['bytes'])} → "
                  f"{human_bytes(d['output']['bytes'])} ({ratio} on tensor data) "
