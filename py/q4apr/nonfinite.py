@@ -73,5 +73,8 @@ def scan(dtype, data, scratch, start=0, n_total=0):
         return None
     first = int(np.argmin(ok))
     scale = next(s[first] for s in scales if not np.isfinite(s[first]))
-    return (ok.size - int(np.count_nonzero(ok))) * dtype.block_size, first * dtype.block_size, \
-        f"non-finite block scale {scale}"
+    count = (ok.size - int(np.count_nonzero(ok))) * dtype.block_size
+    if not ok[-1]:   # APR Q4's last block may be short: its padding is no value
+        end = (start // dtype.type_size + ok.size) * dtype.block_size
+        count -= max(0, end - n_total)
+    return count, first * dtype.block_size, f"non-finite block scale {scale}"
