@@ -388,6 +388,7 @@ function readOptions() {
     keep_output_f16: $("opt-out").checked,
     pure: $("opt-pure").checked,
     skip: el.skip.value.split(",").map((s) => s.trim()).filter(Boolean),
+    allow_non_finite: $("opt-nonfinite").checked,
   };
   const chunk = el.chunk.value.trim();
   el.chunk.removeAttribute("aria-invalid");
@@ -412,6 +413,7 @@ function saveOptions() {
       keep_output_f16: $("opt-out").checked,
       pure: $("opt-pure").checked,
       skip: el.skip.value,
+      allow_non_finite: $("opt-nonfinite").checked,
     };
     localStorage.setItem(OPTIONS_KEY, JSON.stringify(o));
   } catch (_) { /* storage unavailable */ }
@@ -426,6 +428,7 @@ function restoreOptions() {
   $("opt-emb").checked = !!o.keep_embeddings_f16;
   $("opt-out").checked = !!o.keep_output_f16;
   $("opt-pure").checked = !!o.pure;
+  $("opt-nonfinite").checked = !!o.allow_non_finite;
   if (typeof o.skip === "string") el.skip.value = o.skip;
 }
 
@@ -735,6 +738,11 @@ function renderReport(report, j, fileSize) {
     totalItem("Tensors", `${nf.format(Number(totals.quantized ?? 0))} / ${nf.format(Number(totals.tensors ?? tensors.length))}`, "quantized"),
     totalItem("Time", formatSeconds(totals.seconds)),
   );
+  const nonFinite = tensors.filter((t) => Number(t.non_finite) > 0).length;
+  if (nonFinite) {
+    el.totals.append(totalItem("Non-finite", nf.format(Number(totals.non_finite)),
+      `in ${nonFinite} tensor${nonFinite === 1 ? "" : "s"}`, "NaN/Inf values written as they are (allowed)"));
+  }
   renderChart(tensors, totals);
 
   reportRows = tensors;
@@ -783,6 +791,7 @@ function drawReportRows() {
     }
     if (t.reason) dt.append(make("span", { className: "reason", text: String(t.reason) }));
     if (t.warning) dt.append(make("span", { className: "warning", text: `⚠ ${t.warning}` }));
+    if (t.non_finite) dt.append(make("span", { className: "warning non-finite", text: `⚠ ${nf.format(Number(t.non_finite))} non-finite value${Number(t.non_finite) === 1 ? "" : "s"} (NaN/Inf) written as they are` }));
     tr.append(dt);
 
     tr.append(make("td", {

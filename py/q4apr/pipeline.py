@@ -237,9 +237,9 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
         if found:
             count, first, what = found
             if not allow_nf:
-                raise BadInput(f"{what} at flat index {i + first} (refused; "
-                               "--allow-non-finite writes such values as they are)",
-                               path, entry.name)
+                raise BadInput(f"{what} at flat index {i + first} (refused; to write such values "
+                               "as they are: --allow-non-finite, or Advanced › Allow non-finite "
+                               "weights in the page)", path, entry.name)
             stats["non_finite"] = min(n_total, stats["non_finite"] + count)
     try:
         f = entry.open()

@@ -344,6 +344,41 @@ def test_scale_overflow_rewinds_the_tensor_to_f32(page, site_url, tmp_path):
     assert data == want
 
 
+def test_non_finite_refused_then_allowed_in_advanced(page, site_url, tmp_path):
+    """A NaN in a kept norm is refused, naming tensor and index; with Advanced › Allow
+    non-finite weights the download is the native run's and the report counts it.  The
+    checkbox is remembered like the other options; the footer shows the core's version."""
+    from safetensors.numpy import save_file
+    t = llama_like(np.random.default_rng(4))
+    t["model.norm.weight"][37] = np.nan
+    path = tmp_path / "nan.safetensors"
+    save_file(t, str(path))
+    open_app(page, site_url)
+    assert f"q4apr {q4apr.__version__}" in page.text_content("#versions")
+    set_options(page, chunk_bytes=1024)
+    page.set_checked("#opt-nonfinite", False)
+    choose(page, path)
+    page.click("#quantize-btn")
+    assert wait_state(page, "error", "done") == "error"
+    text = page.text_content("#error-title") + page.text_content("#error-message")
+    assert "model.norm.weight" in text and "non-finite weight nan at flat index 37" in text
+
+    page.set_checked("#opt-nonfinite", True)
+    quantize(page)
+    _, data = download(page)
+    want, report = native(path, chunk_bytes=1024, allow_non_finite=True)
+    assert data == want
+    assert report["totals"]["non_finite"] == 1
+    row = page.locator("#report-body tr", has_text="model.norm.weight")
+    assert "1 non-finite value (NaN/Inf) written as they are" in row.text_content()
+    assert "Non-finite" in page.text_content("#totals")
+    shot(page, "non-finite-allowed")
+
+    page.reload()
+    wait_booted(page)
+    assert page.is_checked("#opt-nonfinite")
+
+
 # ---------------------------------------------------------------- inspect
 
 def test_inspect_apr_and_gguf(page, site_url, sample_path, gguf_file, tmp_path):
