@@ -232,6 +232,48 @@ def test_shared_vectors_same_bytes_under_pyodide(shared_dir, tmp_path):
     assert browser == native
 
 
+# NaN/Inf in every float type, refused and allowed: the scan has a per-platform branch (F16
+# on its bits natively, np.isfinite under Pyodide), so both must give the same answers.
+NON_FINITE = r'''
+import hashlib, json, os, tempfile
+import numpy as np
+import q4apr
+
+folder = tempfile.mkdtemp()
+out = {}
+for dt in ("f2", "f4", "f8"):
+    for shape, bad in (((4, 64), 130), ((300,), 299), ((2, 64), 0)):
+        for value in (np.nan, np.inf, -np.inf):
+            a = np.ones(shape, dt)
+            a.reshape(-1)[bad] = value
+            a.reshape(-1)[-1] = value
+            path = os.path.join(folder, "x.npz")
+            np.savez(path, **{"t.weight": a, "n": a.reshape(-1)[:40].copy()})
+            for allow in (False, True):
+                for fmt, skip in (("apr", ()), ("gguf", ()), ("apr", ("*",))):
+                    key = f"{dt} {shape} {bad} {value} {allow} {fmt} {skip}"
+                    try:
+                        with q4apr.open_model(path) as m:
+                            sink = q4apr.MemorySink()
+                            r = q4apr.quantize(m, sink, q4apr.Options(
+                                format=fmt, skip=skip, allow_non_finite=allow, chunk_bytes=256))
+                        out[key] = [hashlib.sha256(sink.getvalue()).hexdigest(),
+                                    [t.non_finite for t in r.tensors]]
+                    except q4apr.Q4Error as e:
+                        out[key] = e.message.replace(path, "X")
+print(json.dumps(out, sort_keys=True))
+'''
+
+
+def test_non_finite_scan_same_under_pyodide(tmp_path):
+    core_ready()
+    native = json.loads(run_native(NON_FINITE, tmp_path=tmp_path))
+    browser = json.loads(run_in_pyodide(NON_FINITE))
+    assert browser == native
+    assert any("non-finite weight" in v for v in native.values() if isinstance(v, str))
+    assert any(isinstance(v, list) and v[1][0] for v in native.values())
+
+
 ROUND_TRIP = r'''
 import hashlib, json, sys
 import q4apr
