@@ -7,7 +7,7 @@ import numpy as np
 from . import codecs
 from .dtypes import numel
 from .errors import BadInput, Q4Error
-from .model import open_model
+from .formats import open_model
 
 
 

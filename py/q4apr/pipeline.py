@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codecs, policy
+from . import codecs, policy, runnable
 from .dtypes import APR_Q4, F16, F32, numel
 from .errors import BadInput, Cancelled, Q4Error
 from .formats import apr, gguf
@@ -70,12 +70,13 @@ class _Overflow(Exception):
     the tensor is written again at F32. The exception's text is the report's reason."""
 
 
-def output_name(inputs, fmt):
-    """model.safetensors (or its shards) -> model.apr (APR) or model.Q4_0.gguf (GGUF)."""
+def output_name(inputs, fmt, name=None):
+    """model.safetensors (or its shards) -> model.apr (APR) or model.Q4_0.gguf (GGUF);
+    a model folder's output is named after the folder (`name`)."""
     if isinstance(inputs, str):
         inputs = [inputs]
     files = [p for p in inputs if not p.lower().endswith(".json")] or list(inputs)
-    stem = model_name(os.path.basename(files[0]))
+    stem = name or model_name(os.path.basename(os.path.normpath(files[0])))
     for suffix in (".Q4_0", ".q4_0", ".Q4", ".q4"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
@@ -85,7 +86,7 @@ def output_name(inputs, fmt):
 def plan(model, options):
     """(entry, Decision) for every tensor, in the order the output file stores them."""
     decisions = []
-    for e in model.tensors:
+    for e in runnable.output_entries(model, options.format):
         d = policy.decide(e, options, model.format)
         if d is None:
             raise BadInput(f"{e.dtype.name} tensors cannot be stored in {options.format.upper()}",
@@ -138,10 +139,13 @@ def quantize_steps(model, sink, options):
     total = sum(e.nbytes for e, _ in decisions)
     chunk_elems = max(32, options.chunk_bytes // 4 // 32 * 32)
     bufs = _Buffers(chunk_elems)
+    described = model.description is not None
     report = Report(model.format, [os.path.basename(p) for p in model.paths],
                     sum(os.path.getsize(p) for p in model.paths), options.format,
-                    output_name(model.paths, options.format),
-                    params=params)
+                    output_name(model.paths, options.format,
+                                model.name if described else None),
+                    params=params, model=model.description.summary() if described else None,
+                    runtimes=runnable.runtimes(model, options.format))
     sink.begin(layout.head_len)
     try:
         records, crc, done = [], 0, 0
@@ -161,10 +165,11 @@ def quantize_steps(model, sink, options):
             crc = _pad(sink, layout.tensor_end(sink.size), layout, crc)
             done += entry.nbytes
             records.append((entry.name, entry.shape, decision.dtype_out, start, size))
-            report.tensors.append(TensorReport(
+            report.add_tensor(TensorReport(
                 entry.name, list(entry.shape), entry.dtype.name, decision.dtype_out.name,
                 entry.nbytes, size, decision.action, decision.reason,
-                stats.get("mse"), stats.get("max_abs_err"), stats.get("warning")))
+                stats.get("mse"), stats.get("max_abs_err"), stats.get("warning"),
+                source=entry.source), stats.get("signal"), stats.get("noise"))
         head = layout.head(records)
         footer = layout.footer(head, crc, sink.size)
         if footer:
@@ -231,7 +236,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
     except OSError as e:
         raise BadInput(f"cannot read ({e.strerror or e})", path, entry.name) from None
     with f:
-        if dtype_out is src:
+        if dtype_out is src and not entry.transformed:
             # a copy: the bytes as they are, chunk by chunk
             left, pos = entry.nbytes, 0
             while left:
@@ -247,7 +252,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
             stats["crc"] = crc
             return stats
         q4 = codecs.CODECS.get(dtype_out.name)
-        sq, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0, 0, 0
+        sq, signal, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0.0, 0, 0, 0
         while i < n_total:
             n = min(bufs.n, n_total - i)
             k = src.nbytes(n)
@@ -256,6 +261,8 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
             x = _decode(src, view, n, bufs.x[:n])
             if src.name == "F64":
                 _check_f32_range(view, x, n, i, path, entry.name)
+            if entry.add is not None:   # in f32, as llama.cpp's converter does
+                x = np.add(x, np.float32(entry.add), out=bufs.x[:n])
             if q4 is not None:
                 out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)])
                 scales = codecs.scales_f16(q4, out)
@@ -268,6 +275,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
                 if dtype_out is APR_Q4:
                     low_scales += int(np.count_nonzero(np.abs(scales) < APRENDER_MIN_SCALE))
                 y = codecs.dequantize(q4, out, n, out=bufs.y[:n])
+                signal += float(np.dot(x, x))
                 np.subtract(y, x, out=y)
                 sq += float(np.dot(y, y))
                 # max|y| on the f32 bits with the sign cleared: they order like the values
@@ -296,6 +304,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
     stats["crc"] = crc
     if q4 is not None:
         stats["mse"] = sq / n_total if n_total else 0.0
+        stats["signal"], stats["noise"] = signal, sq
         stats["max_abs_err"] = maxerr
         if low_scales:
             stats["warning"] = (f"{low_scales} block(s) have a scale below 2^-14: Aprender "
