@@ -110,6 +110,13 @@ def cmd_inspect(args):
         return EXIT_OK
     print(f"{', '.join(info['files'])}: {info['format']}, {human_bytes(info['bytes'])}, "
           f"{len(info['tensors'])} tensors, {info['params']:,} params")
+    m = info.get("model")
+    if m:
+        print(f"  model: {m['architecture']} ({m['gguf_architecture']} in GGUF), {m['layers']} layers, "
+              f"hidden {m['hidden_size']}, {m['heads']}/{m['kv_heads']} heads, vocabulary "
+              f"{m['vocab_size']:,}, tokenizer {m['tokenizer'].get('kind')}")
+        if m["ignored"]:
+            print("  ignored: " + ", ".join(m["ignored"]))
     for k in ("version", "alignment", "flags"):
         if info.get(k) is not None:
             print(f"  {k}: {info[k]:#06x}" if k == "flags" else f"  {k}: {info[k]}")

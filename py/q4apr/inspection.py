@@ -10,7 +10,6 @@ from .errors import BadInput, Q4Error
 from .formats import open_model
 
 
-
 def inspect_model(model):
     """Header facts, metadata and the tensor table of an opened model."""
     info = {
@@ -23,6 +22,8 @@ def inspect_model(model):
         "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name,
                      "nbytes": t.nbytes, "offset": t.offset} for t in model.tensors],
     }
+    if model.description is not None:
+        info["model"] = model.description.summary()
     if model.format == "apr":
         info["flags"] = model.extra.get("flags")
     if model.format == "gguf":

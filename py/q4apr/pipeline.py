@@ -261,8 +261,10 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc):
             x = _decode(src, view, n, bufs.x[:n])
             if src.name == "F64":
                 _check_f32_range(view, x, n, i, path, entry.name)
-            if entry.add is not None:   # in f32, as llama.cpp's converter does
+            if entry.add is not None:   # as llama.cpp's converter: in f32, or in f16 for F16
                 x = np.add(x, np.float32(entry.add), out=bufs.x[:n])
+                if src is F16:
+                    x[:] = x.astype(np.float16)
             if q4 is not None:
                 out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)])
                 scales = codecs.scales_f16(q4, out)

@@ -6,10 +6,13 @@ tokenizer. A lone weights file has no description: its tensors go out as they ar
 """
 
 import dataclasses
+import io
 
 import numpy as np
 
+from .dtypes import F32
 from .errors import BadInput
+from .model import TensorEntry
 
 
 def output_entries(model, fmt):
@@ -19,20 +22,35 @@ def output_entries(model, fmt):
         return list(model.tensors)
     by_name = {e.name: e for e in model.tensors}
     shapes = {e.name: e.shape for e in model.tensors}
-    maps = (d.family.gguf_tensors if fmt == "gguf" else d.family.apr_tensors)(d.hparams, shapes)
+    maps = (d.family.gguf_tensors(d.hparams, shapes, d.config) if fmt == "gguf"
+            else d.family.apr_tensors(d.hparams, shapes))
     out = []
     for m in maps:
+        if m.src is None:   # made from config.json values (e.g. Phi-3's rope factors)
+            out.append(_made_entry(m, d.files.get("config.json", model.paths[0])))
+            continue
         src = by_name.get(m.src)
         if src is None:
             raise BadInput(f"the {d.family.GGUF_ARCH} layout needs this tensor but the weights "
                            "lack it", model.paths[0], m.src)
-        order = None
+        shape, nbytes, order = src.shape, src.nbytes, None
         if m.row_order is not None:
             order = np.asarray(m.row_order(src.shape), dtype=np.int64)
-        out.append(dataclasses.replace(src, name=m.name, row_order=order, add=m.add,
+            row_bytes = src.nbytes // src.shape[0] if src.shape[0] else 0
+            shape, nbytes = (len(order),) + tuple(src.shape[1:]), len(order) * row_bytes
+        out.append(dataclasses.replace(src, name=m.name, shape=shape, nbytes=nbytes,
+                                       row_order=order, add=m.add,
                                        source=src.name if m.name != src.name else None,
                                        keep_f32=_keep_f32(m, src)))
     return out
+
+
+def _made_entry(m, path):
+    """An F32 tensor whose values come from the config, served from memory."""
+    data = np.asarray(m.value, dtype="<f4").reshape(m.shape).tobytes()
+    return TensorEntry(m.name, tuple(m.shape), F32, len(data), path,
+                       opener=lambda: io.BytesIO(data), source="config.json",
+                       keep_f32="made from config.json values")
 
 
 def _keep_f32(m, src):
