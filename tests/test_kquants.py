@@ -323,3 +323,41 @@ def test_gguf_input_with_k_quants_decodes(ref, tmp_path):
 def _write(p, b):
     p.write_bytes(b)
     return p
+
+
+def test_fast_and_exact_searches_agree():
+    """The float-lane scale searches (taken on tame chunks) and the step-by-step ones
+    (taken when a value could leave nearest_int's range) give the same bits."""
+    with np.errstate(all="ignore"):
+        _fast_and_exact()
+
+
+def _fast_and_exact():
+    rng = np.random.default_rng(8)
+    X = np.ascontiguousarray((rng.standard_normal((32, 700)) * np.exp(rng.uniform(-20, 20, 700)))
+                             .astype(F32))
+    X[:, :5] = 0
+    X[:, 5] = -2.0
+    W = np.abs(X) + np.sqrt(np.add.reduce(X * X, axis=0) / F32(32))
+    fast = C.Q4_K._make_qkx2_fast(X, W)
+    assert fast is not None
+    for a, b in zip(fast, C.Q4_K._make_qkx2_exact(X, W)):
+        assert same_bits(np.asarray(a, F32), np.asarray(b, F32))
+    X16 = np.ascontiguousarray(X.reshape(16, -1))
+    fast = C.Q6_K._make_qx_fast(X16)
+    assert fast is not None
+    for a, b in zip(fast, C.Q6_K._make_qx_exact(X16)):
+        assert same_bits(np.asarray(a, F32), np.asarray(b, F32))
+    assert C.Q4_K._make_qkx2_fast(X * F32(1e-39), W) is None     # subnormal ranges: exact path
+    X16[0, 0] = np.inf
+    assert C.Q6_K._make_qx_fast(X16) is None
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K"])
+def test_pyodide_rounding_route_matches_ggml(ref, name, monkeypatch):
+    """Under Pyodide the fast searches round through int32 (float clip is slow there):
+    the same bytes, checked natively by forcing that route."""
+    monkeypatch.setattr(C, "_WASM", True)
+    x = np.concatenate([(np.random.default_rng(9).standard_normal(256 * 40) * F32(0.05)).astype(F32)]
+                       + [b.reshape(-1) for b in adversarial(256, 2).values()])
+    assert_same_blocks(name, C.quantize(CODECS[name], x), ref.quantize(name, x), x)

@@ -697,6 +697,23 @@ def _nearest_int(t: np.ndarray) -> np.ndarray:
     return i
 
 
+def _round_clip(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """clamp(nearest_int(t), lo, hi) as floats, in place, for |t| < 2**21 (the
+    fast paths check that).  Natively rint + clip on floats; under Pyodide float
+    clip is 10-50x slower than the integer route (magic number, int32 clip,
+    cast back), which is C's own arithmetic and so gives the same values."""
+    if not _WASM:
+        np.rint(t, out=t)
+        return np.clip(t, lo, hi, out=t)
+    t += _MAGIC
+    i = t.view(np.int32)
+    i &= np.int32(0x007FFFFF)
+    i -= np.int32(0x00400000)
+    np.clip(i, lo, hi, out=i)
+    np.copyto(t, i, casting="unsafe")
+    return t
+
+
 def _f16_bits(d: np.ndarray) -> np.ndarray:
     """GGML_FP32_TO_FP16 as uint16 bits: round to nearest even, overflow to Inf,
     NaN -> 0x7E00 with the sign kept (ggml's software conversion)."""
@@ -886,8 +903,7 @@ class Q4_K(_SuperBlock):
         if not tame(iscale, mn):
             return None
         t = Xm * iscale
-        np.rint(t, out=t)
-        np.clip(t, 0, 15, out=t)
+        _round_clip(t, 0, 15)
         diff = t * scale
         diff += mn
         diff -= X
@@ -903,8 +919,7 @@ class Q4_K(_SuperBlock):
             if not tame(iscale, mn):
                 return None
             np.multiply(Xm, iscale, out=t)
-            np.rint(t, out=t)
-            np.clip(t, 0, 15, out=t)                     # Laux, as floats
+            _round_clip(t, 0, 15)                        # Laux, as floats
             np.multiply(W, t, out=wl)
             sum_l = _seq_sum(wl)
             np.multiply(wl, t, out=tmp)
@@ -936,8 +951,7 @@ class Q4_K(_SuperBlock):
                 np.subtract(X, mn, out=Xm)
         np.subtract(X, best_mn, out=t)
         t *= best_is
-        np.rint(t, out=t)
-        np.clip(t, 0, 15, out=t)
+        _round_clip(t, 0, 15)
         L = t.astype(np.int32)
         scale[flat] = 0
         L[:, flat] = 0
@@ -1106,8 +1120,7 @@ class Q6_K(_SuperBlock):
 
         def trial(iscale):
             np.multiply(X, iscale, out=t)
-            np.rint(t, out=t)
-            np.clip(t, -32, 31, out=t)
+            _round_clip(t, -32, 31)
             np.multiply(WX, t, out=tmp)
             sumlx = _seq_sum(tmp)
             np.multiply(W, t, out=tmp)
@@ -1130,8 +1143,7 @@ class Q6_K(_SuperBlock):
                 best = np.where(upd, scale * sumlx, best)
                 best_is = np.where(upd, iscale, best_is)
         np.multiply(X, best_is, out=t)
-        np.rint(t, out=t)
-        np.clip(t, -32, 31, out=t)
+        _round_clip(t, -32, 31)
         t += 32
         L = t.astype(np.int32)
         scale[zero] = 0
