@@ -137,7 +137,7 @@ def quantize_steps(model, sink, options):
     params = sum(numel(e.shape) for e in model.tensors)
     layout = make_layout(model, options, decisions, params)
     total = sum(e.nbytes for e, _ in decisions)
-    chunk_elems = max(32, options.chunk_bytes // 4 // 32 * 32)
+    chunk_elems = max(256, options.chunk_bytes // 4 // 256 * 256)   # whole Q4_K/Q6_K blocks
     bufs = _Buffers(chunk_elems)
     described = model.description is not None
     report = Report(model.format, [os.path.basename(p) for p in model.paths],
