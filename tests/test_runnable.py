@@ -34,8 +34,8 @@ def cli(*args):
     return r.returncode, r.stdout, r.stderr
 
 
-def quantize_folder(folder, out):
-    code, stdout, stderr = cli("quantize", folder, "-o", out, "-q")
+def quantize_folder(folder, out, *extra):
+    code, stdout, stderr = cli("quantize", folder, "-o", out, "-q", *extra)
     assert code == 0, stderr
     return stdout
 
@@ -67,7 +67,7 @@ def converted(request, tmp_path_factory):
     name = request.param
     folder = hf.model_dir(name)
     out = tmp_path_factory.mktemp(name) / f"{name}.Q4_0.gguf"
-    quantize_folder(folder, out)
+    quantize_folder(folder, out, "--pure")   # the reference is llama-quantize --pure
     return name, folder, out, hf.reference_gguf(name, "q4_0_pure")
 
 

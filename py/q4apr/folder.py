@@ -16,6 +16,9 @@ CONFIG = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json", "chat_template.jinja", "chat_template.json",
                    "tokenizer.model", "added_tokens.json")
+# sentence-transformers' description of an embedding model: its pooling (converter's
+# _try_set_pooling_type); the Pooling module's config lies in a subfolder named there
+MODULES = "modules.json"
 MAX_CONFIG_BYTES = 16 << 20      # a config or tokenizer_config; tokenizer.json may be larger
 MAX_TOKENIZER_BYTES = 256 << 20  # Gemma 3's tokenizer.json is ~33 MB
 
@@ -43,8 +46,8 @@ class Description:
 
 
 def _expand(paths):
-    """(top-level files, ignored relative names, folder name) of directories and files."""
-    files, ignored, dirs = [], [], []
+    """(top-level files, {relative name: path} of files in subfolders, folder name)."""
+    files, ignored, dirs = [], {}, []
     for p in paths:
         if os.path.isdir(p):
             dirs.append(p)
@@ -55,7 +58,7 @@ def _expand(paths):
                     if dirpath == p or os.path.normpath(dirpath) == os.path.normpath(p):
                         files.append(full)
                     else:
-                        ignored.append(os.path.relpath(full, p).replace(os.sep, "/"))
+                        ignored[os.path.relpath(full, p).replace(os.sep, "/")] = full
         else:
             files.append(p)
     if dirs:
@@ -79,7 +82,7 @@ def classify(files):
         low = base.lower()
         if low.endswith(".safetensors") or low.endswith(".safetensors.index.json"):
             weights.append(p)
-        elif base == CONFIG or base in TOKENIZER_FILES:
+        elif base in (CONFIG, MODULES) or base in TOKENIZER_FILES:
             if base in parts:
                 raise BadInput(f"{base} is given twice ({parts[base]} and {p})", p)
             parts[base] = p
@@ -108,9 +111,10 @@ def open_folder(paths):
     """A Model whose description says what runtimes need; refused whole when the config,
     the tokenizer or the tensors contradict each other."""
     from . import archs, tokenizer
+    from .archs.transforms import converter_order
     from .formats import safetensors
 
-    files, ignored_sub, name = _expand(paths)
+    files, subfolder, name = _expand(paths)
     weights, parts, ignored = classify(files)
     where = name or "the folder"
     if CONFIG not in parts:
@@ -126,11 +130,46 @@ def open_folder(paths):
     hparams = family.hparams(config, config_path)
     model = safetensors.read(weights, ["index" if w.lower().endswith(".json") else "safetensors"
                                        for w in weights])
+    # the converter's tensor order: shard files sorted, names sorted within each
+    parts_names = {}
+    for e in model.tensors:
+        parts_names.setdefault(os.path.basename(e.path), []).append(e.name)
+    order = {n: i for i, n in enumerate(converter_order(parts_names))}
+    model.tensors.sort(key=lambda e: order[e.name])
     family.check_tensors(hparams, {e.name: e.shape for e in model.tensors}, config_path)
-    tok_files = {k: v for k, v in parts.items() if k != CONFIG}
+    used_sub = _pooling(parts, subfolder, hparams)
+    tok_files = {k: v for k, v in parts.items() if k not in (CONFIG, MODULES)}
     tok = tokenizer.read(tok_files, config, family.VOCAB, hparams["vocab_size"])
+    hparams["tokenizer_rows"] = tok.json_rows
     model.name = name or model.name
-    model.paths = list(weights) + [parts[k] for k in sorted(parts)]
-    model.description = Description(model.name, config, family, hparams, tok, dict(parts),
-                                    sorted(ignored) + ignored_sub)
+    model.paths = list(weights) + [parts[k] for k in sorted(parts)] + list(used_sub.values())
+    model.description = Description(model.name, config, family, hparams, tok,
+                                    {**parts, **used_sub},
+                                    sorted(ignored) + sorted(set(subfolder) - set(used_sub)))
     return model
+
+
+def _pooling(parts, subfolder, hparams):
+    """hparams["pooling_type"] from modules.json and its Pooling module's config (the
+    files used, {relative name: path})."""
+    from .archs import bert
+
+    if MODULES not in parts:
+        return {}
+    path = parts[MODULES]
+    modules = load_json(b'{"m":' + read_small(path, MAX_CONFIG_BYTES, "modules.json") + b"}",
+                        path, "modules.json")["m"]
+    if not isinstance(modules, list):
+        raise BadInput("modules.json is not a list of modules", path)
+    used, pooling_config = {}, None
+    for m in modules:
+        if isinstance(m, dict) and str(m.get("type", "")).endswith("Pooling"):
+            rel = f"{str(m.get('path', '')).strip('/')}/config.json".lstrip("/")
+            if rel in subfolder:
+                used[rel] = subfolder[rel]
+                pooling_config = read_config(subfolder[rel])
+    try:
+        hparams["pooling_type"] = bert.pooling_type(modules, pooling_config)
+    except ValueError as e:
+        raise BadInput(f"modules.json: {e}", path) from None
+    return used
