@@ -11,6 +11,8 @@ a rotating order (interleaved), median reported:
 
     q4apr APR_Q4   codecs.quantize(codecs.AprQ4, a)
     q4apr Q4_0     codecs.quantize(codecs.Q4_0, a)
+    q4apr Q5_0/Q4_K/Q6_K   codecs.quantize(codecs.<that>, a), on a third, smaller 1-D case
+                   (--kq-mi, 4 Mi values by default) where every other kernel runs too
     gguf-py Q4_0   gguf.quants.quantize(a, GGMLQuantizationType.Q4_0)   (the peer in the
                    same language: pure numpy; under Pyodide its constants/lazy/quants
                    modules are loaded on their own, the package needs PyYAML)
@@ -63,7 +65,7 @@ def make_data(n, seed=0):
     return x
 
 
-def run(mi, side, reps, peer=True):
+def run(mi, side, reps, peer=True, kq_mi=4):
     gguf_quantize, Q4_0 = load_peer() if peer else (None, None)
     n = mi << 20
     x = make_data(n)
@@ -83,6 +85,13 @@ def run(mi, side, reps, peer=True):
     if gguf_quantize is not None:
         kernels.append(("gguf-py Q4_0", lambda a: gguf_quantize(a, Q4_0)))
     kernels.append(("np.copyto", lambda a: np.copyto(dst[: a.size].reshape(a.shape), a)))
+    # The 256-block K-quants (and Q5_0, their fallback) are 10-30x slower: they run on a
+    # smaller 1-D case only, beside the Q4_0 kernels timed on that same case.
+    slow = [("q4apr Q5_0", lambda a: codecs.quantize(codecs.Q5_0, a)),
+            ("q4apr Q4_K", lambda a: codecs.quantize(codecs.Q4_K, a)),
+            ("q4apr Q6_K", lambda a: codecs.quantize(codecs.Q6_K, a))]
+    if kq_mi:
+        cases.append((f"1-D {kq_mi} Mi", x[: kq_mi << 20]))
 
     same = {}
     if gguf_quantize is not None:
@@ -92,10 +101,13 @@ def run(mi, side, reps, peer=True):
             same[label] = bool(np.array_equal(ours.reshape(-1), theirs.reshape(-1)))
             del ours, theirs
 
-    times = {(label, k): [] for label, _ in cases for k, _ in kernels}
+    small = f"1-D {kq_mi} Mi" if kq_mi else None
+    per_case = {label: kernels + (slow if label == small else []) for label, _ in cases}
+    times = {(label, k): [] for label, _ in cases for k, _ in per_case[label]}
     for rep in range(reps):
         for label, a in cases:
-            order = kernels[rep % len(kernels):] + kernels[: rep % len(kernels)]
+            ks = per_case[label]
+            order = ks[rep % len(ks):] + ks[: rep % len(ks)]
             for name, fn in order:
                 t0 = time.perf_counter()
                 out = fn(a)
@@ -118,7 +130,8 @@ def ratios(result):
     for case in dict.fromkeys(r["case"] for r in result["rows"]):
         peer = by.get((case, "gguf-py Q4_0"))
         if peer:
-            out[case] = {k: by[(case, k)] / peer for k in ("q4apr APR_Q4", "q4apr Q4_0")}
+            out[case] = {k: by[(case, k)] / peer for k in ("q4apr APR_Q4", "q4apr Q4_0",
+                         "q4apr Q5_0", "q4apr Q4_K", "q4apr Q6_K") if (case, k) in by}
     return out
 
 
@@ -154,6 +167,9 @@ def main():
     ap.add_argument("--wasm-reps", type=int, default=3, help="repetitions under Pyodide (default 3)")
     ap.add_argument("--mi", type=int, default=64, help="1-D array length in Mi values (default 64)")
     ap.add_argument("--side", type=int, default=8192, help="matrix side (default 8192; 0: none)")
+    ap.add_argument("--kq-mi", type=int, default=4,
+                    help="length in Mi values of the 1-D case that also times Q5_0/Q4_K/Q6_K "
+                         "(default 4; 0: skip them)")
     ap.add_argument("--no-peer", action="store_true", help="skip gguf-py")
     ap.add_argument("--node", action="store_true", help="also under Pyodide in Node.js")
     ap.add_argument("--chromium", action="store_true", help="also under Pyodide in Chromium")
@@ -166,15 +182,15 @@ def main():
     sys.path[:0] = args.pypath
 
     if WASM or args.emit_json:
-        res = run(args.mi, args.side, args.reps, peer=not args.no_peer)
+        res = run(args.mi, args.side, args.reps, peer=not args.no_peer, kq_mi=args.kq_mi)
         print("RESULT " + json.dumps(res))
         return
 
     results = {}
     if not args.no_native:
         print(f"native: {args.mi} Mi float32, {args.reps} interleaved runs ...", flush=True)
-        results["native"] = run(args.mi, args.side, args.reps, peer=not args.no_peer)
-    sub = ["--mi", args.mi, "--side", args.side, "--reps", args.wasm_reps] + (["--no-peer"] if args.no_peer else [])
+        results["native"] = run(args.mi, args.side, args.reps, peer=not args.no_peer, kq_mi=args.kq_mi)
+    sub = ["--mi", args.mi, "--side", args.side, "--reps", args.wasm_reps, "--kq-mi", args.kq_mi] + (["--no-peer"] if args.no_peer else [])
     files, gguf_dir = {}, None
     if args.node or args.chromium or args.all:
         import wasm

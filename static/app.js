@@ -18,9 +18,19 @@ const el = {
   bootBar: $("boot-bar"),
   bootRetry: $("boot-retry"),
   dropzone: $("dropzone"),
+  dzMain: $("dz-main"),
   fileInput: $("file-input"),
+  folderInput: $("folder-input"),
   selection: $("selection"),
   fileList: $("file-list"),
+  modelCard: $("model-card"),
+  modelName: $("model-name"),
+  modelStatus: $("model-status"),
+  modelFacts: $("model-facts"),
+  ignored: $("ignored"),
+  ignoredTitle: $("ignored-title"),
+  ignoredList: $("ignored-list"),
+  selectionNote: $("selection-note"),
   clearFiles: $("clear-files"),
   sampleBtn: $("sample-btn"),
   form: $("options-form"),
@@ -48,6 +58,7 @@ const el = {
   resultSub: $("result-sub"),
   downloadLink: $("download-link"),
   downloadName: $("download-name"),
+  runtimes: $("runtimes"),
   totals: $("totals"),
   chartRows: $("chart-rows"),
   chartLegend: $("chart-legend"),
@@ -96,6 +107,13 @@ function formatMse(v) {
   return Math.abs(v) < 1e-3 || Math.abs(v) >= 1e4 ? v.toExponential(2) : v.toPrecision(3);
 }
 
+/** A signal-to-noise ratio in dB: "inf" (an exact round trip) as "exact", null as "–". */
+function formatDb(v) {
+  if (v === "inf" || v === Infinity) return "exact";
+  if (v === null || v === undefined || !Number.isFinite(Number(v))) return "–";
+  return `${Number(v).toFixed(1)} dB`;
+}
+
 function formatShape(shape) {
   if (!Array.isArray(shape)) return String(shape ?? "");
   if (shape.length === 0) return "scalar";
@@ -118,7 +136,8 @@ function kindOf(file) {
   return { safetensors: "safetensors", gguf: "GGUF", apr: "APR", npy: "NumPy", npz: "NumPy archive", json: "JSON" }[e] || "unknown";
 }
 
-function displayName(files) {
+function displayName(files, folder = null) {
+  if (folder) return folder;
   if (!files.length) return "";
   const main = files.filter((f) => !f.name.toLowerCase().endsWith(".json"));
   const sorted = (main.length ? main : files).map((f) => f.name).sort();
@@ -147,7 +166,12 @@ let ready = false;
 let bootFailed = false;
 let nextId = 1;
 let job = null;          // the running job, or null
-let selection = [];      // File[]
+let selection = [];      // File[] (of a model folder: the files at its top level)
+let folder = null;       // the model folder's name (selection is a model folder), or null
+let folderNamed = false; // the name is the folder's own (else the files came one by one)
+let subIgnored = [];     // files in the folder's subfolders: never sent, listed as ignored
+let description = null;  // the folder's description: {id, state, summary, message}
+let pickSeq = 0;         // the latest drop or pick (a folder is walked asynchronously)
 let objectUrl = null;    // the current download's blob URL
 let tick = null;         // elapsed-time timer
 
@@ -162,10 +186,14 @@ function setState(state) {
 function updateControls() {
   const busy = job !== null;
   const can = ready && !busy;
-  el.quantizeBtn.disabled = !(can && selection.length);
-  el.inspectBtn.disabled = !(can && selection.length);
+  // A folder is quantized once described; a refused one still may be (the run then reports
+  // the same error the usual way, and writes nothing).
+  const usable = selection.length > 0 && (!folder || (description && description.state !== "pending"));
+  el.quantizeBtn.disabled = !(can && usable);
+  el.inspectBtn.disabled = !(can && usable);
   el.sampleBtn.disabled = !can;
   el.fileInput.disabled = busy;
+  el.folderInput.disabled = busy;
   el.clearFiles.disabled = busy;
   el.dropzone.classList.toggle("disabled", busy);
   body.classList.toggle("busy", busy);
@@ -173,11 +201,14 @@ function updateControls() {
   let hint;
   if (busy) hint = job.kind === "quantize" ? "Working… you can cancel at any time." : "Reading the file…";
   else if (bootFailed) hint = "The Python runtime did not start. Use “Try again” at the top.";
-  else if (!selection.length) hint = ready ? "Choose a model file to begin, or try the sample." : "Choose a model file to begin. The runtime is still starting.";
+  else if (!selection.length) hint = ready ? "Choose a model folder or file to begin, or try the sample." : "Choose a model folder or file to begin. The runtime is still starting.";
   else if (!ready) hint = "Starting the Python runtime… this takes a few seconds the first time.";
+  else if (folder && description && description.state === "pending") hint = `Reading ${folder}…`;
+  else if (folder && description && description.state === "failed") hint = `${folder} was refused: see why above. Fix it and choose it again.`;
   else {
     const total = selection.reduce((a, f) => a + f.size, 0);
-    hint = `${displayName(selection)} · ${formatBytes(total)} → ${currentFormat().toUpperCase()}`;
+    const out = folder ? ` · ${outputNameOf(folder, currentFormat())}` : "";
+    hint = `${displayName(selection, folder)} · ${formatBytes(total)} → ${currentFormat().toUpperCase()}${out}`;
   }
   el.actionHint.textContent = hint;
 }
@@ -242,6 +273,10 @@ el.bootRetry.addEventListener("click", () => {
 });
 
 function onWorkerMessage(msg) {
+  if (description && msg.id === description.id && (msg.type === MSG.DESCRIBED || msg.type === MSG.ERROR)) {
+    finishDescribe(msg);
+    return;
+  }
   switch (msg.type) {
     case MSG.BOOT:
       showBootStage(msg.stage, msg.progress);
@@ -260,6 +295,7 @@ function onWorkerMessage(msg) {
       el.versions.textContent = parts.join(" · ");
       updateControls();
       registerServiceWorker();
+      if (description && description.state === "pending") describeSelection();   // (again: a new worker)
       return;
     }
     case MSG.ERROR:
@@ -306,28 +342,271 @@ function onWorkerMessage(msg) {
 
 // ---------------------------------------------------------------- selection
 
-function setSelection(files) {
+// A model folder is its top-level files; files in its subfolders (onnx/, .cache/...) play
+// no part and are only listed. Files chosen one by one that hold a config.json are a
+// model folder too, without a name of its own.
+const UNNAMED_FOLDER = "model";
+// The files the core reads from a model folder (mirrors q4apr.folder.classify, for the list
+// shown before the folder's description arrives; the description's `ignored` then decides).
+const FOLDER_ROLES = {
+  "config.json": "config",
+  "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer", "special_tokens_map.json": "tokenizer",
+  "tokenizer.model": "tokenizer", "added_tokens.json": "tokenizer",
+  "generation_config.json": "generation", "chat_template.jinja": "chat template", "chat_template.json": "chat template",
+};
+
+function folderRole(name) {
+  const low = name.toLowerCase();
+  if (low.endsWith(".safetensors.index.json")) return "shard index";
+  if (low.endsWith(".safetensors")) return "weights";
+  return FOLDER_ROLES[name] || null;
+}
+
+/** The output's name for a folder, as the core will give it (the report's name is used). */
+function outputNameOf(name, fmt) {
+  const stem = name.replace(/\.(Q4_0|q4_0|Q4|q4)$/, "");
+  return fmt === "gguf" ? `${stem}.Q4_0.gguf` : `${stem}.apr`;
+}
+
+function setSelection(files, opts = {}) {
+  pickSeq++;
   selection = files.filter((f) => f && typeof f.name === "string");
+  selection.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const hasConfig = selection.some((f) => f.name === "config.json");
+  folderNamed = Boolean(opts.folder);
+  folder = opts.folder || (hasConfig ? UNNAMED_FOLDER : null);
+  subIgnored = folder && Array.isArray(opts.ignored) ? opts.ignored.slice() : [];
+  description = null;
+  if (folder && selection.length) describeSelection();
+  renderSelection();
+}
+
+function ignoredNames() {
+  if (!folder) return new Set();
+  const top = description && description.summary && Array.isArray(description.summary.ignored)
+    ? description.summary.ignored
+    : selection.filter((f) => !folderRole(f.name)).map((f) => f.name);
+  return new Set(top);
+}
+
+function renderSelection() {
+  const ignored = ignoredNames();
   el.fileList.replaceChildren();
   for (const f of selection) {
+    if (ignored.has(f.name)) continue;
+    const kind = (folder && folderRole(f.name)) || kindOf(f);
     const li = make("li", {}, [
       make("span", { className: "fname", text: f.name, title: f.name }),
-      make("span", { className: "badge", text: kindOf(f) }),
+      make("span", { className: "badge", text: kind }),
       make("span", { className: "fsize", text: formatBytes(f.size) }),
     ]);
     el.fileList.append(li);
   }
+  el.fileList.hidden = !el.fileList.children.length;
+
+  const all = [...selection.filter((f) => ignored.has(f.name)).map((f) => f.name), ...subIgnored];
+  const MAX_CHIPS = 40;
+  el.ignoredList.replaceChildren(...all.slice(0, MAX_CHIPS).map((n) => make("li", { text: n, title: n })));
+  if (all.length > MAX_CHIPS) el.ignoredList.append(make("li", { className: "more", text: `… ${nf.format(all.length - MAX_CHIPS)} more` }));
+  el.ignoredTitle.textContent = `Ignored: ${nf.format(all.length)} ${all.length === 1 ? "file" : "files"}`;
+  el.ignored.hidden = all.length === 0;
+
+  renderModelCard();
+
+  let note = "";
+  if (selection.length && !folder) {
+    note = "Weights alone: the result is a container of tensors, without architecture or tokenizer. "
+      + "For a file that llama.cpp or Aprender runs, choose the model’s folder.";
+  } else if (folder && !folderNamed) {
+    note = `Chosen file by file, so the model is named “${folder}”. `
+      + "Drop the folder itself (or use “Choose a folder…”) to name it and the download after the model.";
+  }
+  el.selectionNote.textContent = note;
+  el.selectionNote.hidden = !note;
   el.selection.hidden = selection.length === 0;
+  el.dropzone.classList.toggle("compact", selection.length > 0);
+  el.dzMain.textContent = selection.length ? "Drop another model folder or file" : "Drop a model folder or file here";
+  body.dataset.describe = !folder ? (selection.length ? "none" : "") : description ? description.state : "";
   updateControls();
+}
+
+function fact(key, label, value, detail) {
+  const dd = make("dd", {}, [make("span", { className: "big", text: value })]);
+  if (detail) dd.append(make("span", { className: "detail", text: detail }));
+  const div = make("div", {}, [make("dt", { text: label }), dd]);
+  div.dataset.fact = key;
+  return div;
+}
+
+function num(v) {
+  return v === null || v === undefined || v === "" ? "–" : Number.isFinite(Number(v)) ? nf.format(Number(v)) : String(v);
+}
+
+function renderModelCard() {
+  el.modelCard.hidden = !folder || !selection.length;
+  if (el.modelCard.hidden) return;
+  const d = description || { state: "pending" };
+  el.modelCard.dataset.state = d.state;
+  el.modelName.textContent = folder;
+  el.modelStatus.removeAttribute("role");
+  el.modelFacts.replaceChildren();
+  if (d.state === "pending") {
+    el.modelStatus.textContent = "Reading config.json and the tokenizer…";
+    return;
+  }
+  if (d.state === "failed") {
+    el.modelStatus.textContent = d.message;
+    el.modelStatus.setAttribute("role", "alert");
+    return;
+  }
+  const m = d.summary || {};
+  const tok = m.tokenizer || {};
+  el.modelStatus.textContent = [
+    `${m.architecture || "?"} model`,
+    m.context != null ? `${num(m.context)}-token context` : null,
+    m.tied ? "tied embeddings" : null,
+    "ready to quantize",
+  ].filter(Boolean).join(" · ");
+  const tokDetail = [tok.pre, tok.size != null && tok.size !== m.vocab_size ? `${num(tok.size)} tokens` : null]
+    .filter(Boolean).join(" · ");
+  el.modelFacts.append(
+    fact("architecture", "Architecture", m.architecture ?? "–",
+      m.gguf_architecture && m.gguf_architecture !== m.architecture ? `llama.cpp: ${m.gguf_architecture}` : null),
+    fact("layers", "Layers", num(m.layers)),
+    fact("hidden_size", "Hidden size", num(m.hidden_size)),
+    fact("heads", "Heads", num(m.heads), m.kv_heads != null && m.kv_heads !== m.heads ? `${num(m.kv_heads)} KV` : null),
+    fact("vocab_size", "Vocabulary", num(m.vocab_size)),
+    fact("tokenizer", "Tokenizer", tok.kind ?? "–", tokDetail || null),
+  );
+}
+
+function describeSelection() {
+  description = { id: nextId++, state: "pending", summary: null, message: "" };
+  if (!ready || !worker) return;                 // sent once the runtime is ready
+  worker.postMessage({ type: MSG.DESCRIBE, id: description.id, files: selection, folder });
+}
+
+function finishDescribe(msg) {
+  if (msg.type === MSG.DESCRIBED) {
+    description.state = "ready";
+    description.summary = msg.summary || null;
+    const m = description.summary;
+    announce(m ? `${folder}: ${m.architecture}, ${m.layers} layers, vocabulary ${m.vocab_size}. Ready to quantize.` : `${folder} read.`);
+  } else {
+    description.state = "failed";
+    description.message = msg.message || "unknown error";
+    announce(`${folder} cannot be quantized. ${description.message}`);
+  }
+  renderSelection();
+}
+
+/** Select the files of a drop or a pick: a model folder ({name, files, ignored}) or files. */
+function takeFolder(found) {
+  if (!found.files.length) {
+    hidePanels();
+    showNotice("error", `Nothing to quantize in ${found.name}`,
+      found.ignored.length ? `${found.name} holds only subfolders (${found.ignored.slice(0, 3).join(", ")}${found.ignored.length > 3 ? ", …" : ""}).`
+        : `${found.name} is empty.`,
+      "Choose the model’s own folder: the one that holds config.json and the .safetensors files.");
+    return;
+  }
+  hidePanels();
+  setSelection(found.files, { folder: found.name, ignored: found.ignored });
+  announce(`Folder ${found.name} selected: ${found.files.length} files.`);
+}
+
+function takeFiles(files) {
+  if (!files.length) return;
+  hidePanels();
+  setSelection(files);
+  announce(`${files.length === 1 ? files[0].name : files.length + " files"} selected`);
+}
+
+// A folder chosen with the picker: its files' webkitRelativePath is "Folder/sub/name".
+function folderFromPicker(files) {
+  const name = (files[0].webkitRelativePath || "").split("/")[0] || UNNAMED_FOLDER;
+  const top = [], ignored = [];
+  for (const f of files) {
+    const parts = (f.webkitRelativePath || f.name).split("/");
+    if (parts.length <= 2) top.push(f);
+    else ignored.push(parts.slice(1).join("/"));
+  }
+  return { name, files: top, ignored: ignored.sort() };
+}
+
+// A dropped folder: directory entries are walked (readEntries answers in batches, so it
+// is called until it answers none); files below the top level are only listed.
+function readAllEntries(dir) {
+  const reader = dir.createReader();
+  const out = [];
+  return new Promise((resolve, reject) => {
+    const next = () => reader.readEntries((batch) => {
+      if (!batch.length) return resolve(out);
+      out.push(...batch);
+      next();
+    }, reject);
+    next();
+  });
+}
+
+function entryFile(entry) {
+  return new Promise((resolve, reject) => entry.file(resolve, reject));
+}
+
+async function walkFolder(dir) {
+  const files = [], ignored = [];
+  const visit = async (d, prefix) => {
+    const entries = await readAllEntries(d);
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const e of entries) {
+      if (e.isDirectory) await visit(e, `${prefix}${e.name}/`);
+      else if (prefix) ignored.push(prefix + e.name);
+      else if (e.isFile) files.push(await entryFile(e));
+    }
+  };
+  await visit(dir, "");
+  return { name: dir.name, files, ignored };
+}
+
+async function takeDrop(entries, files) {
+  const seq = ++pickSeq;
+  const dirs = entries.filter((e) => e && e.isDirectory);
+  if (!dirs.length) return takeFiles(files);
+  if (entries.length > 1) {
+    hidePanels();
+    showNotice("error", "Drop one model folder at a time",
+      `The drop held ${entries.length} items, ${dirs.length} of them ${dirs.length === 1 ? "a folder" : "folders"}.`,
+      "Drop the model’s folder alone, or drop its files.");
+    return;
+  }
+  let found;
+  try {
+    found = await walkFolder(dirs[0]);
+  } catch (err) {
+    if (seq !== pickSeq) return;
+    hidePanels();
+    showNotice("error", `Could not read the folder ${dirs[0].name}`, (err && err.message) || String(err),
+      "Try “Choose a folder…” instead.");
+    return;
+  }
+  if (seq === pickSeq && !job) takeFolder(found);   // not overtaken by a later pick
 }
 
 el.fileInput.addEventListener("change", () => {
   const files = Array.from(el.fileInput.files || []);
-  if (files.length) {
-    setSelection(files);
-    announce(`${files.length === 1 ? files[0].name : files.length + " files"} selected`);
-  }
   el.fileInput.value = "";
+  takeFiles(files);
+});
+
+el.folderInput.addEventListener("change", () => {
+  const files = Array.from(el.folderInput.files || []);
+  el.folderInput.value = "";
+  if (files.length) takeFolder(folderFromPicker(files));
+  else {
+    hidePanels();
+    showNotice("error", "That folder is empty", "The browser gave no file from it.",
+      "Choose the model’s own folder: the one that holds config.json and the .safetensors files.");
+  }
 });
 
 el.clearFiles.addEventListener("click", () => {
@@ -367,11 +646,16 @@ window.addEventListener("drop", (ev) => {
   dragDepth = 0;
   body.classList.remove("dragging");
   if (job) return;
-  const files = Array.from(ev.dataTransfer.files || []);
-  if (files.length) {
-    setSelection(files);
-    announce(`${files.length === 1 ? files[0].name : files.length + " files"} selected`);
+  // The items are readable only while the event is dispatched: take them now.
+  const dt = ev.dataTransfer;
+  const files = Array.from(dt.files || []);
+  const entries = [];
+  for (const item of Array.from(dt.items || [])) {
+    if (item.kind !== "file") continue;
+    const entry = typeof item.webkitGetAsEntry === "function" ? item.webkitGetAsEntry() : null;
+    if (entry) entries.push(entry);
   }
+  takeDrop(entries, files);
 });
 
 // ---------------------------------------------------------------- options
@@ -467,9 +751,10 @@ function startJob(kind, files) {
   hidePanels();
   clearDownload();
   const id = nextId++;
-  const name = displayName(files);
+  const jobFolder = files === selection ? folder : null;
+  const name = displayName(files, jobFolder);
   job = {
-    id, kind, name, files,
+    id, kind, name, files, folder: jobFolder,
     chunks: [], bytesOut: 0,
     total: files.reduce((a, f) => a + f.size, 0),
     started: performance.now(),
@@ -494,6 +779,7 @@ function startJob(kind, files) {
 
   const msg = { type: kind === "quantize" ? MSG.QUANTIZE : MSG.INSPECT, id, files };
   if (options) msg.options = options;
+  if (jobFolder) msg.folder = jobFolder;
   worker.postMessage(msg);
 }
 
@@ -715,6 +1001,24 @@ function totalItem(label, value, detail, title) {
 
 const ACTION_TEXT = { quantize: "quantized", keep: "kept", convert: "converted", passthrough: "copied" };
 
+/** Which runtime can load the file, and why (not). */
+function renderRuntimes(runtimes) {
+  el.runtimes.replaceChildren();
+  for (const r of runtimes) {
+    const li = make("li", { className: r.loads ? "ok" : "no" }, [
+      make("span", { className: "rt-mark", text: r.loads ? "✓" : "✕" }),
+      make("span", { className: "rt-text" }, [
+        make("strong", { className: "rt-name", text: r.runtime }),
+        make("span", { className: "rt-verdict", text: r.loads ? " can load it" : " cannot run it" }),
+        make("span", { className: "rt-why", text: String(r.why || "") }),
+      ]),
+    ]);
+    li.dataset.runtime = String(r.runtime);
+    el.runtimes.append(li);
+  }
+  el.runtimes.hidden = runtimes.length === 0;
+}
+
 let reportRows = [];
 let reportSort = { key: null, dir: 1 };
 
@@ -728,14 +1032,22 @@ function renderReport(report, j, fileSize) {
   const bytesOut = Number(totals.bytes_out ?? output.bytes ?? fileSize);
   const ratio = Number(totals.ratio) || (bytesOut ? bytesIn / bytesOut : 0);
 
+  const model = report.model && typeof report.model === "object" ? report.model : null;
   el.resultTitle.textContent = `Quantized ${j.name}`;
-  el.resultSub.textContent = `${String(input.format || "").toUpperCase() || "Input"} → ${String(output.format || "").toUpperCase()} · ${formatBytes(fileSize)} file`;
+  el.resultSub.textContent = [
+    model ? `${model.architecture}, ${num(model.layers)} layers, vocabulary ${num(model.vocab_size)}` : null,
+    `${String(input.format || "").toUpperCase() || "Input"} → ${String(output.format || "").toUpperCase()}`,
+    `${formatBytes(fileSize)} file`,
+  ].filter(Boolean).join(" · ");
+  renderRuntimes(Array.isArray(report.runtimes) ? report.runtimes : []);
 
   el.totals.replaceChildren(
     totalItem("Parameters", compact.format(Number(totals.params || 0)), null, `${nf.format(Number(totals.params || 0))} parameters`),
     totalItem("Size", formatBytes(bytesOut), `from ${formatBytes(bytesIn)}`, `${nf.format(bytesIn)} → ${nf.format(bytesOut)} bytes`),
     totalItem("Compression", `${ratio.toFixed(2)}×`, `${bytesIn ? Math.round(100 * (1 - bytesOut / bytesIn)) : 0} % smaller`),
     totalItem("Tensors", `${nf.format(Number(totals.quantized ?? 0))} / ${nf.format(Number(totals.tensors ?? tensors.length))}`, "quantized"),
+    totalItem("Model SNR", formatDb(totals.snr_db), "higher is better",
+      "Signal-to-noise ratio over every quantized tensor: the weights' energy over the error's, in dB"),
     totalItem("Time", formatSeconds(totals.seconds)),
   );
   const nonFinite = tensors.filter((t) => Number(t.non_finite) > 0).length;
@@ -759,6 +1071,7 @@ function sortValue(t, key) {
     case "dtype": return `${t.dtype_in}→${t.dtype_out}`;
     case "bytes_in": return Number(t.bytes_out || 0);
     case "mse": return t.mse === null || t.mse === undefined ? -Infinity : Number(t.mse);
+    case "snr_db": return t.snr_db === "inf" ? Infinity : t.snr_db === null || t.snr_db === undefined ? -Infinity : Number(t.snr_db);
     default: return 0;
   }
 }
@@ -779,7 +1092,10 @@ function drawReportRows() {
     const action = String(t.action || "");
     if (action) tr.className = `act-${action.replace(/[^a-z_-]/gi, "")}`;
 
-    tr.append(make("td", { className: "name mono", text: t.name, title: t.name }));
+    const nameCell = make("td", { className: "name mono", title: t.source ? `${t.name} (input: ${t.source})` : t.name },
+      [make("span", { className: "tname", text: t.name })]);
+    if (t.source) nameCell.append(make("span", { className: "source", text: `from ${t.source}`, title: `input tensor ${t.source}` }));
+    tr.append(nameCell);
     tr.append(make("td", { className: "shape", text: formatShape(t.shape) }));
 
     const dt = make("td", { className: "dtype" });
@@ -804,6 +1120,7 @@ function drawReportRows() {
       text: formatMse(t.mse),
       title: t.max_abs_err !== null && t.max_abs_err !== undefined ? `max abs error ${formatMse(t.max_abs_err)}` : "",
     }));
+    tr.append(make("td", { className: "num snr", text: formatDb(t.snr_db) }));
     frag.append(tr);
   }
   el.reportBody.replaceChildren(frag);

@@ -4,7 +4,11 @@
 //   {type: "quantize", id, files: [File...], options: {format, keep_embeddings_f16,
 //        keep_output_f16, pure, skip: [...], chunk_bytes?}}
 //   {type: "inspect", id, files: [File...]}
+//   {type: "describe", id, files: [File...]}
 //   {type: "cancel", id}
+//   A model folder (quantize, inspect, describe) also carries `folder`: the folder's name.
+//   The worker mounts its files in a directory of that name and hands the core the
+//   directory, as the CLI gets it (the name is the model's and the download's).
 //
 // worker -> page
 //   {type: "boot", stage: "runtime"|"numpy"|"core", progress: 0..1}
@@ -14,16 +18,19 @@
 //   {type: "truncate", id, size}                       (drop chunk bytes past `size`: a tensor is rewritten)
 //   {type: "done", id, report, head: ArrayBuffer}      (the file is head + all chunks, in order)
 //   {type: "inspected", id, info}
+//   {type: "described", id, summary}                   (q4apr.folder.Description.summary();
+//                                                       null for a lone weights file)
 //   {type: "error", id, message}                       (id null: the worker failed to start)
 //   {type: "cancelled", id}
 //
-// A job ends with exactly one of done / inspected / error / cancelled.
+// A job ends with exactly one of done / inspected / described / error / cancelled.
 
 export const BOOT_STAGES = ["runtime", "numpy", "core"];
 
 export const MSG = Object.freeze({
   QUANTIZE: "quantize",
   INSPECT: "inspect",
+  DESCRIBE: "describe",
   CANCEL: "cancel",
   BOOT: "boot",
   READY: "ready",
@@ -32,6 +39,7 @@ export const MSG = Object.freeze({
   TRUNCATE: "truncate",
   DONE: "done",
   INSPECTED: "inspected",
+  DESCRIBED: "described",
   ERROR: "error",
   CANCELLED: "cancelled",
 });

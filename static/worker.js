@@ -93,6 +93,17 @@ def run_inspect(paths_json, on_done):
     except Exception as e:
         return _status("error", _message(e))
 
+def run_describe(paths_json, on_done):
+    """A model folder's summary (architecture, sizes, tokenizer, ignored files) as JSON;
+    "null" for a lone weights file."""
+    try:
+        with q4apr.open_model(json.loads(paths_json)) as model:
+            d = model.description
+            on_done(json.dumps(d.summary() if d is not None else None))
+        return _status("described")
+    except Exception as e:
+        return _status("error", _message(e))
+
 def versions():
     import platform
     return json.dumps({
@@ -104,7 +115,7 @@ def versions():
 
 let py = null;          // the Pyodide instance
 let ns = null;          // the driver's Python globals (a PyProxy of a dict)
-let api = null;         // {quantize, inspect}: PyProxies of the driver's functions
+let api = null;         // {quantize, inspect, describe}: PyProxies of the driver's functions
 const cancelled = new Set();
 let queue = Promise.resolve();
 
@@ -180,7 +191,7 @@ async function bootRuntime(snapshot, core) {
   } catch (e) {
     throw new Error(`the q4apr core could not be imported (${describe(e).split("\n").filter(Boolean).pop()})`);
   }
-  api = { quantize: ns.get("run_quantize"), inspect: ns.get("run_inspect") };
+  api = { quantize: ns.get("run_quantize"), inspect: ns.get("run_inspect"), describe: ns.get("run_describe") };
   const vfn = ns.get("versions");
   const versions = JSON.parse(vfn());
   vfn.destroy();
@@ -368,11 +379,17 @@ function safeId(id) {
   return String(id).replace(/[^A-Za-z0-9_-]/g, "_") || "job";
 }
 
-function mount(id, files) {
+// A model folder's files go in a directory named after the folder, and the core gets
+// that directory, as the CLI does: the folder's name is the model's and the output's.
+function mount(id, files, folder) {
   const FS = py.FS;
-  const dir = `/in/${safeId(id)}`;
+  const root = `/in/${safeId(id)}`;
+  const dir = folder ? `${root}/${folder}` : root;
   try { FS.mkdir("/in"); } catch (_) { /* exists */ }
-  try { FS.mkdir(dir); } catch (_) { /* exists */ }
+  try { FS.mkdir(root); } catch (_) { /* exists */ }
+  if (folder) {
+    try { FS.mkdir(dir); } catch (_) { /* exists */ }
+  }
   FS.mount(FS.filesystems.WORKERFS, { files }, dir);
   const readers = new Map();
   for (const f of files) {
@@ -388,23 +405,29 @@ function mount(id, files) {
     if (ja !== jb) return ja ? 1 : -1;
     return a < b ? -1 : a > b ? 1 : 0;
   });
-  return { dir, paths: names.map((n) => `${dir}/${n}`), readers };
+  const paths = folder ? [dir] : names.map((n) => `${dir}/${n}`);
+  return { root, dir, paths, readers };
 }
 
-function unmount(dir) {
+function unmount(m) {
   const FS = py.FS;
   lastRead = null;
-  try { FS.unmount(dir); } catch (_) { /* not mounted */ }
-  try { FS.rmdir(dir); } catch (_) { /* gone */ }
+  try { FS.unmount(m.dir); } catch (_) { /* not mounted */ }
+  try { FS.rmdir(m.dir); } catch (_) { /* gone */ }
+  if (m.root !== m.dir) {
+    try { FS.rmdir(m.root); } catch (_) { /* gone */ }
+  }
 }
 
-// Messages name files as the user knows them, not by their mount point.
-function unmountedText(text, dir) {
-  return String(text).split(`${dir}/`).join("");
+// Messages name files as the user knows them (folder/config.json), not by their mount point.
+function unmountedText(text, m) {
+  return String(text).split(`${m.root}/`).join("");
 }
 
-function checkFiles(files) {
+function checkFiles(files, folder) {
   if (!Array.isArray(files) || files.length === 0) return "no file was given";
+  if (folder != null && (typeof folder !== "string" || folder === "" || folder === "." || folder === ".."
+      || /[\/\0]/.test(folder))) return `the folder name ${JSON.stringify(folder)} cannot be used`;
   const seen = new Set();
   for (const f of files) {
     if (!(f instanceof Blob) || typeof f.name !== "string") return "the selection holds something that is not a file";
@@ -434,12 +457,13 @@ function toArrayBuffer(b) {
 
 async function runQuantize(msg) {
   const { id } = msg;
-  const problem = checkFiles(msg.files);
+  const problem = checkFiles(msg.files, msg.folder);
   if (problem) return post({ type: MSG.ERROR, id, message: problem });
   const options = { ...(msg.options || {}) };
   if (options.chunk_bytes == null) delete options.chunk_bytes;
 
-  const { dir, paths, readers } = mount(id, msg.files);
+  const m = mount(id, msg.files, msg.folder);
+  const { paths, readers } = m;
   let outcome = null;
   try {
     const onChunk = (b) => {
@@ -473,7 +497,7 @@ async function runQuantize(msg) {
     } finally {
       if (coro && typeof coro.destroy === "function") coro.destroy();
     }
-    if (status.message) status.message = unmountedText(status.message, dir);
+    if (status.message) status.message = unmountedText(status.message, m);
     if (status.status === "done") {
       outcome = { type: MSG.DONE, id, report, head };
     } else if (status.status === "cancelled") {
@@ -484,29 +508,42 @@ async function runQuantize(msg) {
   } catch (err) {
     outcome = { type: MSG.ERROR, id, message: `internal error: ${describe(err)}` };
   } finally {
-    unmount(dir);
+    unmount(m);
     cancelled.delete(id);
   }
   if (outcome.type === MSG.DONE) post(outcome, [outcome.head]);
   else post(outcome);
 }
 
-async function runInspect(msg) {
+// inspect and describe: one synchronous call of the driver, one answer.
+function runOnce(msg, fn, answer) {
   const { id } = msg;
-  const problem = checkFiles(msg.files);
+  const problem = checkFiles(msg.files, msg.folder);
   if (problem) return post({ type: MSG.ERROR, id, message: problem });
-  const { dir, paths } = mount(id, msg.files);
+  const m = mount(id, msg.files, msg.folder);
   try {
-    let info = null;
-    const status = JSON.parse(api.inspect(JSON.stringify(paths), (i) => { info = i; }));
-    if (status.status === "inspected") post({ type: MSG.INSPECTED, id, info });
-    else post({ type: MSG.ERROR, id, message: unmountedText(status.message || "unknown error", dir) });
+    let result = null;
+    const status = JSON.parse(fn(JSON.stringify(m.paths), (r) => { result = r; }));
+    if (status.status === "error" || !status.status) {
+      post({ type: MSG.ERROR, id, message: unmountedText(status.message || "unknown error", m) });
+    } else {
+      post(answer(id, result));
+    }
   } catch (err) {
     post({ type: MSG.ERROR, id, message: `internal error: ${describe(err)}` });
   } finally {
-    unmount(dir);
+    unmount(m);
     cancelled.delete(id);
   }
+}
+
+function runInspect(msg) {
+  runOnce(msg, api.inspect, (id, info) => ({ type: MSG.INSPECTED, id, info }));
+}
+
+// What a model folder is, before quantizing it (summary null for a lone weights file).
+function runDescribe(msg) {
+  runOnce(msg, api.describe, (id, json) => ({ type: MSG.DESCRIBED, id, summary: JSON.parse(json) }));
 }
 
 self.onmessage = (ev) => {
@@ -515,7 +552,8 @@ self.onmessage = (ev) => {
     cancelled.add(msg.id);
     return;
   }
-  if (msg.type !== MSG.QUANTIZE && msg.type !== MSG.INSPECT) {
+  const run = { [MSG.QUANTIZE]: runQuantize, [MSG.INSPECT]: runInspect, [MSG.DESCRIBE]: runDescribe }[msg.type];
+  if (!run) {
     post({ type: MSG.ERROR, id: msg.id ?? null, message: `unknown request ${JSON.stringify(msg.type)}` });
     return;
   }
@@ -530,8 +568,7 @@ self.onmessage = (ev) => {
       post({ type: MSG.CANCELLED, id: msg.id });
       return;
     }
-    if (msg.type === MSG.QUANTIZE) await runQuantize(msg);
-    else await runInspect(msg);
+    await run(msg);
   }).catch((err) => {
     post({ type: MSG.ERROR, id: msg.id, message: `internal error: ${describe(err)}` });
   });

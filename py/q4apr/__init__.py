@@ -75,7 +75,8 @@ against the file's size before anything is allocated.
 from ._version import __version__
 from .errors import BadInput, Cancelled, Q4Error
 from .inspection import inspect_model, verify_file
-from .model import Model, TensorEntry, open_model
+from .formats import open_model
+from .model import Model, TensorEntry
 from .pipeline import Options, Progress, output_name, quantize, quantize_steps
 from .report import Report
 from .sinks import CallbackSink, FileSink, MemorySink

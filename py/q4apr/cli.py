@@ -14,7 +14,7 @@ import traceback
 from ._version import __version__
 from .errors import Cancelled, Q4Error
 from .inspection import inspect_model, verify_file
-from .model import open_model
+from .formats import open_model
 from .pipeline import Options, output_name, quantize
 from .report import format_table, human_bytes
 from .sinks import FileSink
@@ -30,7 +30,9 @@ def build_parser():
 
     q = sub.add_parser("quantize", help="write a 4-bit APR or GGUF file")
     q.add_argument("inputs", nargs="+", metavar="IN",
-                   help="a .safetensors (or shards + index.json), .gguf, .apr, .npy or .npz")
+                   help="a Hugging Face model folder (config.json, tokenizer.json, *.safetensors) "
+                        "or its files; or one .safetensors (or shards + index.json), .gguf, "
+                        ".apr, .npy or .npz")
     q.add_argument("-o", "--output", help="output file (default: beside the input, "
                                           "model.apr or model.Q4_0.gguf)")
     q.add_argument("--format", choices=("apr", "gguf"),
@@ -85,12 +87,13 @@ def cmd_quantize(args):
                       keep_output_f16=args.keep_output_f16, pure=args.pure,
                       skip=tuple(args.skip), chunk_bytes=int(args.chunk_mb * (1 << 20)),
                       allow_non_finite=args.allow_non_finite)
-    out = args.output or os.path.join(os.path.dirname(args.inputs[0]),
-                                      output_name(args.inputs, fmt))
-    if os.path.exists(out) and not args.force and not any(
-            os.path.exists(i) and os.path.samefile(i, out) for i in args.inputs):
-        raise Q4Error(f"{out} exists; pass --force to replace it")
     with open_model(args.inputs) as model:
+        named = model.name if model.description is not None else None
+        out = args.output or os.path.join(os.path.dirname(os.path.normpath(args.inputs[0])),
+                                          output_name(args.inputs, fmt, named))
+        if os.path.exists(out) and not args.force and not any(
+                os.path.exists(i) and os.path.samefile(i, out) for i in args.inputs):
+            raise Q4Error(f"{out} exists; pass --force to replace it")
         sink = FileSink(out, inputs=args.inputs)
         bar = _Bar() if sys.stderr.isatty() and not args.quiet and not args.json else None
         report = quantize(model, sink, options, progress=bar)
@@ -113,6 +116,13 @@ def cmd_inspect(args):
         return EXIT_OK
     print(f"{', '.join(info['files'])}: {info['format']}, {human_bytes(info['bytes'])}, "
           f"{len(info['tensors'])} tensors, {info['params']:,} params")
+    m = info.get("model")
+    if m:
+        print(f"  model: {m['architecture']} ({m['gguf_architecture']} in GGUF), {m['layers']} layers, "
+              f"hidden {m['hidden_size']}, {m['heads']}/{m['kv_heads']} heads, vocabulary "
+              f"{m['vocab_size']:,}, tokenizer {m['tokenizer'].get('kind')}")
+        if m["ignored"]:
+            print("  ignored: " + ", ".join(m["ignored"]))
     for k in ("version", "alignment", "flags"):
         if info.get(k) is not None:
             print(f"  {k}: {info[k]:#06x}" if k == "flags" else f"  {k}: {info[k]}")

@@ -1,4 +1,5 @@
-"""Block codecs: APR Q4 (Aprender dtype 128), GGML Q4_0 and Q8_0, plus F16/BF16.
+"""Block codecs: APR Q4 (Aprender dtype 128), GGML Q4_0, Q8_0, Q5_0, Q4_K and
+Q6_K (the K-quants are also APR codes 12 and 14), plus F16/BF16.
 
 Written in the style of gguf-py's ``gguf/quants.py``: one class per block
 format with ``quantize_blocks`` / ``dequantize_blocks`` on ``(n, block_size)``
@@ -40,7 +41,7 @@ import sys
 import numpy as np
 
 __all__ = [
-    "AprQ4", "Q4_0", "Q8_0", "CODECS", "get_codec", "nbytes", "n_blocks",
+    "AprQ4", "Q4_0", "Q8_0", "Q5_0", "Q4_K", "Q6_K", "CODECS", "get_codec", "nbytes", "n_blocks",
     "quantize", "dequantize", "scales_f16",
     "f32_to_f16", "f16_to_f32", "f32_to_bf16", "bf16_to_f32",
 ]
@@ -168,6 +169,7 @@ class _Codec:
     block_size: int = 32
     type_size: int = 0
     allows_partial_block: bool = False
+    f16_scales: tuple = (0, 1)           # (byte offset, count) of the f16 scales in a block
 
     def __init__(self):
         raise TypeError("codec classes are used through their classmethods")
@@ -510,7 +512,7 @@ CODECS: dict[str, type[_Codec]] = {c.name: c for c in (AprQ4, Q4_0, Q8_0)}
 
 
 def get_codec(codec) -> type[_Codec]:
-    """A codec class from itself or its name ('APR_Q4', 'Q4_0', 'Q8_0')."""
+    """A codec class from itself or its name ('APR_Q4', 'Q4_0', 'Q8_0', 'Q5_0', 'Q4_K', 'Q6_K')."""
     if isinstance(codec, type) and issubclass(codec, _Codec):
         return codec
     try:
@@ -534,7 +536,8 @@ def quantize(codec, x_flat, out: np.ndarray | None = None) -> np.ndarray:
     """Flat float32 values -> 1-D uint8 blocks.
 
     APR Q4 takes any length (the short last block is zero padded, padding
-    nibbles 0); Q4_0 and Q8_0 need a multiple of 32.  Blocks are independent,
+    nibbles 0), so do Q4_K and Q6_K (zero padded: APR flattens tensors); Q4_0,
+    Q8_0 and Q5_0 need a multiple of 32.  Blocks are independent,
     so a long tensor can be fed chunk by chunk as long as every chunk but the
     last holds whole blocks.
     """
@@ -556,11 +559,12 @@ def quantize(codec, x_flat, out: np.ndarray | None = None) -> np.ndarray:
         pad[:rest] = x[full * c.block_size:]
         last = out2d[full:]
         c._quantize_rows(pad, last)
-        # Aprender leaves the padding nibbles at 0 (not 8).
-        qs = last[0, 2:]
-        if rest % 2:
-            qs[rest // 2] &= 0x0F
-        qs[(rest + 1) // 2:] = 0
+        if c is AprQ4:
+            # Aprender leaves the padding nibbles at 0 (not 8).
+            qs = last[0, 2:]
+            if rest % 2:
+                qs[rest // 2] &= 0x0F
+            qs[(rest + 1) // 2:] = 0
     return out
 
 
@@ -593,7 +597,8 @@ def dequantize(codec, data, n_elements: int, out: np.ndarray | None = None, apre
 
 
 def scales_f16(codec, data_bytes) -> np.ndarray:
-    """The f16 scale d of every block, as a float16 view (no copy) of the data.
+    """The f16 scale d of every block, as a float16 view (no copy) of the data:
+    (n_blocks,), or (n_blocks, 2) for Q4_K (d and dmin).
 
     ``~np.isfinite(s)`` finds NaN/Inf/overflowed blocks; for APR Q4 a scale
     with 0 < |d| < 2**-14 is one that Aprender's decoder reads as 0.
@@ -603,7 +608,9 @@ def scales_f16(codec, data_bytes) -> np.ndarray:
         else data_bytes.reshape(-1).view(np.uint8)
     if raw.size % c.type_size:
         raise ValueError(f"{c.name}: {raw.size} bytes is not a whole number of {c.type_size}-byte blocks")
-    return raw.reshape(-1, c.type_size)[:, :2].view("<f2")[:, 0]
+    o, k = c.f16_scales
+    return raw.reshape(-1, c.type_size)[:, o:o + 2 * k].view("<f2")[:, 0] if k == 1 else \
+        raw.reshape(-1, c.type_size)[:, o:o + 2 * k].view("<f2")
 
 
 # --- F16 / BF16 ------------------------------------------------------------------------
@@ -665,3 +672,539 @@ def _as_16bit(v, dt: str) -> np.ndarray:
     if v.dtype.itemsize == 2:
         return v.view(dt)
     return v.reshape(-1).view(np.uint8).view(dt)
+
+
+# --- Q5_0 and the K-quants (Q4_K, Q6_K) ----------------------------------------------
+#
+# Byte-identical to ggml's C reference quantizers without an importance matrix
+# (quantize_row_{q5_0,q4_K,q6_K}_ref in ggml-quants.c, which llama-quantize calls
+# then): the same float32 operations in the same order, vectorised across blocks.
+# Per-block sums that C accumulates left to right are np.add.reduce over axis 0 of a
+# (k, n_sub) array, which numpy also adds row after row (pairwise summation only
+# applies along the contiguous axis); nearest_int is C's magic-number trick on the
+# bits, so even its out-of-range and NaN results match.  No slow paths: the same
+# arithmetic runs for every block, zeros, subnormals and overflow included.
+
+_MAGIC = _F32(12582912.0)                           # 1.5 * 2**23
+
+
+def _nearest_int(t: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int on float32 t, as int32: round half to even while
+    |t| < 2**22; beyond that (and for Inf/NaN) the same garbage as C."""
+    i = (t + _MAGIC).view(np.int32)
+    i &= np.int32(0x007FFFFF)
+    i -= np.int32(0x00400000)
+    return i
+
+
+def _round_clip(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """clamp(nearest_int(t), lo, hi) as floats, in place, for |t| < 2**21 (the
+    fast paths check that).  Natively rint + clip on floats; under Pyodide float
+    clip is 10-50x slower than the integer route (magic number, int32 clip,
+    cast back), which is C's own arithmetic and so gives the same values."""
+    if not _WASM:
+        np.rint(t, out=t)
+        return np.clip(t, lo, hi, out=t)
+    t += _MAGIC
+    i = t.view(np.int32)
+    i &= np.int32(0x007FFFFF)
+    i -= np.int32(0x00400000)
+    np.clip(i, lo, hi, out=i)
+    np.copyto(t, i, casting="unsafe")
+    return t
+
+
+def _f16_bits(d: np.ndarray) -> np.ndarray:
+    """GGML_FP32_TO_FP16 as uint16 bits: round to nearest even, overflow to Inf,
+    NaN -> 0x7E00 with the sign kept (ggml's software conversion)."""
+    h = d.astype(np.float16).view(np.uint16)
+    nan = np.isnan(d)
+    if nan.any():
+        h[nan] = np.uint16(0x7E00) | (d[nan].view(np.uint32) >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
+    return h
+
+
+class _SuperBlock(_Codec):
+    """Shared chunking for the codecs whose kernels work on (n, block_size)
+    float32 blocks at once (not on flat 32-blocks like AprQ4/Q4_0/Q8_0)."""
+
+    # Blocks per inner chunk: 64K values, so each (32, n_sub) temporary is 256 KiB
+    # and the half dozen of them stay near the core's L2 (measured best, 256-512).
+    _chunk = 256
+
+    @classmethod
+    def _quantize_rows(cls, flat, out2d):
+        n = out2d.shape[0]
+        bs = cls.block_size
+        with _errstate():
+            for s in range(0, n, cls._chunk):
+                e = min(n, s + cls._chunk)
+                cls._quantize_chunk(flat[s * bs:e * bs].reshape(e - s, bs), out2d[s:e], None)
+
+
+class Q5_0(_SuperBlock):
+    """GGML Q5_0 (type 6): f16 d, 32-bit qh (fifth bits), 16 bytes of nibbles.
+
+    d = (the element of largest |x|, first one on ties) / -16; id = 1/d (0 if
+    d == 0); q = min(31, (int8)(x*id + 16.5)); byte j holds the low nibbles of
+    elements j and j+16, bit j of qh the fifth bit of element j.  As in C, a
+    block of zeros has d = -0.0, and an x*id + 16.5 that is not finite gives 0
+    (x86's float->int cast, made explicit).
+    """
+
+    name = "Q5_0"
+    ggml_type = 6
+    block_size = 32
+    type_size = 22
+    _chunk = 8192
+
+    @classmethod
+    def _quantize_chunk(cls, x, out2d, work):
+        n = x.shape[0]
+        a = np.abs(x)
+        imax = a.argmax(axis=1)
+        mx = x[np.arange(n), imax]
+        mx[a[np.arange(n), imax] == 0] = 0.0            # C keeps its initial +0.0
+        d = mx / _F32(-16)
+        idd = np.zeros_like(d)
+        np.divide(_F32(1.0), d, out=idd, where=(d != 0))
+        t = x * idd[:, None]
+        t += _F32(16.5)
+        bad = ~np.isfinite(t) | (t >= _F32(128))        # (int8)(t) would not be exact
+        q = np.empty(t.shape, np.int8)
+        np.copyto(q, np.where(bad, _F32(0), t), casting="unsafe")
+        if bad.any():
+            big = bad & np.isfinite(t)                   # cvttss2si, then the low byte
+            q[big] = (t[big].astype(np.int64) & 0xFF).astype(np.uint8).view(np.int8)
+        q = np.minimum(q.astype(np.int16), 31).astype(np.uint8)
+        out2d[:, 0:2] = _f16_bits(d).view(np.uint8).reshape(n, 2)
+        hi = (q >> 4).astype(np.uint32) << np.arange(32, dtype=np.uint32)
+        out2d[:, 2:6] = np.bitwise_or.reduce(hi, axis=1).astype("<u4").view(np.uint8).reshape(n, 4)
+        out2d[:, 6:22] = (q[:, :16] & 0x0F) | ((q[:, 16:] & 0x0F) << 4)
+
+    @classmethod
+    def _dequantize_chunk(cls, blocks, out2d):
+        n = blocks.shape[0]
+        d = _scales_f32(blocks)
+        qh = np.ascontiguousarray(blocks[:, 2:6]).view("<u4")          # (n, 1)
+        h = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4
+        qs = blocks[:, 6:22]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1) | h
+        np.subtract(q, 16, out=out2d, dtype=np.float32, casting="unsafe")
+        out2d *= d[:, None]
+
+
+def _seq_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 of (k, n) in C's left-to-right order (see above)."""
+    return np.add.reduce(a, axis=0)
+
+
+class Q4_K(_SuperBlock):
+    """GGML Q4_K (type 12; APR code 12): 256 values, 8 sub-blocks of 32 with a
+    6-bit scale and min each, x ~ d*sc*q - dmin*m with 4-bit q.
+
+    Block: f16 d, f16 dmin, 12 bytes of packed 6-bit scales/mins, 128 bytes of
+    nibbles (byte l of group g: sub-block 2g element l low, 2g+1 high).
+    quantize_row_q4_K_ref: per sub-block make_qkx2_quants (weights av_x + |x|,
+    21 trial scales), then scales/mins quantized against their maxima, then
+    every value requantized against the f16-rounded scales.
+    """
+
+    name = "Q4_K"
+    ggml_type = 12
+    apr_code = 12
+    block_size = 256
+    type_size = 144
+    allows_partial_block = True          # APR flattens: the last block zero padded
+    f16_scales = (0, 2)
+
+    @classmethod
+    def _quantize_chunk(cls, x, out2d, work):
+        n = x.shape[0]
+        S = 8 * n
+        X = np.ascontiguousarray(x.reshape(S, 32).T)     # (32, S): column = sub-block
+        av_x = np.sqrt(_seq_sum(X * X) / _F32(32))
+        W = np.abs(X)
+        W += av_x
+        scale, the_min, L = cls._make_qkx2(X, W)
+
+        # Scales and mins of the 8 sub-blocks against their maxima.
+        sc = scale.reshape(n, 8)
+        mn = the_min.reshape(n, 8)
+        max_scale = np.fmax(np.fmax.reduce(sc, axis=1), _F32(0))   # C's `>` scan from 0
+        max_min = np.fmax(np.fmax.reduce(mn, axis=1), _F32(0))
+        inv_scale = np.zeros(n, np.float32)
+        np.divide(_F32(63), max_scale, out=inv_scale, where=max_scale > 0)
+        inv_min = np.zeros(n, np.float32)
+        np.divide(_F32(63), max_min, out=inv_min, where=max_min > 0)
+        ls = np.minimum(_nearest_int(inv_scale[:, None] * sc) & 0xFF, 63).astype(np.uint8)
+        lm = np.minimum(_nearest_int(inv_min[:, None] * mn) & 0xFF, 63).astype(np.uint8)
+        d16 = _f16_bits(max_scale / _F32(63))
+        dmin16 = _f16_bits(max_min / _F32(63))
+
+        # Requantize against the stored scales; a sub-block whose d is 0 keeps L.
+        d = d16.view(np.float16).astype(np.float32)[:, None] * ls.astype(np.float32)    # (n, 8)
+        dm = dmin16.view(np.float16).astype(np.float32)[:, None] * lm.astype(np.float32)
+        d = d.reshape(S)
+        dm = dm.reshape(S)
+        t = X + dm
+        t /= d
+        l = np.clip(_nearest_int(t), 0, 15)
+        L = np.where(d == 0, L, l).astype(np.uint8)      # (32, S)
+
+        out2d[:, 0:2] = d16.view(np.uint8).reshape(n, 2)
+        out2d[:, 2:4] = dmin16.view(np.uint8).reshape(n, 2)
+        s = out2d[:, 4:16]
+        s[:, 0:4] = ls[:, 0:4] | ((ls[:, 4:8] >> 4) << 6)
+        s[:, 4:8] = lm[:, 0:4] | ((lm[:, 4:8] >> 4) << 6)
+        s[:, 8:12] = (ls[:, 4:8] & 0x0F) | ((lm[:, 4:8] & 0x0F) << 4)
+        Lb = L.T.reshape(n, 4, 2, 32)
+        out2d[:, 16:144] = (Lb[:, :, 0] | (Lb[:, :, 1] << 4)).reshape(n, 128)
+
+    @classmethod
+    def _make_qkx2(cls, X, W):
+        """make_qkx2_quants(32, 15, x, w, L, &min, Laux, -1.f, 0.1f, 20, false) for
+        every column of X: (scale, the_min, L (32, S) integers)."""
+        r = cls._make_qkx2_fast(X, W)
+        return r if r is not None else cls._make_qkx2_exact(X, W)
+
+    @staticmethod
+    def _make_qkx2_fast(X, W):
+        """The same, about 3x faster, or None when a column leaves the tame range.
+
+        nearest_int(t) is np.rint(t) while |t| < 2**22, and the clamp to [0, 15]
+        then works on floats (clip; np.minimum/np.where are slow paths in numpy),
+        so every trial is ~17 passes over the data.  |t| is bounded per column
+        from the extremes of x (rounding is monotonic), so the range is checked
+        on (S,) arrays; the first trial that could leave it sends the whole
+        chunk to _make_qkx2_exact.  L is not kept per trial: the winning trial's
+        (iscale, min) is, and L is recomputed from it once at the end.
+        """
+        nmax = _F32(15)
+        lim = _F32(2 ** 21)
+        xmin = X.min(axis=0)
+        mx = X.max(axis=0)
+        sum_w = _seq_sum(W)
+        wx = W * X
+        sum_x = _seq_sum(wx)
+        mn = np.minimum(xmin, _F32(0))
+        flat = mx == mn
+        rng = mx - mn
+        rng[flat] = 1                                    # their result is fixed below
+        iscale = nmax / rng
+        scale = _F32(1) / iscale
+        Xm = X - mn
+
+        def tame(isc, m):
+            hi = isc * (mx - m)
+            lo = isc * (xmin - m)
+            return bool(((hi < lim) & (lo > -lim)).all())    # False on NaN too
+
+        if not tame(iscale, mn):
+            return None
+        t = Xm * iscale
+        _round_clip(t, 0, 15)
+        diff = t * scale
+        diff += mn
+        diff -= X
+        diff *= diff
+        diff *= W
+        best = _seq_sum(diff)
+        best_is, best_mn = iscale, mn                    # the trial whose L is kept
+        wl = np.empty_like(X)
+        tmp = np.empty_like(X)
+        for step in range(21):
+            c = _F32(_F32(_F32(-1.0) + _F32(0.1) * _F32(step)) + nmax)
+            iscale = c / rng
+            if not tame(iscale, mn):
+                return None
+            np.multiply(Xm, iscale, out=t)
+            _round_clip(t, 0, 15)                        # Laux, as floats
+            np.multiply(W, t, out=wl)
+            sum_l = _seq_sum(wl)
+            np.multiply(wl, t, out=tmp)
+            sum_l2 = _seq_sum(tmp)
+            np.multiply(wl, X, out=tmp)
+            sum_xl = _seq_sum(tmp)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            if pos.any():
+                this_min[pos] = 0
+                this_scale[pos] = (sum_xl / sum_l2)[pos]
+            np.multiply(t, this_scale, out=tmp)
+            tmp += this_min
+            tmp -= X
+            tmp *= tmp
+            tmp *= W
+            cur = _seq_sum(tmp)
+            upd = (D > 0) & (cur < best)
+            if upd.any():
+                best = np.where(upd, cur, best)
+                scale = np.where(upd, this_scale, scale)
+                best_is = np.where(upd, iscale, best_is)
+                best_mn = np.where(upd, mn, best_mn)     # the min this trial measured from
+                mn = np.where(upd, this_min, mn)         # C reuses `min` from here on
+                rng = mx - mn
+                rng[flat] = 1
+                np.subtract(X, mn, out=Xm)
+        np.subtract(X, best_mn, out=t)
+        t *= best_is
+        _round_clip(t, 0, 15)
+        L = t.astype(np.int32)
+        scale[flat] = 0
+        L[:, flat] = 0
+        mn[flat] = np.minimum(xmin, _F32(0))[flat]
+        return scale, -mn, L
+
+    @staticmethod
+    def _make_qkx2_exact(X, W):
+        """make_qkx2_quants step by step with C's integer nearest_int: any input."""
+        nmax = _F32(15)
+        mn = X.min(axis=0)
+        mx = X.max(axis=0)
+        sum_w = _seq_sum(W)
+        sum_x = _seq_sum(W * X)
+        np.minimum(mn, _F32(0), out=mn)
+        flat = mx == mn
+        rng = mx - mn
+        iscale = nmax / rng
+        scale = _F32(1) / iscale
+        Xm = X - mn
+        L = np.clip(_nearest_int(iscale * Xm), 0, 15)
+        Lf = L.astype(np.float32)
+        diff = scale * Lf
+        diff += mn
+        diff -= X
+        diff *= diff
+        diff *= W
+        best = _seq_sum(diff)
+        for step in range(21):
+            c = _F32(_F32(_F32(-1.0) + _F32(0.1) * _F32(step)) + nmax)
+            iscale = c / rng
+            la = np.clip(_nearest_int(iscale * Xm), 0, 15)
+            laf = la.astype(np.float32)
+            wl = W * laf
+            sum_l = _seq_sum(wl)
+            sum_l2 = _seq_sum(wl * laf)
+            sum_xl = _seq_sum(wl * X)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            if pos.any():
+                this_min[pos] = 0
+                this_scale[pos] = (sum_xl / sum_l2)[pos]
+            diff = this_scale * laf
+            diff += this_min
+            diff -= X
+            diff *= diff
+            diff *= W
+            cur = _seq_sum(diff)
+            upd = (D > 0) & (cur < best)
+            if upd.any():
+                L = np.where(upd, la, L)
+                best = np.where(upd, cur, best)
+                scale = np.where(upd, this_scale, scale)
+                # C reuses `min`: later trials measure from the new min.
+                mn = np.where(upd, this_min, mn)
+                rng = mx - mn
+                np.subtract(X, mn, out=Xm)
+        scale[flat] = 0
+        L[:, flat] = 0
+        return scale, -mn, L
+
+    @classmethod
+    def _dequantize_chunk(cls, blocks, out2d):
+        n = blocks.shape[0]
+        d = _scales_f32(blocks)
+        dmin = np.ascontiguousarray(blocks[:, 2:4]).view("<f2")[:, 0].astype(np.float32)
+        s = blocks[:, 4:16]
+        sc = np.empty((n, 8), np.uint8)
+        m = np.empty((n, 8), np.uint8)
+        sc[:, 0:4] = s[:, 0:4] & 63
+        m[:, 0:4] = s[:, 4:8] & 63
+        sc[:, 4:8] = (s[:, 8:12] & 0x0F) | ((s[:, 0:4] >> 6) << 4)
+        m[:, 4:8] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+        d1 = d[:, None] * sc.astype(np.float32)          # (n, 8)
+        m1 = dmin[:, None] * m.astype(np.float32)
+        qs = blocks[:, 16:144].reshape(n, 4, 32)
+        q = np.empty((n, 4, 2, 32), np.uint8)
+        q[:, :, 0] = qs & 0x0F
+        q[:, :, 1] = qs >> 4
+        o = out2d.reshape(n, 8, 32)
+        np.multiply(d1[:, :, None], q.reshape(n, 8, 32), out=o, dtype=np.float32, casting="unsafe")
+        o -= m1[:, :, None]
+
+
+class Q6_K(_SuperBlock):
+    """GGML Q6_K (type 14; APR code 14): 256 values, 16 sub-blocks of 16 with an
+    int8 scale each, x ~ d*sc*(q - 32) with 6-bit q.
+
+    Block: 128 bytes ql (low nibbles), 64 bytes qh (high 2 bits), 16 int8 scales,
+    f16 d last.  quantize_row_q6_K_ref: per sub-block make_qx_quants (nmax 32,
+    weights x*x, 19 trial scales), scales quantized against the largest |scale|
+    (d = max_scale / -128), then every value requantized.
+    """
+
+    name = "Q6_K"
+    ggml_type = 14
+    apr_code = 14
+    block_size = 256
+    type_size = 210
+    allows_partial_block = True          # APR flattens: the last block zero padded
+    f16_scales = (208, 1)
+
+    @classmethod
+    def _quantize_chunk(cls, x, out2d, work):
+        n = x.shape[0]
+        S = 16 * n
+        X = np.ascontiguousarray(x.reshape(S, 16).T)     # (16, S)
+        scales, L = cls._make_qx(X)
+
+        sc = scales.reshape(n, 16)
+        asc = np.abs(sc)
+        asc[np.isnan(asc)] = -1                          # C's `>` scan skips NaN
+        ib = asc.argmax(axis=1)
+        max_abs = np.maximum(asc[np.arange(n), ib], _F32(0))
+        max_scale = sc[np.arange(n), ib]
+        zero = max_abs < _F32(1e-15)
+        max_scale[zero] = 1                              # redone below
+        iscale = _F32(-128) / max_scale
+        d16 = _f16_bits(_F32(1) / iscale)
+        q8 = np.minimum(_nearest_int(iscale[:, None] * sc), 127).astype(np.int8)     # (n, 16)
+        d = d16.view(np.float16).astype(np.float32)[:, None] * q8.astype(np.float32)
+        d = d.reshape(S)
+        l = np.clip(_nearest_int(X / d), -32, 31)
+        l += 32
+        L = np.where(d == 0, L, l).astype(np.uint8)      # (16, S)
+
+        Lb = L.T.reshape(n, 2, 4, 32)
+        A, B, C, Dd = Lb[:, :, 0], Lb[:, :, 1], Lb[:, :, 2], Lb[:, :, 3]
+        ql = out2d[:, 0:128].reshape(n, 2, 2, 32)
+        ql[:, :, 0] = (A & 0x0F) | ((C & 0x0F) << 4)
+        ql[:, :, 1] = (B & 0x0F) | ((Dd & 0x0F) << 4)
+        out2d[:, 128:192] = ((A >> 4) | ((B >> 4) << 2) | ((C >> 4) << 4) | ((Dd >> 4) << 6)).reshape(n, 64)
+        out2d[:, 192:208] = q8.view(np.uint8)
+        out2d[:, 208:210] = d16.view(np.uint8).reshape(n, 2)
+        if zero.any():
+            out2d[zero] = 0
+
+    @classmethod
+    def _make_qx(cls, X):
+        """make_qx_quants(16, 32, x, L, 1, NULL) for every column of X:
+        (scale, L + 32 (16, S) integers)."""
+        r = cls._make_qx_fast(X)
+        return r if r is not None else cls._make_qx_exact(X)
+
+    @staticmethod
+    def _make_qx_fast(X):
+        """The same on float lanes (rint + clip, 8 passes a trial), for chunks whose
+        values are all finite: then |iscale * x| <= 33 in every trial, where
+        np.rint is nearest_int.  The winning trial's iscale is kept, and L is
+        recomputed from it at the end.  None when a value is Inf/NaN."""
+        S = X.shape[1]
+        A = np.abs(X)
+        i = A.argmax(axis=0)
+        amax = A[i, np.arange(S)]
+        if not np.isfinite(amax).all():
+            return None
+        mx = X[i, np.arange(S)]
+        zero = amax < _F32(1e-15)
+        mx[zero] = 1                                     # their result is fixed below
+        W = X * X
+        WX = W * X
+        t = np.empty_like(X)
+        tmp = np.empty_like(X)
+
+        def trial(iscale):
+            np.multiply(X, iscale, out=t)
+            _round_clip(t, -32, 31)
+            np.multiply(WX, t, out=tmp)
+            sumlx = _seq_sum(tmp)
+            np.multiply(W, t, out=tmp)
+            np.multiply(tmp, t, out=tmp)
+            return sumlx, _seq_sum(tmp)
+
+        best_is = _F32(-32) / mx
+        sumlx, suml2 = trial(best_is)
+        scale = np.zeros(S, np.float32)
+        np.divide(sumlx, suml2, out=scale, where=(suml2 != 0))
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -_F32(_F32(32) + _F32(0.1) * _F32(step)) / mx
+            sumlx, suml2 = trial(iscale)
+            upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            if upd.any():
+                scale = np.where(upd, sumlx / suml2, scale)
+                best = np.where(upd, scale * sumlx, best)
+                best_is = np.where(upd, iscale, best_is)
+        np.multiply(X, best_is, out=t)
+        _round_clip(t, -32, 31)
+        t += 32
+        L = t.astype(np.int32)
+        scale[zero] = 0
+        L[:, zero] = 0
+        return scale, L
+
+    @staticmethod
+    def _make_qx_exact(X):
+        """make_qx_quants step by step with C's integer nearest_int: any input."""
+        S = X.shape[1]
+        A = np.abs(X)
+        i = A.argmax(axis=0)
+        amax = A[i, np.arange(S)]
+        mx = X[i, np.arange(S)]
+        zero = amax < _F32(1e-15)
+        W = X * X
+        WX = W * X
+
+        def trial(iscale):
+            l = np.clip(_nearest_int(iscale * X), -32, 31)
+            lf = l.astype(np.float32)
+            sumlx = _seq_sum(WX * lf)
+            wl = W * lf
+            wl *= lf
+            return l, sumlx, _seq_sum(wl)
+
+        L, sumlx, suml2 = trial(_F32(-32) / mx)
+        scale = np.zeros(S, np.float32)
+        np.divide(sumlx, suml2, out=scale, where=(suml2 != 0))
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            c = -_F32(_F32(32) + _F32(0.1) * _F32(step))
+            l, sumlx, suml2 = trial(c / mx)
+            upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            if upd.any():
+                L = np.where(upd, l, L)
+                scale = np.where(upd, sumlx / suml2, scale)
+                best = np.where(upd, scale * sumlx, best)
+        L += 32
+        scale[zero] = 0
+        L[:, zero] = 0
+        return scale, L
+
+    @classmethod
+    def _dequantize_chunk(cls, blocks, out2d):
+        n = blocks.shape[0]
+        d = np.ascontiguousarray(blocks[:, 208:210]).view("<f2")[:, 0].astype(np.float32)
+        sc = blocks[:, 192:208].view(np.int8).astype(np.float32)        # (n, 16)
+        ql = blocks[:, 0:128].reshape(n, 2, 2, 32)
+        qh = blocks[:, 128:192].reshape(n, 2, 32)
+        q = np.empty((n, 2, 4, 32), np.uint8)
+        q[:, :, 0] = (ql[:, :, 0] & 0x0F) | ((qh & 3) << 4)
+        q[:, :, 1] = (ql[:, :, 1] & 0x0F) | (((qh >> 2) & 3) << 4)
+        q[:, :, 2] = (ql[:, :, 0] >> 4) | (((qh >> 4) & 3) << 4)
+        q[:, :, 3] = (ql[:, :, 1] >> 4) | (((qh >> 6) & 3) << 4)
+        ds = (d[:, None] * sc).reshape(n, 16, 1)         # C: d * sc, then * q
+        o = out2d.reshape(n, 16, 16)
+        np.subtract(q.reshape(n, 16, 16), 32, out=o, dtype=np.float32, casting="unsafe")
+        o *= ds
+
+
+CODECS.update({c.name: c for c in (Q5_0, Q4_K, Q6_K)})

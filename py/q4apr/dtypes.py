@@ -44,8 +44,9 @@ _TABLE = [
     DType("APR_Q8", 0, 0, None, False, 129, None, None),  # whole-tensor scale: size is 4 + n
     DType("Q4_0", 32, 18, None, True, None, 2, None),
     DType("Q8_0", 32, 34, None, True, None, 8, None),
-    DType("Q4_K", 256, 144, None, False, 12, 12, None),
-    DType("Q6_K", 256, 210, None, False, 14, 14, None),
+    DType("Q5_0", 32, 22, None, True, None, 6, None),
+    DType("Q4_K", 256, 144, None, True, 12, 12, None),    # APR: raw GGML super-blocks, flattened
+    DType("Q6_K", 256, 210, None, True, 14, 14, None),
 ]
 
 BY_NAME = {d.name: d for d in _TABLE}

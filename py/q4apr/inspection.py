@@ -7,8 +7,7 @@ import numpy as np
 from . import codecs
 from .dtypes import numel
 from .errors import BadInput, Q4Error
-from .model import open_model
-
+from .formats import open_model
 
 
 def inspect_model(model):
@@ -23,6 +22,8 @@ def inspect_model(model):
         "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name,
                      "nbytes": t.nbytes, "offset": t.offset} for t in model.tensors],
     }
+    if model.description is not None:
+        info["model"] = model.description.summary()
     if model.format == "apr":
         info["flags"] = model.extra.get("flags")
     if model.format == "gguf":

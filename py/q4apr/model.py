@@ -57,12 +57,25 @@ class TensorEntry:
     path: str
     offset: int = 0
     opener: object = None   # callable() -> readable positioned at the tensor (e.g. a zip member)
+    row_order: object = None  # source row of each output row (np.ndarray), or None: as stored
+    add: float = None         # a constant added to every value (Gemma's norms), or None
+    source: str = None        # the name in the input file, when the output renames it
+    keep_f32: str = None      # why it must stay F32 whatever the options (a runtime needs it)
 
     def open(self):
-        """A binary reader positioned at the first byte of this tensor."""
+        """A binary reader positioned at the first byte of this tensor (its rows reordered
+        when row_order says so)."""
+        if self.row_order is not None:
+            return RowReader(self.path, self.offset, self.nbytes // max(1, self.shape[0]),
+                             self.row_order)
         if self.opener is not None:
             return self.opener()
         return open_at(self.path, self.offset)
+
+    @property
+    def transformed(self):
+        """Its bytes differ from the stored ones by more than the row order."""
+        return self.add is not None
 
     @property
     def n_elements(self):
@@ -70,6 +83,42 @@ class TensorEntry:
         for d in self.shape:
             n *= d
         return n
+
+
+class RowReader:
+    """A tensor's bytes with its rows in another order, read straight from the file.
+
+    Rows are read where they lie (relative seeks only: under Pyodide an absolute seek
+    past 2 GiB fails), so a permuted tensor costs no buffer of its own."""
+
+    def __init__(self, path, offset, row_bytes, order):
+        self._f = open_at(path, offset)
+        self._base, self._row_bytes, self._order = offset, row_bytes, order
+        self._pos = offset       # where the file is now
+        self._out = 0            # bytes handed out so far
+
+    def readinto(self, view):
+        total = len(self._order) * self._row_bytes
+        if self._out >= total or not len(view):
+            return 0
+        row, within = divmod(self._out, self._row_bytes)
+        want = self._base + int(self._order[row]) * self._row_bytes + within
+        if want != self._pos:
+            self._f.seek(want - self._pos, os.SEEK_CUR)
+            self._pos = want
+        n = self._f.readinto(memoryview(view)[: self._row_bytes - within])
+        self._pos += n or 0
+        self._out += n or 0
+        return n
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @dataclass
@@ -80,6 +129,7 @@ class Model:
     tensors: list
     metadata: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)   # format-specific (GGUF key/values, APR flags)
+    description: object = None   # a model folder's Description (architecture, tokenizer)
 
     def close(self):
         pass
@@ -236,50 +286,3 @@ def model_name(path):
     # a file name that is not UTF-8 still gives a name that is
     base = base.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     return base or "model"
-
-
-def sniff(path):
-    """The format of a file, by its first bytes (then its name)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise BadInput(f"cannot read ({e.strerror or e})", path) from None
-    if not head:
-        raise BadInput("the file is empty", path)
-    if head[:4] == b"GGUF":
-        return "gguf"
-    if head[:4] == b"APR\0":
-        return "apr"
-    if head[:6] == b"\x93NUMPY":
-        return "npy"
-    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        return "npz"
-    low = path.lower()
-    if low.endswith(".json"):
-        return "index"
-    if low.endswith(".safetensors") or (len(head) >= 9 and head[8:9] == b"{"):
-        return "safetensors"
-    if head[:3] in (b"APR",) or low.endswith(".apr"):
-        return "apr"
-    raise BadInput("not a model file q4apr knows (safetensors, GGUF, APR, .npy, .npz)", path)
-
-
-def open_model(paths):
-    """Open one model from one file, or from safetensors shards and their index."""
-    from .formats import apr, gguf, numpy_files, safetensors
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [os.fspath(p) for p in paths]
-    if not paths:
-        raise BadInput("no input file given")
-    kinds = [sniff(p) for p in paths]
-    if set(kinds) <= {"safetensors", "index"}:
-        return safetensors.read(paths, kinds)
-    if len(paths) > 1:
-        raise BadInput("give one model file (or safetensors shards with their index); got "
-                       + ", ".join(os.path.basename(p) for p in paths))
-    reader = {"gguf": gguf.read, "apr": apr.read, "npy": numpy_files.read_npy,
-              "npz": numpy_files.read_npz}[kinds[0]]
-    return reader(paths[0])

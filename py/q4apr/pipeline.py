@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codecs, nonfinite, policy
+from . import codecs, nonfinite, policy, runnable
 from .dtypes import APR_Q4, F16, F32, numel
 from .errors import BadInput, Cancelled, Q4Error
 from .formats import apr, gguf
@@ -73,12 +73,13 @@ class _Overflow(Exception):
     the tensor is written again at F32. The exception's text is the report's reason."""
 
 
-def output_name(inputs, fmt):
-    """model.safetensors (or its shards) -> model.apr (APR) or model.Q4_0.gguf (GGUF)."""
+def output_name(inputs, fmt, name=None):
+    """model.safetensors (or its shards) -> model.apr (APR) or model.Q4_0.gguf (GGUF);
+    a model folder's output is named after the folder (`name`)."""
     if isinstance(inputs, str):
         inputs = [inputs]
     files = [p for p in inputs if not p.lower().endswith(".json")] or list(inputs)
-    stem = model_name(os.path.basename(files[0]))
+    stem = name or model_name(os.path.basename(os.path.normpath(files[0])))
     for suffix in (".Q4_0", ".q4_0", ".Q4", ".q4"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
@@ -88,7 +89,7 @@ def output_name(inputs, fmt):
 def plan(model, options):
     """(entry, Decision) for every tensor, in the order the output file stores them."""
     decisions = []
-    for e in model.tensors:
+    for e in runnable.output_entries(model, options.format):
         d = policy.decide(e, options, model.format)
         if d is None:
             raise BadInput(f"{e.dtype.name} tensors cannot be stored in {options.format.upper()}",
@@ -139,12 +140,15 @@ def quantize_steps(model, sink, options):
     params = sum(numel(e.shape) for e in model.tensors)
     layout = make_layout(model, options, decisions, params)
     total = sum(e.nbytes for e, _ in decisions)
-    chunk_elems = max(32, options.chunk_bytes // 4 // 32 * 32)
+    chunk_elems = max(256, options.chunk_bytes // 4 // 256 * 256)   # whole Q4_K/Q6_K blocks
     bufs = _Buffers(chunk_elems)
+    described = model.description is not None
     report = Report(model.format, [os.path.basename(p) for p in model.paths],
                     sum(os.path.getsize(p) for p in model.paths), options.format,
-                    output_name(model.paths, options.format),
-                    params=params)
+                    output_name(model.paths, options.format,
+                                model.name if described else None),
+                    params=params, model=model.description.summary() if described else None,
+                    runtimes=runnable.runtimes(model, options.format))
     sink.begin(layout.head_len)
     try:
         records, crc, done = [], 0, 0
@@ -165,11 +169,12 @@ def quantize_steps(model, sink, options):
             crc = _pad(sink, layout.tensor_end(sink.size), layout, crc)
             done += entry.nbytes
             records.append((entry.name, entry.shape, decision.dtype_out, start, size))
-            report.tensors.append(TensorReport(
+            report.add_tensor(TensorReport(
                 entry.name, list(entry.shape), entry.dtype.name, decision.dtype_out.name,
                 entry.nbytes, size, decision.action, decision.reason,
                 stats.get("mse"), stats.get("max_abs_err"), stats.get("warning"),
-                stats.get("non_finite", 0)))
+                stats.get("non_finite", 0), source=entry.source),
+                stats.get("signal"), stats.get("noise"))
         head = layout.head(records)
         footer = layout.footer(head, crc, sink.size)
         if footer:
@@ -246,7 +251,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
     except OSError as e:
         raise BadInput(f"cannot read ({e.strerror or e})", path, entry.name) from None
     with f:
-        if dtype_out is src:
+        if dtype_out is src and not entry.transformed:
             # a copy: the bytes as they are, chunk by chunk (whole blocks, to check the scales)
             left, pos = entry.nbytes, 0
             step = bufs.n * 4
@@ -270,7 +275,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
             stats["crc"] = crc
             return stats
         q4 = codecs.CODECS.get(dtype_out.name)
-        sq, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0, 0, 0
+        sq, signal, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0.0, 0, 0, 0
         while i < n_total:
             n = min(bufs.n, n_total - i)
             k = src.nbytes(n)
@@ -279,6 +284,10 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
             x = _decode(src, view, n, bufs.x[:n])
             if src.name == "F64":
                 _check_f32_range(view, x, n, i, path, entry.name)
+            if entry.add is not None:   # as llama.cpp's converter: in f32, or in f16 for F16
+                x = np.add(x, np.float32(entry.add), out=bufs.x[:n])
+                if src is F16:
+                    x[:] = x.astype(np.float16)
             if q4 is not None:
                 out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)])
                 scales = codecs.scales_f16(q4, out)
@@ -291,6 +300,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
                 if dtype_out is APR_Q4:
                     low_scales += int(np.count_nonzero(np.abs(scales) < APRENDER_MIN_SCALE))
                 y = codecs.dequantize(q4, out, n, out=bufs.y[:n])
+                signal += float(np.dot(x, x))
                 np.subtract(y, x, out=y)
                 sq += float(np.dot(y, y))
                 # max|y| on the f32 bits with the sign cleared: they order like the values
@@ -324,6 +334,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
     stats["crc"] = crc
     if q4 is not None:
         stats["mse"] = sq / n_total if n_total else 0.0
+        stats["signal"], stats["noise"] = signal, sq
         stats["max_abs_err"] = maxerr
         if low_scales:
             stats["warning"] = (f"{low_scales} block(s) have a scale below 2^-14: Aprender "

@@ -41,6 +41,8 @@ def decide(entry, options, model_format):
         if not ok:
             return None  # the caller refuses: this dtype has no code in the output format
         return Decision(src, "passthrough", f"{src.name} is kept as stored")
+    if entry.keep_f32:
+        return _to(F32, src, entry.keep_f32)
     for pattern in options.skip:
         if fnmatch.fnmatchcase(name, pattern):
             return _keep(src, options, f"skipped by pattern {pattern!r}")

@@ -91,7 +91,7 @@ def native(paths, **options):
 
 
 def report_names(page):
-    return page.locator("#report-body td.name").all_text_contents()
+    return page.locator("#report-body td.name .tname").all_text_contents()
 
 
 @pytest.fixture
@@ -653,5 +653,271 @@ def test_narrow_layout(browser, site_url, sample_path):
         # nothing overflows the viewport horizontally (tables scroll inside their box)
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         shot(page, "09-narrow-done")
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------- model folders (issue 8)
+
+def hf_model(name):
+    """A Hugging Face model folder of the test fixtures (tests/fixtures/hf.py)."""
+    try:
+        from fixtures import hf
+    except ImportError:
+        pytest.skip("the model-folder fixtures (tests/fixtures/hf.py) are not there")
+    return Path(hf.model_dir(name))
+
+
+def model_folder(tmp_path, name, src, extras=True, config=None):
+    """A folder `name` holding the files of the fixture folder `src` (hard links where the
+    file system allows, else copies: Playwright's directory upload skips symlinks), plus
+    files that play no part: a README, a .bin, an image and an onnx/ subfolder."""
+    import os
+    import shutil
+    d = tmp_path / name
+    d.mkdir()
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            try:
+                os.link(f.resolve(), d / f.name)
+            except OSError:
+                shutil.copyfile(f, d / f.name)
+    if config is not None:
+        (d / "config.json").unlink()
+        (d / "config.json").write_text(json.dumps(config, indent=2))
+    if extras:
+        (d / "README.md").write_text("# a model card\n")
+        (d / "pytorch_model.bin").write_bytes(b"\x80\x02not really a pickle")
+        (d / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        (d / "onnx").mkdir()
+        (d / "onnx" / "model.onnx").write_bytes(b"onnx")
+        (d / "onnx" / "model_q4.onnx").write_bytes(b"onnx")
+    return d
+
+
+def cli(folder, out):
+    """The native CLI's output for a model folder: `python -m q4apr quantize DIR -o OUT`."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "q4apr", "quantize", str(folder), "-o", str(out)],
+                       cwd=Path(q4apr.__file__).parent.parent, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return Path(out).read_bytes()
+
+
+def wait_described(page, timeout=RUN_MS):
+    page.wait_for_selector('body[data-describe="ready"], body[data-describe="failed"]', state="attached",
+                           timeout=timeout)
+    assert page.get_attribute("body", "data-describe") == "ready", page.text_content("#model-card")
+
+
+def facts(page):
+    """{key: shown value} of the folder summary."""
+    out = {}
+    for div in page.locator("#model-facts > div").all():
+        out[div.get_attribute("data-fact")] = div.locator(".big").text_content()
+    return out
+
+
+def ignored_shown(page):
+    return page.locator("#ignored-list li").all_text_contents()
+
+
+def listed_files(page):
+    return page.locator("#file-list li .fname").all_text_contents()
+
+
+def test_folder_picker_summary_ignored_and_download(page, site_url, tmp_path):
+    folder = model_folder(tmp_path, "Tiny-Llama-Demo", hf_model("tiny-llama"))
+    open_app(page, site_url)
+    set_options(page, format="apr")
+    page.set_input_files("#folder-input", str(folder))
+    wait_described(page)
+    summary = native_summary(folder)
+    f = facts(page)
+    assert page.text_content("#model-name") == "Tiny-Llama-Demo"
+    assert f["architecture"] == summary["architecture"]
+    assert f["layers"] == str(summary["layers"])
+    assert f["hidden_size"] == f"{summary['hidden_size']:,}"
+    assert f["vocab_size"] == f"{summary['vocab_size']:,}"
+    assert f["tokenizer"] == summary["tokenizer"]["kind"]
+    # files that play no part are listed as ignored, not refused
+    assert sorted(ignored_shown(page)) == sorted(["README.md", "logo.png", "pytorch_model.bin",
+                                                  "onnx/model.onnx", "onnx/model_q4.onnx"])
+    assert "README.md" not in listed_files(page) and "config.json" in listed_files(page)
+    assert page.is_hidden("#selection-note")
+    assert "Tiny-Llama-Demo.apr" in page.text_content("#action-hint")
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    shot(page, "20-folder-summary")
+    quantize(page)
+    name, data = download(page)
+    assert name == "Tiny-Llama-Demo.apr"
+    assert data == cli(folder, tmp_path / "cli.apr")
+    # the report: which runtime loads it, per-tensor and model-level SNR
+    runtimes = page.locator("#runtimes li")
+    assert runtimes.count() == 1 and "ok" in runtimes.first.get_attribute("class")
+    assert "Aprender" in runtimes.first.text_content()
+    assert "dB" in page.text_content("#totals")
+    snrs = page.locator("#report-body td.snr").all_text_contents()
+    assert any(s.endswith(" dB") for s in snrs)
+    assert "layers" in page.text_content("#result-sub")
+    shot(page, "21-folder-report")
+
+
+def native_summary(folder):
+    with q4apr.open_model(str(folder)) as model:
+        return model.description.summary()
+
+
+DROP_FAKE_FOLDER = """([name, batch]) => {
+    // A dropped folder as Chromium hands it over: directory entries, read in batches
+    // (readEntries must be called until it answers none).  The files come from a
+    // test-only <input> that Playwright filled.
+    const files = Array.from(document.getElementById("t-input").files);
+    const fileEntry = (f) => ({ isFile: true, isDirectory: false, name: f.name,
+                                file: (ok) => setTimeout(() => ok(f), 0) });
+    const dirEntry = (n, children) => ({ isFile: false, isDirectory: true, name: n,
+        createReader() {
+            let at = 0;
+            return { readEntries(ok) { setTimeout(() => { ok(children.slice(at, at + batch)); at += batch; }, 0); } };
+        } });
+    const onnx = dirEntry("onnx", [fileEntry(new File(["x"], "model.onnx")),
+                                   dirEntry("deeper", [fileEntry(new File(["y"], "weights.pb"))])]);
+    const root = dirEntry(name, [...files.map(fileEntry), onnx]);
+    const ev = new DragEvent("drop", { bubbles: true, cancelable: true });
+    Object.defineProperty(ev, "dataTransfer", { value: {
+        types: ["Files"], files: [],
+        items: [{ kind: "file", webkitGetAsEntry: () => root }] } });
+    document.getElementById("dropzone").dispatchEvent(ev);
+}"""
+
+
+def stage_files(page, paths):
+    """File objects in the page, in a test-only input (the app never sees it)."""
+    page.evaluate("""() => { const i = document.createElement("input"); i.type = "file"; i.multiple = true;
+                             i.id = "t-input"; i.hidden = true; document.body.append(i); }""")
+    page.set_input_files("#t-input", [str(p) for p in paths])
+
+
+def test_drop_a_folder_walks_its_entries(page, site_url, tmp_path):
+    folder = model_folder(tmp_path, "Tiny-Drop", hf_model("tiny-llama"), extras=False)
+    (folder / "README.md").write_text("hello")
+    open_app(page, site_url)
+    set_options(page, format="gguf")
+    stage_files(page, sorted(folder.iterdir()))
+    page.evaluate(DROP_FAKE_FOLDER, ["Tiny-Drop", 2])
+    wait_described(page)
+    assert page.text_content("#model-name") == "Tiny-Drop"
+    assert sorted(ignored_shown(page)) == ["README.md", "onnx/deeper/weights.pb", "onnx/model.onnx"]
+    assert "config.json" in listed_files(page) and "model.safetensors" in listed_files(page)
+    quantize(page)
+    name, data = download(page)
+    assert name == "Tiny-Drop.Q4_0.gguf"
+    assert data == cli(folder, tmp_path / "cli.gguf")
+    assert "llama.cpp" in page.text_content("#runtimes")
+
+
+def test_drop_several_files_of_a_folder(page, site_url, tmp_path):
+    """Files dropped (or picked) one by one that hold a config.json are a model folder,
+    without a name of its own: the model is called "model"."""
+    folder = model_folder(tmp_path, "model", hf_model("tiny-llama"), extras=False)
+    open_app(page, site_url)
+    set_options(page, format="apr")
+    stage_files(page, sorted(folder.iterdir()))
+    dt = page.evaluate_handle("""() => {
+        const dt = new DataTransfer();
+        for (const f of document.getElementById("t-input").files) dt.items.add(f);
+        return dt;
+    }""")
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dt})
+    wait_described(page)
+    assert page.text_content("#model-name") == "model"
+    assert "name it" in page.text_content("#selection-note")
+    quantize(page)
+    name, data = download(page)
+    assert name == "model.apr"
+    assert data == cli(folder, tmp_path / "cli.apr")
+
+
+def test_contradictory_config_is_refused_then_next_folder_works(page, site_url, tmp_path):
+    src = hf_model("tiny-llama")
+    config = json.loads((src / "config.json").read_text())
+    config["num_hidden_layers"] = config["num_hidden_layers"] + 3      # more layers than tensors
+    bad = model_folder(tmp_path, "Bad-Config", src, config=config)
+    with pytest.raises(q4apr.BadInput) as want:
+        q4apr.open_model(str(bad))
+    open_app(page, site_url)
+    page.set_input_files("#folder-input", str(bad))
+    page.wait_for_selector('body[data-describe="failed"]', state="attached", timeout=RUN_MS)
+    status = page.text_content("#model-status")
+    assert "config.json" in status and "num_hidden_layers" in status, status
+    assert want.value.problem in status
+    assert "/in/" not in status                       # named as the user knows it, not the mount point
+    assert "refused" in page.text_content("#action-hint")
+    shot(page, "22-folder-refused")
+    # quantizing it anyway reports the same error and offers no file
+    page.click("#quantize-btn")
+    assert wait_state(page, "done", "error") == "error"
+    assert want.value.problem in page.text_content("#error-message")
+    assert page.get_attribute("#download-link", "href") is None
+    # the next folder works
+    good = model_folder(tmp_path, "Good-Config", src, extras=False)
+    page.set_input_files("#folder-input", str(good))
+    wait_described(page)
+    quantize(page)
+    name, data = download(page)
+    assert name == "Good-Config.apr"
+
+
+def test_smollm2_folder_both_formats_match_the_cli(page, site_url, tmp_path):
+    folder = model_folder(tmp_path, "SmolLM2-135M-Instruct", hf_model("smollm2-135m"))
+    open_app(page, site_url)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.set_input_files("#folder-input", str(folder))
+    wait_described(page)
+    f = facts(page)
+    assert (f["architecture"], f["layers"], f["hidden_size"], f["vocab_size"], f["tokenizer"]) == \
+        ("llama", "30", "576", "49,152", "BPE")
+    shot(page, "23-smollm2-summary")
+    for fmt, out in (("apr", "SmolLM2-135M-Instruct.apr"), ("gguf", "SmolLM2-135M-Instruct.Q4_0.gguf")):
+        set_options(page, format=fmt)
+        quantize(page)
+        name, data = download(page)
+        assert name == out
+        assert data == cli(folder, tmp_path / f"cli-{out}"), fmt
+        assert page.locator("#runtimes li.ok").count() == 1
+        shot(page, f"24-smollm2-report-{fmt}")
+
+
+def test_lone_weights_file_says_it_is_a_container(page, site_url, st_file):
+    open_app(page, site_url)
+    choose(page, st_file)
+    assert page.get_attribute("body", "data-describe") == "none"
+    assert "container" in page.text_content("#selection-note")
+    assert page.is_hidden("#model-card")
+    quantize(page)
+    report = native(st_file)[1]
+    why = report["runtimes"][0]["why"]
+    li = page.locator("#runtimes li")
+    assert li.count() == 1 and "no" in li.first.get_attribute("class")
+    assert why in li.first.text_content()
+    assert "container" in why and "architecture" in why and "tokenizer" in why
+    assert page.locator("#report-body td.snr").count() == len(report["tensors"])
+
+
+def test_narrow_folder_summary(browser, site_url, tmp_path):
+    folder = model_folder(tmp_path, "SmolLM2-135M-Instruct", hf_model("tiny-llama"))
+    context = browser.new_context(viewport={"width": 375, "height": 800}, device_scale_factor=2)
+    page = context.new_page()
+    try:
+        open_app(page, site_url)
+        page.set_input_files("#folder-input", str(folder))
+        wait_described(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        shot(page, "25-narrow-folder-summary")
+        quantize(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        shot(page, "26-narrow-folder-report")
+        page.locator("#result-panel").screenshot(path=str(ARTIFACTS / "27-narrow-report-panel.png"))
     finally:
         context.close()

@@ -59,6 +59,9 @@ def output_metadata(model, param_count):
     """An APR input keeps its metadata (so a second pass changes nothing); others get ours."""
     if model.format == "apr":
         meta = dict(model.metadata)
+    elif model.description is not None:
+        from ..runnable import apr_metadata
+        meta = apr_metadata(model)
     else:
         meta = {"name": model.name, "original_format": model.format}
         arch = model.metadata.get("general.architecture") if model.format == "gguf" else None

@@ -212,8 +212,12 @@ def _pack_value(vtype, v, out):
 
 
 def output_kv(model):
-    """The key/values of a Q4_0 output: a GGUF input's, with the file type set."""
+    """The key/values of a Q4_0 output: a GGUF input's, or a model folder's (architecture,
+    tokenizer), with the file type set."""
     kv = list(model.extra.get("gguf_kv", []))
+    if model.description is not None:
+        from ..runnable import gguf_kv
+        kv = gguf_kv(model, [("general.name", STRING, model.name.encode("utf-8"))])
     if not kv:
         kv.append(("general.name", STRING, model.name.encode("utf-8")))
     for key, value in (("general.file_type", FILE_TYPE_MOSTLY_Q4_0),
