@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import q4apr
-from q4apr.formats import apr as apr_format
 
 hf = pytest.importorskip("fixtures.hf", reason="tests/fixtures/hf.py (model folders) missing")
 gguf = pytest.importorskip("gguf")
@@ -234,7 +233,7 @@ def test_lone_weights_file_says_it_is_a_container(tmp_path):
 
 def test_report_has_snr_and_runtimes(tmp_path):
     folder = hf.model_dir("tiny-qwen3")
-    code, stdout, err = cli("quantize", folder, "-o", tmp_path / "x.gguf", "--json")
+    code, stdout, err = cli("quantize", folder, "-o", tmp_path / "x.gguf", "--json", "--pure")
     assert code == 0, err
     report = json.loads(stdout)
     assert report["model"]["architecture"] == "qwen3"

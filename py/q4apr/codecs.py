@@ -784,7 +784,6 @@ class Q5_0(_SuperBlock):
 
     @classmethod
     def _dequantize_chunk(cls, blocks, out2d):
-        n = blocks.shape[0]
         d = _scales_f32(blocks)
         qh = np.ascontiguousarray(blocks[:, 2:6]).view("<u4")          # (n, 1)
         h = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4

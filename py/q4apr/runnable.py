@@ -74,15 +74,7 @@ def gguf_kv(model, general):
     kv += general
     kv += [item for item in d.family.gguf_kv(d.hparams, d.config)
            if item[0] != "general.architecture"]
-    tok = tokenizer.gguf_kv(d.tokenizer)
-    keys = {k: i for i, (k, _, _) in enumerate(tok)}
-    for item in d.family.vocab_kv(d.hparams, d.tokenizer.config):   # the family's quirks
-        if item[0] in keys:
-            tok[keys[item[0]]] = item
-        else:
-            keys[item[0]] = len(tok)
-            tok.append(item)
-    return kv + tok
+    return kv + tokenizer.gguf_kv(d.tokenizer)   # with the family's quirks (tokenizer.read)
 
 
 def apr_metadata(model):

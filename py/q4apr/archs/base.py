@@ -361,10 +361,6 @@ class Family:
     def gguf_kv(self, hp, config):
         raise NotImplementedError
 
-    def vocab_kv(self, hp, tokenizer_config):
-        """tokenizer.* keys this family's set_vocab adds or overrides after the VOCAB routine."""
-        return []
-
     # ---- APR ----------------------------------------------------------------------------
     def apr_metadata(self, hp, config):
         md = {"architecture": hp["model_type"], "hidden_size": hp["hidden_size"],

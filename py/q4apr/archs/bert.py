@@ -134,9 +134,6 @@ class Bert(Family):
             kv.add("{arch}.pooling_type", UINT32, hp["pooling_type"])
         return kv.items()
 
-    def vocab_kv(self, hp, tokenizer_config):
-        return [("tokenizer.ggml.token_type_count", UINT32, hp["type_vocab_size"])]
-
     def apr_metadata(self, hp, config):
         md = super().apr_metadata(hp, config)
         md["layer_norm_eps"] = md.pop("rms_norm_eps")

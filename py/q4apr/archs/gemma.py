@@ -31,7 +31,7 @@ class Gemma3(Family):
     GGUF_ARCH = "gemma3"
     # Gemma3Model.set_vocab: tokenizer.model -> sentencepiece (+ add_space_prefix false),
     # else _set_vocab_gpt2
-    VOCAB = "gpt2"
+    VOCAB = "gemma3"
     MODEL_TYPES = ("gemma3_text",)
     ARCHITECTURES = ("Gemma3ForCausalLM",)
     # transformers 5.24 Gemma3TextConfig

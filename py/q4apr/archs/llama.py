@@ -5,7 +5,7 @@ biases) permuted so that llama.cpp's adjacent-pairs rotation applies (LlamaModel
 """
 
 from .base import Entry, Family, KV, check_rope_type, text_model_kv
-from .transforms import BOOL, UINT32, permute_rows
+from .transforms import UINT32, permute_rows
 
 E = Entry
 H, V, I, Q, KVD = "hidden_size", "vocab_size", "intermediate_size", "num_heads*head_dim", \
@@ -42,7 +42,7 @@ class Llama(Family):
     # LlamaModel.set_vocab for a folder without tokenizer.model: gguf.LlamaHfVocab when
     # tokenizer.json is a SentencePiece-style BPE (byte_fallback, Sequence decoder, not
     # ignore_merges), else _set_vocab_gpt2 (SmolLM2, Llama 3)
-    VOCAB = "llama_hf"
+    VOCAB = "llama"
     MODEL_TYPES = ("llama", "mistral")
     ARCHITECTURES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM")
     # transformers 5.24 LlamaConfig / MistralConfig defaults for what the converter reads
@@ -82,13 +82,6 @@ class Llama(Family):
         kv.add("{arch}.rope.dimension_count", UINT32, rope_dim)
         return kv.items()
 
-    def vocab_kv(self, hp, tokenizer_config):
-        out = []
-        if (p := (tokenizer_config or {}).get("add_prefix_space")) is not None:
-            out.append(("tokenizer.ggml.add_space_prefix", BOOL, bool(p)))
-        if hp["vocab_size"] == 49152:      # "granite small models" rule; SmolLM has it too
-            out.append(("tokenizer.ggml.add_bos_token", BOOL, False))
-        return out
 
 
 LLAMA = Llama()

@@ -34,7 +34,7 @@ class Phi3(Family):
     GGUF_ARCH = "phi3"
     # Phi3MiniModel.set_vocab: _set_vocab_gpt2 when tokenizer_config.json's tokenizer_class
     # is GPT2Tokenizer (Phi-4); otherwise it needs tokenizer.model (SentencePiece)
-    VOCAB = "gpt2"
+    VOCAB = "phi3"
     MODEL_TYPES = ("phi3",)
     ARCHITECTURES = ("Phi3ForCausalLM",)
     # transformers 5.24 Phi3Config

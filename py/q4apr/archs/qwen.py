@@ -30,7 +30,7 @@ QWEN3_TABLE = tuple(E(e.hf, e.gguf, e.dims, e.when, "" if e.kind in ("q", "k") e
 class Qwen2(Family):
     GGUF_ARCH = "qwen2"
     # Qwen2Model.set_vocab: tokenizer.model -> sentencepiece, else _set_vocab_gpt2
-    VOCAB = "gpt2"
+    VOCAB = "qwen2"
     MODEL_TYPES = ("qwen2",)
     ARCHITECTURES = ("Qwen2ForCausalLM",)
     # transformers 5.24 Qwen2Config (note num_key_value_heads defaults to 32, not heads)
