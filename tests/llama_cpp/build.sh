@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# llama.cpp as a test oracle: builds llama.cpp's `llama-quantize` and our `gguf_check`
-# (gguf_check.cpp beside this file, linked against ggml) for tests/test_llama_cpp.py.
+# llama.cpp as a test oracle: builds llama.cpp's `llama-quantize`, `llama-simple` (greedy
+# generation), `llama-embedding`, `llama-perplexity` and our `gguf_check` (gguf_check.cpp beside
+# this file, linked against ggml) for tests/test_llama_cpp.py and tests/fixtures/.
 #
 #   tests/llama_cpp/build.sh           build unless cached; prints the bin folder on stdout
 #   tests/llama_cpp/build.sh --print   print the bin folder if the build is there and current
@@ -10,7 +11,9 @@
 # (vendor/llama.cpp), fetched once with pip download into .cache/, checked by sha256.
 # Build: cmake + g++ (installed with apt-get when missing and root), Release, CPU only,
 # only the targets needed, static, -j2; in .cache/llama.cpp-$LCP_VERSION/:
-#   src/ (the vendored llama.cpp), build/ (cmake), bin/{llama-quantize,gguf_check},
+#   src/ (the vendored llama.cpp, with its models/ggml-vocab-*.gguf vocabularies and the
+#   converter convert_hf_to_gguf.py + conversion/ + gguf-py/), build/ (cmake),
+#   bin/{llama-quantize,llama-simple,llama-embedding,llama-perplexity,gguf_check},
 #   build.log (the last build's output). A cold build takes about 5 minutes on 2 cores
 #   (~45 s of it the 77 MB download); a cached one, a second.
 # Nothing of llama.cpp is committed to this repo.
@@ -35,11 +38,13 @@ CMAKE_FLAGS=(
   -DBUILD_SHARED_LIBS=OFF
   -DGGML_NATIVE=OFF -DGGML_CCACHE=OFF
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF
   -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON
   -DLLAMA_BUILD_NUMBER=0 -DLLAMA_BUILD_COMMIT=$LLAMA_CPP_COMMIT
 )
-TARGETS=(llama-quantize ggml-base)
+# Only these targets are built (examples/ is configured for llama-simple and llama-embedding).
+TARGETS=(llama-quantize llama-simple llama-embedding llama-perplexity ggml-base)
+TOOLS=(llama-quantize llama-simple llama-embedding llama-perplexity)
 
 say() { printf '[llama_cpp/build.sh] %s\n' "$*" >&2; }
 die() { printf '[llama_cpp/build.sh] error: %s\n' "$*" >&2; exit 1; }
@@ -49,8 +54,9 @@ sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 stamp() { cat "$HERE/build.sh" "$HERE/gguf_check.cpp" | sha256sum | cut -d' ' -f1; }
 
 current() {
-  [ -x "$BIN/llama-quantize" ] && [ -x "$BIN/gguf_check" ] \
-    && [ "$(cat "$BIN/.stamp" 2>/dev/null || true)" = "$(stamp)" ]
+  local t
+  for t in "${TOOLS[@]}" gguf_check; do [ -x "$BIN/$t" ] || return 1; done
+  [ "$(cat "$BIN/.stamp" 2>/dev/null || true)" = "$(stamp)" ]
 }
 
 if [ "${1:-}" = "--print" ]; then
@@ -115,17 +121,31 @@ if [ ! -f "$sdist" ] || [ "$(sha256_of "$sdist")" != "$LCP_SHA256" ]; then
 fi
 
 src=$DIR/src
+VOCAB_CHECK=models/ggml-vocab-llama-bpe.gguf
+if [ -f "$src/.ok" ] && [ ! -f "$src/$VOCAB_CHECK" ]; then
+  # a tree unpacked by an older version of this script, without the vocabularies: add them
+  # (keeping build/, whose objects stay current)
+  say "adding llama.cpp's models/ggml-vocab-* to $src"
+  rm -rf "$src/models.tmp"; mkdir -p "$src/models.tmp"
+  tar -xzf "$sdist" -C "$src/models.tmp" --strip-components=4 \
+    "llama_cpp_python-$LCP_VERSION/vendor/llama.cpp/models" \
+    || die "$LCP_SDIST has no vendor/llama.cpp/models"
+  [ -f "$src/models.tmp/${VOCAB_CHECK#models/}" ] || die "$LCP_SDIST lacks $VOCAB_CHECK"
+  rm -rf "$src/models" && mv "$src/models.tmp" "$src/models"
+fi
 if [ ! -f "$src/.ok" ]; then
   rm -rf "$src" "$DIR/build"
   mkdir -p "$src"
-  # vendor/llama.cpp only, less its vocab models, docs, media and .git (a submodule link
-  # to a folder the sdist lacks)
+  # vendor/llama.cpp only (with models/ggml-vocab-*: the tokenizer tests use them), less its
+  # docs, media and .git (a submodule link to a folder the sdist lacks)
   tar -xzf "$sdist" -C "$src" --strip-components=3 \
-    --exclude='*/models/*.gguf*' --exclude='*/docs' --exclude='*/media' \
+    --exclude='*/docs' --exclude='*/media' \
     --exclude='llama_cpp_python-*/vendor/llama.cpp/.git' \
     "llama_cpp_python-$LCP_VERSION/vendor/llama.cpp" \
     || die "$LCP_SDIST has no vendor/llama.cpp"
-  for f in ggml/src/gguf.cpp ggml/include/gguf.h tools/quantize/quantize.cpp; do
+  for f in ggml/src/gguf.cpp ggml/include/gguf.h tools/quantize/quantize.cpp \
+      examples/simple/simple.cpp examples/embedding/embedding.cpp tools/perplexity/main.cpp \
+      convert_hf_to_gguf.py gguf-py/gguf/__init__.py "$VOCAB_CHECK"; do
     [ -f "$src/$f" ] || die "the vendored llama.cpp lacks $f"
   done
   touch "$src/.ok"
@@ -142,15 +162,22 @@ export GIT_CEILING_DIRECTORIES=$CACHE
     && cmake --build "$DIR/build" --config Release -j "$JOBS" --target "${TARGETS[@]}"
 } >>"$LOG" 2>&1 || { tail -n 40 "$LOG" >&2; die "the llama.cpp build failed (full log: $LOG)"; }
 
-qbin=$(find "$DIR/build" -type f -name llama-quantize -perm -u+x | head -n 1)
 base=$(find "$DIR/build" -type f -name libggml-base.a | head -n 1)
-[ -n "$qbin" ] && [ -n "$base" ] || die "the build made no llama-quantize or libggml-base.a (log: $LOG)"
+[ -n "$base" ] || die "the build made no libggml-base.a (log: $LOG)"
+declare -A built
+for t in "${TOOLS[@]}"; do
+  built[$t]=$(find "$DIR/build" -type f -name "$t" -perm -u+x | head -n 1)
+  [ -n "${built[$t]}" ] || die "the build made no $t (log: $LOG)"
+done
 say "compiling gguf_check.cpp against ggml"
 g++ -std=c++17 -O2 -Wall -I"$src/ggml/include" "$HERE/gguf_check.cpp" "$base" -fopenmp -lpthread -lm \
     -o "$BIN/gguf_check.tmp" >>"$LOG" 2>&1 \
   || { tail -n 40 "$LOG" >&2; die "gguf_check.cpp did not compile (log: $LOG)"; }
 mv "$BIN/gguf_check.tmp" "$BIN/gguf_check"
-cp "$qbin" "$BIN/llama-quantize.tmp" && mv "$BIN/llama-quantize.tmp" "$BIN/llama-quantize"
+# each tool replaced by a rename, so a test running meanwhile sees the old or the new binary
+for t in "${TOOLS[@]}"; do
+  cp "${built[$t]}" "$BIN/$t.tmp" && mv "$BIN/$t.tmp" "$BIN/$t"
+done
 stamp >"$BIN/.stamp"
 say "llama.cpp oracle ready in $BIN ($((SECONDS - t0))s)"
 echo "$BIN"
