@@ -14,10 +14,11 @@ ggml_validate_row_data on every tensor).
     same type has the same bytes, and the key/values are the same.
 
 What llama-quantize does with a llama model (llama.cpp src/llama-quant.cpp):
-- it never quantizes a 1-D tensor or a `*_norm.weight`, --pure or not; q4apr's default
-  policy matches `--pure` exactly, while q4apr's --pure quantizes 1-D tensors too;
-- without --pure (the "Q4_0 mixture") output.weight becomes Q6_K, or Q8_0 when its rows
-  are not a multiple of 256; q4apr has only Q4_0/F16/F32 and makes it Q4_0;
+- it never quantizes a 1-D tensor or a `*_norm.weight`, --pure or not; q4apr's --pure
+  matches `llama-quantize --pure` exactly (for GGUF; an APR --pure run quantizes 1-D
+  tensors too);
+- without --pure (the "Q4_0 mixture", q4apr's default since --type: q4apr.mixtures)
+  output.weight becomes Q6_K, or Q8_0 when its rows are not a multiple of 256, in both;
 - a Q4_0 tensor whose rows are not whole 32-blocks falls back to F16, as in q4apr;
 - it needs no vocab: it loads the hparams and the tensors only;
 - its file differs from ours as a whole only in order: it sorts the tensors (non-layer
@@ -198,8 +199,10 @@ def test_ggml_accepts_our_gguf_from_safetensors(llama_bin, safetensors_model, tm
     assert types["model.layers.0.mlp.odd_proj.weight"] == "F16"
     assert types["model.layers.0.mlp.odd3d.weight"] == "F16"
     assert types["model.embed_tokens.weight"] == ("F16" if "--keep-embeddings-f16" in opts else "Q4_0")
-    assert types["lm_head.weight"] == ("F16" if "--keep-output-f16" in opts else "Q4_0")
-    assert types["model.norm.weight"] == ("Q4_0" if "--pure" in opts else "F32")
+    # the Q4_0 mixture: the output head at Q6_K, Q8_0 for rows of 64 (not whole 256-blocks)
+    assert types["lm_head.weight"] == ("F16" if "--keep-output-f16" in opts else
+                                       "Q4_0" if "--pure" in opts else "Q8_0")
+    assert types["model.norm.weight"] == "F32"     # llama-quantize --pure keeps 1-D tensors
     assert types["model.layers.0.self_attn.q_proj.weight"] == "Q4_0"
 
 
@@ -429,15 +432,16 @@ def summarize(table):
     return n_q4, n_same, differ
 
 
-def test_llama_quantize_pure_is_byte_identical_to_q4apr_default(llama_bin, llama_src, tmp_path):
-    """`llama-quantize --pure IN OUT Q4_0` vs q4apr's default policy: the same tensors are
+def test_llama_quantize_pure_is_byte_identical_to_q4apr_pure(llama_bin, llama_src, tmp_path):
+    """`llama-quantize --pure IN OUT Q4_0` vs `q4apr --pure`: the same tensors are
     Q4_0 (every matrix) and F16 (rows of 80), with the same bytes, and the same metadata.
     The only difference: from an F16/BF16 model llama-quantize keeps the 1-D norms in their
     type, q4apr stores every 1-D tensor as F32 (lossless, README "Policy")."""
     src, values, dtype = llama_src
-    table, kv_diff = compare_with_llama_quantize(llama_bin, tmp_path, src, values, pure=True)
+    table, kv_diff = compare_with_llama_quantize(llama_bin, tmp_path, src, values, pure=True,
+                                                 q4apr_opts=("--pure",))
     n_q4, n_same, differ = summarize(table)
-    print(f"\n[{dtype}] llama-quantize --pure vs q4apr default: {n_q4} Q4_0 tensors byte-identical, "
+    print(f"\n[{dtype}] llama-quantize --pure vs q4apr --pure: {n_q4} Q4_0 tensors byte-identical, "
           f"{n_same}/{len(table)} tensors identical; types differ (llama, q4apr): {differ}; metadata: {kv_diff}")
     assert n_q4 == N_Q4
     assert differ == ({} if dtype == "F32" else {n: (dtype, "F32") for n in ONE_D})
@@ -445,9 +449,9 @@ def test_llama_quantize_pure_is_byte_identical_to_q4apr_default(llama_bin, llama
     assert kv_diff == NO_KV_DIFF
 
 
-def test_llama_quantize_default_mixture_vs_q4apr(llama_bin, llama_src, tmp_path):
+def test_llama_quantize_default_mixture_is_q4apr_default(llama_bin, llama_src, tmp_path):
     """Without --pure llama-quantize's Q4_0 mixture puts output.weight at Q6_K (here Q8_0:
-    rows of 64 are no whole 256-blocks); q4apr has no such types and keeps it Q4_0.
+    rows of 64 are no whole 256-blocks); so does q4apr's default, with the same bytes.
     Every other matrix: Q4_0 in both, same bytes."""
     src, values, dtype = llama_src
     table, kv_diff = compare_with_llama_quantize(llama_bin, tmp_path, src, values, pure=False)
@@ -455,20 +459,22 @@ def test_llama_quantize_default_mixture_vs_q4apr(llama_bin, llama_src, tmp_path)
     print(f"\n[{dtype}] llama-quantize (Q4_0 mixture) vs q4apr default: {n_q4} Q4_0 tensors byte-identical, "
           f"{n_same}/{len(table)} identical; types differ (llama, q4apr): {differ}; metadata: {kv_diff}")
     one_d = {} if dtype == "F32" else {n: (dtype, "F32") for n in ONE_D}
-    assert differ == {"output.weight": ("Q8_0", "Q4_0"), **one_d}
+    assert differ == one_d
     assert n_q4 == N_Q4 - 1
+    assert dict((n, a) for n, a, _, _ in table)["output.weight"] == "Q8_0"
     assert kv_diff == NO_KV_DIFF
 
 
-def test_q4apr_pure_quantizes_1d_tensors_that_llama_quantize_pure_keeps(llama_bin, llama_src, tmp_path):
-    """q4apr --pure goes further than llama-quantize --pure: llama.cpp never quantizes a
-    1-D tensor (tensor_allows_quantization: ggml_n_dims < 2, and never *_norm.weight), so
-    the norms differ in type; every tensor both made Q4_0 is byte-identical."""
+def test_q4apr_default_is_not_pure(llama_bin, llama_src, tmp_path):
+    """q4apr's default (the Q4_0 mixture) against llama-quantize --pure: only the output
+    head differs (Q8_0 against Q4_0); llama.cpp never quantizes a 1-D tensor
+    (tensor_allows_quantization: ggml_n_dims < 2, never *_norm.weight), nor does q4apr."""
     src, values, dtype = llama_src
-    table, _ = compare_with_llama_quantize(llama_bin, tmp_path, src, values, pure=True, q4apr_opts=("--pure",))
+    table, _ = compare_with_llama_quantize(llama_bin, tmp_path, src, values, pure=True)
     n_q4, _, differ = summarize(table)
-    assert differ == {n: (dtype, "Q4_0") for n in ONE_D}
-    assert n_q4 == N_Q4
+    one_d = {} if dtype == "F32" else {n: (dtype, "F32") for n in ONE_D}
+    assert differ == {"output.weight": ("Q4_0", "Q8_0"), **one_d}
+    assert n_q4 == N_Q4 - 1
 
 
 def test_llama_quantize_needs_no_vocab(llama_bin, tmp_path):
@@ -477,7 +483,8 @@ def test_llama_quantize_needs_no_vocab(llama_bin, tmp_path):
     t = llama_tensors(np.random.default_rng(7))
     src = write_llama_gguf(tmp_path / "novocab.gguf", t, vocab=False)
     (tmp_path / "out").mkdir()
-    table, kv_diff = compare_with_llama_quantize(llama_bin, tmp_path / "out", src, t, pure=True)
+    table, kv_diff = compare_with_llama_quantize(llama_bin, tmp_path / "out", src, t, pure=True,
+                                                 q4apr_opts=("--pure",))
     n_q4, n_same, differ = summarize(table)
     assert (n_q4, n_same, differ, kv_diff) == (N_Q4, N_TENSORS, {}, NO_KV_DIFF)
 

@@ -478,6 +478,8 @@ def apr_cases():
     _, ioff, doff = struct.unpack_from("<IQQ", seed, 20)
     names = [e[0].decode() for e in entries]
     q4 = next(i for i, e in enumerate(entries) if e[1] == 128)
+    q4k = next(i for i, e in enumerate(entries)     # a float tensor not of Q4_K's size
+               if e[1] in (128, 1, 0) and -(-int(np.prod(e[2])) // 256) * 144 != e[4])
     f32 = next(i for i, e in enumerate(entries) if e[1] == 0)
     cases = [Case("empty", {"m.apr": b""}, match="empty|too short")]
     for at in (3, 32, 64, 64 + len(meta) // 2, ioff, ioff + 10, doff, doff + 100,
@@ -548,8 +550,10 @@ def apr_cases():
     cases += [
         Case("size-mismatch", apr_with(entries=apr_entry_with(q4, size=e[4] + 18)),
              match="does not match", tensor=names[q4]),
-        Case("size-q4k-unchecked", apr_with(entries=apr_entry_with(q4, dcode=12, size=e[4])),
-             match="does not match", tensor=names[q4]),
+        # the Q4_K code on a tensor whose size is not Q4_K's for its shape
+        Case("size-q4k-unchecked", apr_with(entries=apr_entry_with(q4k, dcode=12,
+                                                                   size=entries[q4k][4])),
+             match="does not match", tensor=names[q4k]),
         Case("shape-2^48", apr_with(entries=apr_entry_with(q4, shape=(1 << 48, 1))),
              match="too large", tensor=names[q4]),
         Case("shape-overflow", apr_with(entries=apr_entry_with(q4, shape=(1 << 47,) * 8)),

@@ -20,8 +20,11 @@ def out(name, shape, dtype="F32", fmt="safetensors", **opts):
 
 @pytest.mark.parametrize("name,shape,want", [
     ("model.layers.0.self_attn.q_proj.weight", (64, 64), ("APR_Q4", "quantize")),
-    ("model.embed_tokens.weight", (96, 64), ("APR_Q4", "quantize")),
-    ("lm_head.weight", (96, 64), ("APR_Q4", "quantize")),
+    # llama-quantize's Q4_0 mixture: the output head (alone, an embedding counts as tied)
+    # at Q6_K, which APR holds only for rows of whole 256-blocks: F16 here
+    ("model.embed_tokens.weight", (96, 64), ("F16", "convert")),
+    ("lm_head.weight", (96, 64), ("F16", "convert")),
+    ("lm_head.weight", (96, 256), ("Q6_K", "quantize")),
     ("model.norm.weight", (64,), ("F32", "keep")),
     ("model.layers.0.self_attn.q_proj.bias", (64,), ("F32", "keep")),
     ("blk.0.ffn_gate_inp.weight", (8, 64), ("F32", "keep")),          # MoE router
@@ -30,6 +33,35 @@ def out(name, shape, dtype="F32", fmt="safetensors", **opts):
 ])
 def test_default_policy(name, shape, want):
     assert out(name, shape) == want
+
+
+@pytest.mark.parametrize("name,shape,want", [
+    ("blk.0.attn_q.weight", (64, 64), ("Q4_0", "quantize")),
+    ("output.weight", (96, 512), ("Q6_K", "quantize")),
+    ("output.weight", (96, 64), ("Q8_0", "quantize")),      # Q6_K's rows are 256-blocks
+    ("token_embd.weight", (96, 64), ("Q8_0", "quantize")),  # alone: tied
+    ("output.weight", (96, 48), ("F16", "convert")),        # not even 32-blocks
+    ("blk.0.attn_q.weight", (64, 80), ("F16", "convert")),
+    ("position_embd.weight", (64, 64), ("F32", "keep")),
+    ("token_types.weight", (2, 64), ("F32", "keep")),
+    ("blk.0.attn_q.weight", (1, 64), ("F32", "keep")),      # ggml counts it 1-D
+])
+def test_default_gguf_policy_is_llama_quantize_q4_0(name, shape, want):
+    assert out(name, shape, fmt="gguf", format="gguf") == want
+
+
+@pytest.mark.parametrize("name,shape,fmt,want", [
+    ("blk.0.attn_q.weight", (64, 512), "gguf", ("Q4_K", "quantize")),
+    ("blk.0.attn_q.weight", (64, 64), "gguf", ("Q5_0", "quantize")),
+    ("blk.0.attn_v.weight", (64, 512), "gguf", ("Q6_K", "quantize")),   # layer 0 of 1
+    ("output.weight", (96, 64), "gguf", ("Q8_0", "quantize")),
+    ("model.layers.0.self_attn.q_proj.weight", (64, 512), "apr", ("Q4_K", "quantize")),
+    ("model.layers.0.self_attn.q_proj.weight", (64, 64), "apr", ("F16", "convert")),
+    ("lm_head.weight", (96, 256), "apr", ("Q6_K", "quantize")),
+])
+def test_q4_k_m_policy(name, shape, fmt, want):
+    assert out(name, shape, fmt="gguf" if name.startswith(("blk", "output")) else "safetensors",
+               format=fmt, type="Q4_K_M") == want
 
 
 def test_npy_and_npz_matrices_count_as_weights():
@@ -45,13 +77,20 @@ def test_keep_embeddings_and_output_f16():
     assert out("token_embd.weight", (96, 64), keep_embeddings_f16=True) == ("F16", "convert")
     assert out("lm_head.weight", (96, 64), keep_output_f16=True) == ("F16", "convert")
     assert out("output.weight", (96, 64), "F16", keep_output_f16=True) == ("F16", "keep")
-    assert out("lm_head.weight", (96, 64), keep_embeddings_f16=True) == ("APR_Q4", "quantize")
+    assert out("lm_head.weight", (96, 256), keep_embeddings_f16=True) == ("Q6_K", "quantize")
 
 
-def test_pure_quantizes_vectors_too():
+def test_pure_is_llama_quantize_pure_and_apr_pure_quantizes_vectors_too():
     assert out("model.norm.weight", (64,), pure=True) == ("APR_Q4", "quantize")
-    assert out("some.matrix", (64, 64), pure=True, format="gguf") == ("Q4_0", "quantize")
-    assert out("model.norm.weight", (40,), pure=True, format="gguf") == ("F16", "convert")
+    assert out("lm_head.weight", (96, 64), pure=True) == ("APR_Q4", "quantize")
+    assert out("lm_head.weight", (96, 64), pure=True, format="gguf") == ("Q4_0", "quantize")
+    assert out("a.weight", (64, 512), pure=True, format="gguf", type="Q4_K_M") == ("Q4_K", "quantize")
+    assert out("a.weight", (64, 64), pure=True, format="gguf", type="Q4_K_M") == ("Q5_0", "quantize")
+    assert out("a.weight", (64, 64), pure=True, format="apr", type="Q4_K_M") == ("F16", "convert")
+    assert out("model.norm.weight", (40,), pure=True, type="Q4_K_M") == ("Q4_K", "quantize")
+    # llama-quantize --pure never quantizes a 1-D tensor or a tensor not named like a weight
+    assert out("some.matrix", (64, 64), pure=True, format="gguf") == ("F32", "keep")
+    assert out("model.norm.weight", (40,), pure=True, format="gguf") == ("F32", "keep")
 
 
 def test_skip_patterns_keep_the_input_type():
@@ -82,7 +121,8 @@ def test_unstorable_dtype_is_refused_naming_the_tensor(tmp_path):
 @pytest.mark.parametrize("bad,match", [({"format": "onnx"}, "onnx"), ({"colour": 1}, "colour"),
                                        ({"chunk_bytes": 3}, "chunk"),
                                        ({"chunk_bytes": 1 << 40}, "too large"),
-                                       ({"skip": [1]}, "strings")])
+                                       ({"skip": [1]}, "strings"),
+                                       ({"type": "Q4_K_S"}, "Q4_K_S")])
 def test_bad_options_are_refused(bad, match):
     with pytest.raises(q4apr.BadInput, match=match):
         q4apr.Options.from_dict(bad)

@@ -40,9 +40,12 @@ def build_parser():
     q.add_argument("--keep-embeddings-f16", action="store_true",
                    help="keep the token embedding at F16")
     q.add_argument("--keep-output-f16", action="store_true", help="keep the output head at F16")
+    q.add_argument("--type", choices=("Q4_0", "Q4_K_M"), default="Q4_0",
+                   help="llama-quantize's type: its per-tensor mixture (default Q4_0; "
+                        "Q4_K_M: Q4_K with Q6_K where llama.cpp puts more bits)")
     q.add_argument("--pure", action="store_true",
-                   help="quantize every tensor, 1-D ones and norms included (the default "
-                        "already matches llama-quantize --pure)")
+                   help="no mixture, as llama-quantize --pure: every quantizable matrix at "
+                        "the type's base type (APR: 1-D tensors too)")
     q.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="keep tensors whose name matches this glob (repeatable)")
     q.add_argument("--allow-non-finite", action="store_true",
@@ -84,13 +87,13 @@ def main(argv=None):
 def cmd_quantize(args):
     fmt = args.format or ("gguf" if (args.output or "").lower().endswith(".gguf") else "apr")
     options = Options(format=fmt, keep_embeddings_f16=args.keep_embeddings_f16,
-                      keep_output_f16=args.keep_output_f16, pure=args.pure,
+                      keep_output_f16=args.keep_output_f16, pure=args.pure, type=args.type,
                       skip=tuple(args.skip), chunk_bytes=int(args.chunk_mb * (1 << 20)),
                       allow_non_finite=args.allow_non_finite)
     with open_model(args.inputs) as model:
         named = model.name if model.description is not None else None
         out = args.output or os.path.join(os.path.dirname(os.path.normpath(args.inputs[0])),
-                                          output_name(args.inputs, fmt, named))
+                                          output_name(args.inputs, fmt, named, args.type))
         if os.path.exists(out) and not args.force and not any(
                 os.path.exists(i) and os.path.samefile(i, out) for i in args.inputs):
             raise Q4Error(f"{out} exists; pass --force to replace it")

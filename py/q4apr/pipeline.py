@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codecs, nonfinite, policy, runnable
+from . import codecs, mixtures, nonfinite, policy, runnable
 from .dtypes import APR_Q4, F16, F32, numel
 from .errors import BadInput, Cancelled, Q4Error
 from .formats import apr, gguf
@@ -33,6 +33,7 @@ class Options:
     keep_embeddings_f16: bool = False
     keep_output_f16: bool = False
     pure: bool = False
+    type: str = "Q4_0"          # llama-quantize's type name: Q4_0 or Q4_K_M (q4apr.mixtures)
     skip: tuple = ()
     chunk_bytes: int = 4 << 20
     allow_non_finite: bool = False   # write NaN/Inf as they are (counted) instead of refusing
@@ -40,6 +41,8 @@ class Options:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise BadInput(f"unknown output format {self.format!r} (use apr or gguf)")
+        if self.type not in mixtures.TYPES:
+            raise BadInput(f"unknown type {self.type!r} (use {' or '.join(mixtures.TYPES)})")
         if isinstance(self.skip, str):
             self.skip = (self.skip,)
         if not all(isinstance(p, str) for p in self.skip):
@@ -73,24 +76,29 @@ class _Overflow(Exception):
     the tensor is written again at F32. The exception's text is the report's reason."""
 
 
-def output_name(inputs, fmt, name=None):
-    """model.safetensors (or its shards) -> model.apr (APR) or model.Q4_0.gguf (GGUF);
-    a model folder's output is named after the folder (`name`)."""
+def output_name(inputs, fmt, name=None, qtype="Q4_0"):
+    """model.safetensors (or its shards) -> model.apr (APR) or model.Q4_0.gguf (GGUF,
+    model.Q4_K_M.gguf for that type); a model folder's output is named after the folder."""
     if isinstance(inputs, str):
         inputs = [inputs]
     files = [p for p in inputs if not p.lower().endswith(".json")] or list(inputs)
     stem = name or model_name(os.path.basename(os.path.normpath(files[0])))
-    for suffix in (".Q4_0", ".q4_0", ".Q4", ".q4"):
+    for suffix in (".Q4_K_M", ".q4_k_m", ".Q4_0", ".q4_0", ".Q4", ".q4"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
-    return f"{stem}.apr" if fmt == "apr" else f"{stem}.Q4_0.gguf"
+    return f"{stem}.apr" if fmt == "apr" else f"{stem}.{qtype}.gguf"
 
 
 def plan(model, options):
     """(entry, Decision) for every tensor, in the order the output file stores them."""
     decisions = []
-    for e in runnable.output_entries(model, options.format):
-        d = policy.decide(e, options, model.format)
+    entries = runnable.output_entries(model, options.format)
+    choices = mixtures.plan(model, entries, options)
+    for e in entries:
+        try:
+            d = policy.decide(e, options, model.format, choices.get(e.name))
+        except BadInput as why:
+            raise BadInput(why.problem, why.file or model.paths[0], why.tensor) from None
         if d is None:
             raise BadInput(f"{e.dtype.name} tensors cannot be stored in {options.format.upper()}",
                            model.paths[0], e.name)
@@ -112,7 +120,7 @@ def make_layout(model, options, decisions, params):
             if len(e.shape) > gguf.MAX_DIMS:
                 raise BadInput(f"GGUF holds at most {gguf.MAX_DIMS} dims, this has "
                                f"{len(e.shape)}", model.paths[0], e.name)
-        return gguf.Layout(model, names_shapes)
+        return gguf.Layout(model, names_shapes, mixtures.FILE_TYPES[options.type])
     for e, _ in decisions:
         if len(e.shape) > apr.MAX_NDIM:
             raise BadInput(f"APR holds at most {apr.MAX_NDIM} dims", model.paths[0], e.name)
@@ -146,7 +154,7 @@ def quantize_steps(model, sink, options):
     report = Report(model.format, [os.path.basename(p) for p in model.paths],
                     sum(os.path.getsize(p) for p in model.paths), options.format,
                     output_name(model.paths, options.format,
-                                model.name if described else None),
+                                model.name if described else None, options.type),
                     params=params, model=model.description.summary() if described else None,
                     runtimes=runnable.runtimes(model, options.format))
     sink.begin(layout.head_len)

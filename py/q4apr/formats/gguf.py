@@ -211,16 +211,16 @@ def _pack_value(vtype, v, out):
         raise ValueError(f"unknown GGUF value type {vtype}")
 
 
-def output_kv(model):
-    """The key/values of a Q4_0 output: a GGUF input's, or a model folder's (architecture,
-    tokenizer), with the file type set."""
+def output_kv(model, file_type=FILE_TYPE_MOSTLY_Q4_0):
+    """The key/values of a quantized output: a GGUF input's, or a model folder's
+    (architecture, tokenizer), with the file type set (llama_ftype: 2 Q4_0, 15 Q4_K_M)."""
     kv = list(model.extra.get("gguf_kv", []))
     if model.description is not None:
         from ..runnable import gguf_kv
         kv = gguf_kv(model, [("general.name", STRING, model.name.encode("utf-8"))])
     if not kv:
         kv.append(("general.name", STRING, model.name.encode("utf-8")))
-    for key, value in (("general.file_type", FILE_TYPE_MOSTLY_Q4_0),
+    for key, value in (("general.file_type", file_type),
                        ("general.quantization_version", QUANTIZATION_VERSION)):
         item = (key, UINT32, value)
         at = [i for i, (k, _, _) in enumerate(kv) if k == key]
@@ -236,9 +236,9 @@ class Layout:
 
     format = "gguf"
 
-    def __init__(self, model, names_shapes):
+    def __init__(self, model, names_shapes, file_type=FILE_TYPE_MOSTLY_Q4_0):
         self.alignment = model.extra.get("alignment", DEFAULT_ALIGNMENT)
-        kv = output_kv(model)
+        kv = output_kv(model, file_type)
         parts = [MAGIC, struct.pack("<IQQ", VERSION, len(names_shapes), len(kv))]
         for key, vtype, value in kv:
             _pack_value(STRING, key, parts)
