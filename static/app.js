@@ -364,8 +364,8 @@ function folderRole(name) {
 
 /** The output's name for a folder, as the core will give it (the report's name is used). */
 function outputNameOf(name, fmt) {
-  const stem = name.replace(/\.(Q4_0|q4_0|Q4|q4)$/, "");
-  return fmt === "gguf" ? `${stem}.Q4_0.gguf` : `${stem}.apr`;
+  const stem = name.replace(/\.(Q4_K_M|q4_k_m|Q4_0|q4_0|Q4|q4)$/, "");
+  return fmt === "gguf" ? `${stem}.${currentType()}.gguf` : `${stem}.apr`;
 }
 
 function setSelection(files, opts = {}) {
@@ -665,9 +665,15 @@ function currentFormat() {
   return f ? f.value : "apr";
 }
 
+function currentType() {
+  const t = el.form.querySelector('input[name="type"]:checked');
+  return t ? t.value : "Q4_0";
+}
+
 function readOptions() {
   const options = {
     format: currentFormat(),
+    type: currentType(),
     keep_embeddings_f16: $("opt-emb").checked,
     keep_output_f16: $("opt-out").checked,
     pure: $("opt-pure").checked,
@@ -693,6 +699,7 @@ function saveOptions() {
   try {
     const o = {
       format: currentFormat(),
+      type: currentType(),
       keep_embeddings_f16: $("opt-emb").checked,
       keep_output_f16: $("opt-out").checked,
       pure: $("opt-pure").checked,
@@ -709,6 +716,8 @@ function restoreOptions() {
   if (!o || typeof o !== "object") return;
   const fmt = el.form.querySelector(`input[name="format"][value="${o.format === "gguf" ? "gguf" : "apr"}"]`);
   if (fmt) fmt.checked = true;
+  const type = el.form.querySelector(`input[name="type"][value="${o.type === "Q4_K_M" ? "Q4_K_M" : "Q4_0"}"]`);
+  if (type) type.checked = true;
   $("opt-emb").checked = !!o.keep_embeddings_f16;
   $("opt-out").checked = !!o.keep_output_f16;
   $("opt-pure").checked = !!o.pure;
@@ -1045,6 +1054,8 @@ function renderReport(report, j, fileSize) {
     totalItem("Parameters", compact.format(Number(totals.params || 0)), null, `${nf.format(Number(totals.params || 0))} parameters`),
     totalItem("Size", formatBytes(bytesOut), `from ${formatBytes(bytesIn)}`, `${nf.format(bytesIn)} → ${nf.format(bytesOut)} bytes`),
     totalItem("Compression", `${ratio.toFixed(2)}×`, `${bytesIn ? Math.round(100 * (1 - bytesOut / bytesIn)) : 0} % smaller`),
+    totalItem("Bits / weight", totals.bits_per_weight ? Number(totals.bits_per_weight).toFixed(2) : "–",
+      "of the tensor data", "Output tensor bytes × 8 over the number of weights written"),
     totalItem("Tensors", `${nf.format(Number(totals.quantized ?? 0))} / ${nf.format(Number(totals.tensors ?? tensors.length))}`, "quantized"),
     totalItem("Model SNR", formatDb(totals.snr_db), "higher is better",
       "Signal-to-noise ratio over every quantized tensor: the weights' energy over the error's, in dB"),

@@ -1,7 +1,7 @@
 // The page <-> worker message protocol (one small protocol, Squoosh style).
 //
 // page -> worker
-//   {type: "quantize", id, files: [File...], options: {format, keep_embeddings_f16,
+//   {type: "quantize", id, files: [File...], options: {format, type, keep_embeddings_f16,
 //        keep_output_f16, pure, skip: [...], chunk_bytes?}}
 //   {type: "inspect", id, files: [File...]}
 //   {type: "describe", id, files: [File...]}
@@ -45,4 +45,5 @@ export const MSG = Object.freeze({
 });
 
 // Keys the core's Options.from_dict accepts (anything else is rejected by the core).
-export const OPTION_KEYS = ["format", "keep_embeddings_f16", "keep_output_f16", "pure", "skip", "chunk_bytes"];
+export const OPTION_KEYS = ["format", "type", "keep_embeddings_f16", "keep_output_f16", "pure", "skip",
+  "chunk_bytes", "allow_non_finite"];

@@ -56,6 +56,7 @@ class Report:
     def to_dict(self):
         bytes_in = sum(t.bytes_in for t in self.tensors)
         bytes_out = sum(t.bytes_out for t in self.tensors)
+        elems = sum(math.prod(t.shape) for t in self.tensors)
         return {
             "input": {"format": self.input_format, "files": list(self.input_files),
                       "bytes": self.input_bytes},
@@ -69,6 +70,7 @@ class Report:
                 "bytes_in": bytes_in,
                 "bytes_out": bytes_out,
                 "ratio": bytes_in / bytes_out if bytes_out else None,
+                "bits_per_weight": 8 * bytes_out / elems if elems else None,
                 "file_ratio": self.input_bytes / self.output_bytes if self.output_bytes else None,
                 "seconds": self.seconds,
                 "tensors": len(self.tensors),
@@ -112,6 +114,8 @@ def format_table(report):
     lines.insert(1, "-" * min(120, len(lines[0])))
     tot = d["totals"]
     ratio = f"{tot['ratio']:.2f}×" if tot["ratio"] else "n/a"
+    if tot["bits_per_weight"]:
+        ratio += f", {tot['bits_per_weight']:.2f} bits/weight"
     lines.append("")
     bad = [t for t in d["tensors"] if t["non_finite"]]
     if bad:

@@ -51,8 +51,9 @@ def wait_state(page, *states, timeout=RUN_MS):
 
 
 def set_options(page, format="apr", keep_embeddings_f16=False, keep_output_f16=False, pure=False,
-                skip=(), chunk_bytes=None):
+                skip=(), chunk_bytes=None, type="Q4_0"):
     page.click(f'label[for="fmt-{format}"]')
+    page.click(f'label[for="type-{type.lower()}"]')
     page.set_checked("#opt-emb", keep_embeddings_f16)
     page.set_checked("#opt-out", keep_output_f16)
     page.set_checked("#opt-pure", pure)
@@ -921,3 +922,30 @@ def test_narrow_folder_summary(browser, site_url, tmp_path):
         page.locator("#result-panel").screenshot(path=str(ARTIFACTS / "27-narrow-report-panel.png"))
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "apr"])
+def test_q4_k_m_download_matches_native(page, site_url, tmp_path, fmt):
+    """--type Q4_K_M in the page: K-quant tensors (rows of whole 256-blocks) and the
+    mixture's Q6_K bumps, byte for byte the native CLI's, small chunks included."""
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(21)
+    t = {"model.embed_tokens.weight": rng.standard_normal((512, 256)).astype(np.float32),
+         "model.layers.0.self_attn.q_proj.weight": rng.standard_normal((256, 256)).astype(np.float32),
+         "model.layers.0.self_attn.v_proj.weight": rng.standard_normal((256, 256)).astype(np.float32),
+         "model.layers.0.mlp.down_proj.weight": rng.standard_normal((256, 512)).astype(np.float32),
+         "model.layers.0.input_layernorm.weight": np.ones(256, np.float32),
+         "lm_head.weight": rng.standard_normal((512, 256)).astype(np.float32)}
+    path = tmp_path / "kq.safetensors"
+    save_file(t, str(path))
+    open_app(page, site_url)
+    set_options(page, format=fmt, type="Q4_K_M", chunk_bytes=64 << 10)
+    quantize(page, path)
+    name, data = download(page)
+    want, report = native(path, format=fmt, type="Q4_K_M", chunk_bytes=64 << 10)
+    assert name == ("kq.Q4_K_M.gguf" if fmt == "gguf" else "kq.apr")
+    assert data == want
+    types = {r["dtype_out"] for r in report["tensors"]}
+    assert {"Q4_K", "Q6_K"} <= types, types
+    assert "bits" in page.text_content("#totals").lower()
+
