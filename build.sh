@@ -352,7 +352,7 @@ do_test() {
   # llama.cpp as a test oracle for tests/test_llama_cpp.py (~5 min once, then cached in .cache/)
   bash tests/llama_cpp/build.sh >/dev/null || say "llama.cpp oracle build failed: tests/test_llama_cpp.py will fail"
   # (pytest's exit 5, no test collected, fails too: CI must run tests)
-  Q4APR_DIST_BUILT=1 "$VENV/bin/python" -m pytest tests -q "$@"
+  Q4APR_DIST_BUILT=1 "$VENV/bin/python" -m pytest tests -q --durations=15 "$@"
 }
 
 cmd=${1:-build}
