@@ -1,12 +1,20 @@
 """The native CLI end to end: `python -m q4apr quantize` on large safetensors, MB/s and peak RSS.
 
     python bench/e2e_native.py [--dir /tmp/q4bench] [--reps 3] [--only f32|f16] [--format apr|gguf]
+    python bench/e2e_native.py --profile [--only f32] [--format apr|gguf] [--threads N]
 
 Same inputs as bench/e2e_browser.py (generated with bench/make_model.py when missing).
 Each run is `/usr/bin/time -v python -m q4apr quantize IN -o OUT --force -q` in a fresh
 process, the inputs interleaved; MB/s = input bytes / wall time (median), peak RSS =
 time's "Maximum resident set size" (largest over the runs).  The output is checked with
 `python -m q4apr verify`.  A benchmark: prints figures, asserts nothing about time.
+
+--profile runs the pipeline in this process instead, with the pipeline's pieces wrapped
+in timers, and splits the wall time into read (pipeline._read_chunk), kernel
+(codecs.quantize), statistics (codecs.dequantize for the round trip, or the fused
+codecs.quantize(..., dequantized=) overhead when present, plus the per-chunk sums: the
+rest of the loop), CRC (APR's zlib.crc32), output write (FileSink.write, finish's fsync).
+Timers add up across threads, so profile with --threads 1.
 """
 
 import argparse
@@ -49,13 +57,79 @@ def verify(path):
     return r.returncode == 0
 
 
+class _Timers(dict):
+    def wrap(self, key, fn):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self[key] = self.get(key, 0.0) + time.perf_counter() - t0
+        return timed
+
+
+def profile(path, out, fmt, threads, reps):
+    """Median over reps of each part of one in-process run (see the module docstring)."""
+    sys.path.insert(0, str(REPO / "py"))
+    import types
+    import zlib
+    from q4apr import codecs, pipeline, sinks
+    from q4apr.formats import open_model
+    opts = {"format": fmt}
+    if "threads" in {f.name for f in __import__("dataclasses").fields(pipeline.Options)}:
+        opts["threads"] = threads
+    rows = []
+    for _ in range(reps):
+        t = _Timers()
+        saved = (pipeline._read_chunk, codecs.quantize, codecs.dequantize, pipeline.zlib,
+                 sinks.FileSink.write, sinks.FileSink.finish)
+        pipeline._read_chunk = t.wrap("read", pipeline._read_chunk)
+        codecs.quantize = t.wrap("kernel", codecs.quantize)
+        codecs.dequantize = t.wrap("dequantize", codecs.dequantize)
+        pipeline.zlib = types.SimpleNamespace(crc32=t.wrap("crc", zlib.crc32))
+        sinks.FileSink.write = t.wrap("write", sinks.FileSink.write)
+        sinks.FileSink.finish = t.wrap("write", sinks.FileSink.finish)
+        try:
+            t0 = time.perf_counter()
+            with open_model([str(path)]) as model:
+                pipeline.quantize(model, sinks.FileSink(str(out)), pipeline.Options(**opts))
+            t["total"] = time.perf_counter() - t0
+        finally:
+            (pipeline._read_chunk, codecs.quantize, codecs.dequantize, pipeline.zlib,
+             sinks.FileSink.write, sinks.FileSink.finish) = saved
+        t["kernel"] -= t.get("fused", 0.0)
+        t["rest"] = t["total"] - sum(v for k, v in t.items() if k != "total")
+        rows.append(dict(t))
+    size = path.stat().st_size
+    med = {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}
+    print(f"{path.name} -> {out.name}, {fmt}, threads {threads}, median of {reps}: "
+          f"{med['total']:.2f} s = {size / med['total'] / 1e6:.0f} MB/s")
+    names = [("read", "read (_read_chunk)"), ("kernel", "kernel (codecs.quantize)"),
+             ("dequantize", "statistics: round trip (codecs.dequantize)"),
+             ("rest", "statistics: sums, max, checks (rest of the loop)"),
+             ("crc", "CRC-32 (APR)"), ("write", "output write (+ fsync)")]
+    print("| part | seconds | share |\n|---|---:|---:|")
+    for k, label in names:
+        print(f"| {label} | {med.get(k, 0.0):.3f} | {med.get(k, 0.0) / med['total']:.0%} |")
+    print(f"| total | {med['total']:.3f} | 100% |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "q4bench"))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", choices=sorted(INPUTS), action="append")
     ap.add_argument("--format", choices=("apr", "gguf"), default="apr")
+    ap.add_argument("--profile", action="store_true", help="in-process split of the time")
+    ap.add_argument("--threads", type=int, default=1, help="with --profile")
     args = ap.parse_args()
+    if args.profile:
+        os.makedirs(args.dir, exist_ok=True)
+        ext = ".apr" if args.format == "apr" else ".Q4_0.gguf"
+        for k in args.only or ["f32"]:
+            profile(ensure_input(args.dir, k), Path(args.dir) / f"profile-{k}{ext}",
+                    args.format, args.threads, args.reps)
+        return
     if not os.path.exists(TIME):
         raise SystemExit(f"{TIME} is missing (apt-get install time)")
     os.makedirs(args.dir, exist_ok=True)
