@@ -75,9 +75,9 @@ class _Timers(dict):
         return timed
 
 
-def profile(path, out, fmt, threads, reps):
+def profile(path, out, fmt, threads, reps, py=None):
     """Median over reps of each part of one in-process run (see the module docstring)."""
-    sys.path.insert(0, str(REPO / "py"))
+    sys.path.insert(0, py or str(REPO / "py"))
     import types
     import zlib
     from q4apr import codecs, pipeline, sinks
@@ -171,6 +171,8 @@ def main():
     ap.add_argument("--format", choices=("apr", "gguf"), default="apr")
     ap.add_argument("--profile", action="store_true", help="in-process split of the time")
     ap.add_argument("--threads", type=int, default=1, help="with --profile")
+    ap.add_argument("--py", help="with --profile: the q4apr package's folder (e.g. an older "
+                                 "commit's py/, from git archive), to compare")
     ap.add_argument("--vs-gguf", action="store_true", help="CLI vs gguf-py's kernel, by threads")
     ap.add_argument("--threads-list", default="1,2", help="with --vs-gguf")
     args = ap.parse_args()
@@ -184,7 +186,7 @@ def main():
         ext = ".apr" if args.format == "apr" else ".Q4_0.gguf"
         for k in args.only or ["f32"]:
             profile(ensure_input(args.dir, k), Path(args.dir) / f"profile-{k}{ext}",
-                    args.format, args.threads, args.reps)
+                    args.format, args.threads, args.reps, args.py)
         return
     if not os.path.exists(TIME):
         raise SystemExit(f"{TIME} is missing (apt-get install time)")

@@ -162,11 +162,12 @@ def _payload(blocks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _decode_into(y: np.ndarray, q: np.ndarray, d16: np.ndarray) -> None:
-    """y = (q - 8) * d16 per 32-block, in the f32 steps of the _dequantize_chunk kernels (so
-    the values are the same): the round trip taken from the codes before they are packed."""
-    np.copyto(y, q, casting="unsafe")
-    y -= _F32(8)
+def _decode_into(y: np.ndarray, q: np.ndarray, d16: np.ndarray, tmp8: np.ndarray) -> None:
+    """y = (q - 8) * d16 per 32-block, the values of the _dequantize_chunk kernels (q - 8 is
+    exact in int8 as in f32): the round trip taken from the codes before they are packed.
+    q: the codes 0..15 (int8 or uint8); tmp8: int8 scratch of q's size."""
+    np.subtract(q.view(np.int8), np.int8(8), out=tmp8)
+    np.copyto(y, tmp8, casting="unsafe")
     y *= np.repeat(d16.astype(np.float32), 32)
 
 
@@ -306,7 +307,7 @@ class AprQ4(_Codec):
         if not all_ok:
             nib.reshape(n, 32)[bad] = cls._slow_nibbles(x.reshape(n, 32)[bad], d[bad])
         if "y" in work:                                 # the round trip, as _dequantize_chunk
-            _decode_into(work["y"], nib, d16)
+            _decode_into(work["y"], nib, d16, tmp8)
 
         # Neighbours share a byte: read the nibbles as little-endian uint16
         # (lo | hi << 8); lo | hi << 4 is then the low byte of v | v >> 4.
@@ -419,7 +420,7 @@ class Q4_0(_Codec):
             d[bad] = db
         d16 = _to_f16(d, all_ok)
         if "y" in work:                                 # the round trip, as _dequantize_chunk
-            _decode_into(work["y"], q, d16)
+            _decode_into(work["y"], q, d16, work["v"][:m].view(np.int8))
 
         # byte j = q[j] | q[j+16] << 4.  On uint64 lanes, lanes 4b, 4b+1 hold
         # q[0:16] of block b and lanes 4b+2, 4b+3 hold q[16:32]: one 1-D shift by

@@ -412,7 +412,10 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
         out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)], dequantized=y)
         r = _Chunk(out)
         scales = codecs.scales_f16(q4, out)
-        if not np.isfinite(scales).all():
+        # |scale| on the f16 bits (native numpy's f16 isfinite/abs are slow): 0x7C00 and up
+        # is Inf or NaN, below 0x0400 (2^-14) a subnormal or zero
+        mag = np.bitwise_and(scales.view(np.uint16), np.uint16(0x7FFF))
+        if mag.max(initial=0) >= 0x7C00:
             bad = np.flatnonzero(~np.isfinite(x))
             if bad.size:
                 r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
@@ -421,7 +424,7 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
                 r.overflow = "a Q4 scale overflows f16"
             return r
         if dtype_out is APR_Q4:
-            r.low_scales = int(np.count_nonzero(np.abs(scales) < APRENDER_MIN_SCALE))
+            r.low_scales = int(np.count_nonzero(mag < np.uint16(0x0400)))   # APRENDER_MIN_SCALE
         r.signal = _unit_squares(x)
         np.subtract(y, x, out=y)
         r.noise = _unit_squares(y)
