@@ -150,17 +150,19 @@ def vs_gguf(path, fmt, threads_list, reps, side=8192):
     mbps = {t: size / statistics.median(r["seconds"] for r in runs[t]) / 1e6 for t in threads_list}
     print(f"\n{path.name} ({size / 1e9:.2f} GB) -> {fmt}, median of {reps}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; verify: {'ok' if ok else 'FAILED'}")
-    print("| CLI --threads | median s | MB/s | / gguf-py Q4_0 kernel | / 1 thread | peak RSS |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| CLI --threads | median s | MB/s | / gguf-py Q4_0 kernel | / 1 thread | peak RSS "
+          "| CPU s (cores used) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     base = threads_list[0]
     for t in threads_list:
         secs = statistics.median(r["seconds"] for r in runs[t])
         rss = max(r["rss_bytes"] for r in runs[t])
+        cpu = statistics.median(r["cpu_seconds"] for r in runs[t])
         print(f"| {t} | {secs:.2f} | {mbps[t]:.0f} | {mbps[t]:.0f} / {peer_mbps:.0f} = "
               f"**{mbps[t] / peer_mbps:.2f}×** | {mbps[t]:.0f} / {mbps[base]:.0f} = "
-              f"{mbps[t] / mbps[base]:.2f}× | {rss / 1e6:.0f} MB |")
+              f"{mbps[t] / mbps[base]:.2f}× | {rss / 1e6:.0f} MB | {cpu:.2f} ({cpu / secs:.2f}) |")
     print(f"| gguf-py Q4_0, {side}×{side} f32 (kernel alone) | {statistics.median(peer):.2f} | "
-          f"{peer_mbps:.0f} | | | |")
+          f"{peer_mbps:.0f} | | | | |")
 
 
 def main():
