@@ -216,3 +216,18 @@ def test_cancel_with_threads_stops_and_the_next_run_works(st_path, tmp_path):
     a, _ = run([st_path], threads=4, chunk_bytes=CHUNK)
     b, _ = run([st_path], threads=1)
     assert a == b
+
+
+def test_no_pool_under_pyodide(st_path, monkeypatch):
+    """Pyodide cannot start threads: Options(threads=N) there runs as threads=1."""
+    import concurrent.futures
+    from q4apr import pipeline
+
+    def refuse(*a, **kw):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(pipeline.sys, "platform", "emscripten")
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", refuse)
+    a, _ = run([st_path], threads=4, chunk_bytes=CHUNK)
+    monkeypatch.undo()
+    b, _ = run([st_path], threads=1, chunk_bytes=CHUNK)
+    assert a == b

@@ -15,6 +15,7 @@ has no threads: the page keeps threads=1, where no pool is made.
 import collections
 import dataclasses
 import os
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ def quantize_steps(model, sink, options):
     raw = max([chunk_elems * 4] + [e.dtype.nbytes(chunk_elems) for e, _ in decisions
                                    if not e.dtype.quantized])
     pool = None
-    if options.threads > 1:
+    if options.threads > 1 and sys.platform != "emscripten":   # Pyodide: no threads
         from concurrent.futures import ThreadPoolExecutor
         pool = ThreadPoolExecutor(options.threads, thread_name_prefix="q4apr")
     bufs = [_Buffers(chunk_elems, raw) for _ in range(options.threads + 1 if pool else 1)]
