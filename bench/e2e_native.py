@@ -1,12 +1,27 @@
 """The native CLI end to end: `python -m q4apr quantize` on large safetensors, MB/s and peak RSS.
 
     python bench/e2e_native.py [--dir /tmp/q4bench] [--reps 3] [--only f32|f16] [--format apr|gguf]
+    python bench/e2e_native.py --profile [--only f32] [--format apr|gguf] [--threads N]
+    python bench/e2e_native.py --vs-gguf [--reps 5] [--format apr|gguf] [--threads-list 1,2]
 
 Same inputs as bench/e2e_browser.py (generated with bench/make_model.py when missing).
 Each run is `/usr/bin/time -v python -m q4apr quantize IN -o OUT --force -q` in a fresh
 process, the inputs interleaved; MB/s = input bytes / wall time (median), peak RSS =
 time's "Maximum resident set size" (largest over the runs).  The output is checked with
 `python -m q4apr verify`.  A benchmark: prints figures, asserts nothing about time.
+
+--profile runs the pipeline in this process instead, with the pipeline's pieces wrapped
+in timers, and splits the wall time into read (pipeline._read_chunk), kernel
+(codecs.quantize), statistics (codecs.dequantize for the round trip, or the fused
+codecs.quantize(..., dequantized=) overhead when present, plus the per-chunk sums: the
+rest of the loop), CRC (APR's zlib.crc32), output write (FileSink.write, finish's fsync).
+Timers add up across threads, so profile with --threads 1.
+
+--vs-gguf times, interleaved in one run, the CLI on the 1 GiB F32 file with each
+--threads count and gguf-py's Q4_0 kernel alone (gguf.quants.quantize) on an 8192x8192
+float32 array in this process (bench/kernels.py's data), and prints the ratios with both
+sides: CLI MB/s (file bytes / wall time) over gguf-py's MB/s (float32 bytes / kernel
+time), N threads over 1 thread, and each run's peak RSS.
 """
 
 import argparse
@@ -27,10 +42,10 @@ from e2e_browser import INPUTS, ensure_input   # noqa: E402
 TIME = "/usr/bin/time"
 
 
-def run_cli(path, out, fmt):
+def run_cli(path, out, fmt, threads=None):
     env = dict(os.environ, PYTHONPATH=str(REPO / "py"))
     cmd = [TIME, "-v", sys.executable, "-m", "q4apr", "quantize", str(path), "-o", str(out),
-           "--format", fmt, "--force", "-q"]
+           "--format", fmt, "--force", "-q"] + (["--threads", str(threads)] if threads else [])
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
@@ -49,13 +64,132 @@ def verify(path):
     return r.returncode == 0
 
 
+class _Timers(dict):
+    def wrap(self, key, fn):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self[key] = self.get(key, 0.0) + time.perf_counter() - t0
+        return timed
+
+
+def profile(path, out, fmt, threads, reps, py=None):
+    """Median over reps of each part of one in-process run (see the module docstring)."""
+    sys.path.insert(0, py or str(REPO / "py"))
+    import types
+    import zlib
+    from q4apr import codecs, pipeline, sinks
+    from q4apr.formats import open_model
+    opts = {"format": fmt}
+    if "threads" in {f.name for f in __import__("dataclasses").fields(pipeline.Options)}:
+        opts["threads"] = threads
+    rows = []
+    for _ in range(reps):
+        t = _Timers()
+        saved = (pipeline._read_chunk, codecs.quantize, codecs.dequantize, pipeline.zlib,
+                 sinks.FileSink.write, sinks.FileSink.finish)
+        pipeline._read_chunk = t.wrap("read", pipeline._read_chunk)
+        codecs.quantize = t.wrap("kernel", codecs.quantize)
+        codecs.dequantize = t.wrap("dequantize", codecs.dequantize)
+        pipeline.zlib = types.SimpleNamespace(crc32=t.wrap("crc", zlib.crc32))
+        sinks.FileSink.write = t.wrap("write", sinks.FileSink.write)
+        sinks.FileSink.finish = t.wrap("write", sinks.FileSink.finish)
+        try:
+            t0 = time.perf_counter()
+            with open_model([str(path)]) as model:
+                pipeline.quantize(model, sinks.FileSink(str(out)), pipeline.Options(**opts))
+            t["total"] = time.perf_counter() - t0
+        finally:
+            (pipeline._read_chunk, codecs.quantize, codecs.dequantize, pipeline.zlib,
+             sinks.FileSink.write, sinks.FileSink.finish) = saved
+        t["kernel"] -= t.get("fused", 0.0)
+        t["rest"] = t["total"] - sum(v for k, v in t.items() if k != "total")
+        rows.append(dict(t))
+    size = path.stat().st_size
+    med = {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}
+    print(f"{path.name} -> {out.name}, {fmt}, threads {threads}, median of {reps}: "
+          f"{med['total']:.2f} s = {size / med['total'] / 1e6:.0f} MB/s")
+    names = [("read", "read (_read_chunk)"), ("kernel", "kernel (codecs.quantize)"),
+             ("dequantize", "statistics: round trip (codecs.dequantize)"),
+             ("rest", "statistics: sums, max, checks (rest of the loop)"),
+             ("crc", "CRC-32 (APR)"), ("write", "output write (+ fsync)")]
+    print("| part | seconds | share |\n|---|---:|---:|")
+    for k, label in names:
+        print(f"| {label} | {med.get(k, 0.0):.3f} | {med.get(k, 0.0) / med['total']:.0%} |")
+    print(f"| total | {med['total']:.3f} | 100% |")
+
+
+def vs_gguf(path, fmt, threads_list, reps, side=8192):
+    sys.path.insert(0, str(HERE))
+    from kernels import load_peer, make_data
+    gguf_quantize, Q4_0 = load_peer()
+    if gguf_quantize is None:
+        raise SystemExit("gguf-py is not installed (pip install gguf)")
+    a = make_data(side * side).reshape(side, side)
+    size = path.stat().st_size
+    ext = ".apr" if fmt == "apr" else ".Q4_0.gguf"
+    out = Path(path).parent / f"vs-gguf{ext}"
+    runs = {t: [] for t in threads_list}
+    peer = []
+    for rep in range(reps):
+        for t in threads_list:
+            r = run_cli(path, out, fmt, t)
+            runs[t].append(r)
+            print(f"rep {rep + 1}: CLI --threads {t}: {r['seconds']:.2f} s "
+                  f"({size / r['seconds'] / 1e6:.0f} MB/s), peak RSS {r['rss_bytes'] / 1e6:.0f} MB",
+                  flush=True)
+        t0 = time.perf_counter()
+        gguf_quantize(a, Q4_0)
+        peer.append(time.perf_counter() - t0)
+        print(f"rep {rep + 1}: gguf-py Q4_0 {side}x{side}: {peer[-1]:.2f} s "
+              f"({a.nbytes / peer[-1] / 1e6:.0f} MB/s)", flush=True)
+    ok = verify(out)
+    peer_mbps = a.nbytes / statistics.median(peer) / 1e6
+    mbps = {t: size / statistics.median(r["seconds"] for r in runs[t]) / 1e6 for t in threads_list}
+    print(f"\n{path.name} ({size / 1e9:.2f} GB) -> {fmt}, median of {reps}, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; verify: {'ok' if ok else 'FAILED'}")
+    print("| CLI --threads | median s | MB/s | / gguf-py Q4_0 kernel | / 1 thread | peak RSS "
+          "| CPU s (cores used) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    base = threads_list[0]
+    for t in threads_list:
+        secs = statistics.median(r["seconds"] for r in runs[t])
+        rss = max(r["rss_bytes"] for r in runs[t])
+        cpu = statistics.median(r["cpu_seconds"] for r in runs[t])
+        print(f"| {t} | {secs:.2f} | {mbps[t]:.0f} | {mbps[t]:.0f} / {peer_mbps:.0f} = "
+              f"**{mbps[t] / peer_mbps:.2f}×** | {mbps[t]:.0f} / {mbps[base]:.0f} = "
+              f"{mbps[t] / mbps[base]:.2f}× | {rss / 1e6:.0f} MB | {cpu:.2f} ({cpu / secs:.2f}) |")
+    print(f"| gguf-py Q4_0, {side}×{side} f32 (kernel alone) | {statistics.median(peer):.2f} | "
+          f"{peer_mbps:.0f} | | | | |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "q4bench"))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", choices=sorted(INPUTS), action="append")
     ap.add_argument("--format", choices=("apr", "gguf"), default="apr")
+    ap.add_argument("--profile", action="store_true", help="in-process split of the time")
+    ap.add_argument("--threads", type=int, default=1, help="with --profile")
+    ap.add_argument("--py", help="with --profile: the q4apr package's folder (e.g. an older "
+                                 "commit's py/, from git archive), to compare")
+    ap.add_argument("--vs-gguf", action="store_true", help="CLI vs gguf-py's kernel, by threads")
+    ap.add_argument("--threads-list", default="1,2", help="with --vs-gguf")
     args = ap.parse_args()
+    if args.vs_gguf:
+        os.makedirs(args.dir, exist_ok=True)
+        vs_gguf(ensure_input(args.dir, "f32"), args.format,
+                [int(t) for t in args.threads_list.split(",")], args.reps)
+        return
+    if args.profile:
+        os.makedirs(args.dir, exist_ok=True)
+        ext = ".apr" if args.format == "apr" else ".Q4_0.gguf"
+        for k in args.only or ["f32"]:
+            profile(ensure_input(args.dir, k), Path(args.dir) / f"profile-{k}{ext}",
+                    args.format, args.threads, args.reps, args.py)
+        return
     if not os.path.exists(TIME):
         raise SystemExit(f"{TIME} is missing (apt-get install time)")
     os.makedirs(args.dir, exist_ok=True)

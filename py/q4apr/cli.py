@@ -15,7 +15,7 @@ from ._version import __version__
 from .errors import Cancelled, Q4Error
 from .inspection import inspect_model, verify_file
 from .formats import open_model
-from .pipeline import Options, output_name, quantize
+from .pipeline import MAX_THREADS, Options, output_name, quantize
 from .report import format_table, human_bytes
 from .sinks import FileSink
 
@@ -52,6 +52,9 @@ def build_parser():
                    help="write NaN/Inf weights as they are (counted in the report) instead of "
                         "refusing them; a tensor that would be quantized is kept at F32")
     q.add_argument("--chunk-mb", type=float, default=4.0, help="working chunk size (default 4)")
+    q.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="chunks converted at once (default: the cores there are, here "
+                        f"{os.cpu_count() or 1}); the output is the same for every N")
     q.add_argument("--force", action="store_true", help="replace an existing output file")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -89,7 +92,8 @@ def cmd_quantize(args):
     options = Options(format=fmt, keep_embeddings_f16=args.keep_embeddings_f16,
                       keep_output_f16=args.keep_output_f16, pure=args.pure, type=args.type,
                       skip=tuple(args.skip), chunk_bytes=int(args.chunk_mb * (1 << 20)),
-                      allow_non_finite=args.allow_non_finite)
+                      allow_non_finite=args.allow_non_finite,
+                      threads=min(args.threads, MAX_THREADS))
     with open_model(args.inputs) as model:
         named = model.name if model.description is not None else None
         out = args.output or os.path.join(os.path.dirname(os.path.normpath(args.inputs[0])),

@@ -162,6 +162,15 @@ def _payload(blocks: np.ndarray) -> np.ndarray:
     return out
 
 
+def _decode_into(y: np.ndarray, q: np.ndarray, d16: np.ndarray, tmp8: np.ndarray) -> None:
+    """y = (q - 8) * d16 per 32-block, the values of the _dequantize_chunk kernels (q - 8 is
+    exact in int8 as in f32): the round trip taken from the codes before they are packed.
+    q: the codes 0..15 (int8 or uint8); tmp8: int8 scratch of q's size."""
+    np.subtract(q.view(np.int8), np.int8(8), out=tmp8)
+    np.copyto(y, tmp8, casting="unsafe")
+    y *= np.repeat(d16.astype(np.float32), 32)
+
+
 class _Codec:
     """Common block bookkeeping; subclasses implement the per-chunk kernels."""
 
@@ -170,6 +179,7 @@ class _Codec:
     type_size: int = 0
     allows_partial_block: bool = False
     f16_scales: tuple = (0, 1)           # (byte offset, count) of the f16 scales in a block
+    fuses_dequantize: bool = False       # _quantize_chunk fills work["y"] (the decoded values)
 
     def __init__(self):
         raise TypeError("codec classes are used through their classmethods")
@@ -218,8 +228,9 @@ class _Codec:
 
     # -- helpers ----------------------------------------------------------------------
     @classmethod
-    def _quantize_rows(cls, flat: np.ndarray, out2d: np.ndarray) -> None:
-        """Whole blocks: flat f32 (contiguous, len n*32) -> out2d (n, type_size)."""
+    def _quantize_rows(cls, flat: np.ndarray, out2d: np.ndarray, y: np.ndarray | None = None) -> None:
+        """Whole blocks: flat f32 (contiguous, len n*32) -> out2d (n, type_size); y (n*32 f32,
+        codecs with fuses_dequantize only) receives what dequantize would give back."""
         n = out2d.shape[0]
         if n == 0:
             return
@@ -234,6 +245,8 @@ class _Codec:
         with _errstate():
             for s in range(0, n, cb):
                 e = min(n, s + cb)
+                if y is not None:
+                    work["y"] = y[s * 32:e * 32]
                 cls._quantize_chunk(flat[s * 32:e * 32], out2d[s:e], work)
 
 
@@ -254,6 +267,7 @@ class AprQ4(_Codec):
     block_size = 32
     type_size = 18
     allows_partial_block = True
+    fuses_dequantize = True
 
     # Fast-path window for the f32 scale: d/2 must be exact (normal f32) and finite.
     _D_MIN = 2.0 ** -125
@@ -292,6 +306,8 @@ class AprQ4(_Codec):
         np.right_shift(nib, np.int8(1), out=nib)
         if not all_ok:
             nib.reshape(n, 32)[bad] = cls._slow_nibbles(x.reshape(n, 32)[bad], d[bad])
+        if "y" in work:                                 # the round trip, as _dequantize_chunk
+            _decode_into(work["y"], nib, d16, tmp8)
 
         # Neighbours share a byte: read the nibbles as little-endian uint16
         # (lo | hi << 8); lo | hi << 4 is then the low byte of v | v >> 4.
@@ -357,6 +373,7 @@ class Q4_0(_Codec):
     ggml_type = 2
     block_size = 32
     type_size = 18
+    fuses_dequantize = True
 
     # |max| >= 2**-123 keeps d = max/-8 a normal f32, so 1/d is finite.
     _M_MIN = 2.0 ** -123
@@ -402,6 +419,8 @@ class Q4_0(_Codec):
             q.reshape(n, 32)[bad] = qb
             d[bad] = db
         d16 = _to_f16(d, all_ok)
+        if "y" in work:                                 # the round trip, as _dequantize_chunk
+            _decode_into(work["y"], q, d16, work["v"][:m].view(np.int8))
 
         # byte j = q[j] | q[j+16] << 4.  On uint64 lanes, lanes 4b, 4b+1 hold
         # q[0:16] of block b and lanes 4b+2, 4b+3 hold q[16:32]: one 1-D shift by
@@ -532,7 +551,8 @@ def nbytes(codec, n_elements: int) -> int:
     return n_blocks(c, n_elements) * c.type_size
 
 
-def quantize(codec, x_flat, out: np.ndarray | None = None) -> np.ndarray:
+def quantize(codec, x_flat, out: np.ndarray | None = None,
+             dequantized: np.ndarray | None = None) -> np.ndarray:
     """Flat float32 values -> 1-D uint8 blocks.
 
     APR Q4 takes any length (the short last block is zero padded, padding
@@ -540,6 +560,10 @@ def quantize(codec, x_flat, out: np.ndarray | None = None) -> np.ndarray:
     Q8_0 and Q5_0 need a multiple of 32.  Blocks are independent,
     so a long tensor can be fed chunk by chunk as long as every chunk but the
     last holds whole blocks.
+
+    dequantized (contiguous float32, as many values as x) receives
+    dequantize(codec, result, n): APR Q4 and Q4_0 take it from the codes before
+    they are packed (much cheaper than unpacking them again), the others decode.
     """
     c = get_codec(codec)
     x = np.ascontiguousarray(x_flat, dtype=np.float32).reshape(-1)
@@ -553,18 +577,33 @@ def quantize(codec, x_flat, out: np.ndarray | None = None) -> np.ndarray:
     elif out.dtype != np.uint8 or out.ndim != 1 or out.size != size or not out.flags.c_contiguous:
         raise ValueError(f"{c.name}: out must be contiguous 1-D uint8 of {size} bytes")
     out2d = out.reshape(-1, c.type_size)
-    c._quantize_rows(x[: full * c.block_size], out2d[:full])
+    fused = dequantized is not None and c.fuses_dequantize
+    if dequantized is not None and (dequantized.dtype != np.float32 or dequantized.shape != (n,)
+                                    or not dequantized.flags.c_contiguous):
+        raise ValueError(f"{c.name}: dequantized must be contiguous 1-D float32 of {n} values")
+    if fused:
+        c._quantize_rows(x[: full * c.block_size], out2d[:full], dequantized[: full * c.block_size])
+    else:
+        c._quantize_rows(x[: full * c.block_size], out2d[:full])
     if rest:
         pad = np.zeros(c.block_size, dtype=np.float32)
         pad[:rest] = x[full * c.block_size:]
         last = out2d[full:]
-        c._quantize_rows(pad, last)
+        if fused:
+            y_pad = np.empty(c.block_size, np.float32)
+            c._quantize_rows(pad, last, y_pad)
+        else:
+            c._quantize_rows(pad, last)
+        if fused:   # the padding's nibbles, zeroed below, are past the values kept
+            dequantized[full * c.block_size:] = y_pad[:rest]
         if c is AprQ4:
             # Aprender leaves the padding nibbles at 0 (not 8).
             qs = last[0, 2:]
             if rest % 2:
                 qs[rest // 2] &= 0x0F
             qs[(rest + 1) // 2:] = 0
+    if dequantized is not None and not fused:
+        dequantize(c, out, n, out=dequantized)
     return out
 
 

@@ -4,10 +4,18 @@ other, chunk by chunk, through buffers reused for the whole run.
 quantize_steps is a generator that yields after every chunk: the CLI drives it
 in a loop, the browser worker awaits between steps so a Cancel is seen at once.
 Peak extra memory is a few chunks, whatever the model's size.
+
+With Options(threads=N > 1) the chunks of a tensor are converted by N threads (numpy
+releases the GIL in its kernels) while this generator reads the next ones and writes the
+finished ones strictly in order: at most N + 1 chunks are in flight, each with its own
+buffers, so the output, the report and the first error are those of threads=1.  Pyodide
+has no threads: the page keeps threads=1, where no pool is made.
 """
 
+import collections
 import dataclasses
 import os
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -24,7 +32,9 @@ from .report import Report, TensorReport
 FORMATS = ("apr", "gguf")
 APRENDER_MIN_SCALE = 2.0 ** -14  # Aprender reads smaller scales as 0
 MAX_CHUNK = 256 << 20
+MAX_THREADS = 256
 _ABS_BITS = np.int32(0x7FFFFFFF)
+_SUM_UNIT = 256   # sums of squares: f32 sums of 256 values from the tensor's start, added in f64
 
 
 @dataclass
@@ -37,6 +47,7 @@ class Options:
     skip: tuple = ()
     chunk_bytes: int = 4 << 20
     allow_non_finite: bool = False   # write NaN/Inf as they are (counted) instead of refusing
+    threads: int = 1                 # chunks converted at once (the CLI: every core)
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -52,6 +63,10 @@ class Options:
             raise BadInput(f"chunk size {self.chunk_bytes!r} is too small (at least 128 bytes)")
         if self.chunk_bytes > MAX_CHUNK:   # buffers are a few chunks: keep them far below 2 GiB
             raise BadInput(f"chunk size {self.chunk_bytes} is too large (at most {MAX_CHUNK} bytes)")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or \
+                not 1 <= self.threads <= MAX_THREADS:
+            raise BadInput(f"threads must be a whole number from 1 to {MAX_THREADS}, "
+                           f"got {self.threads!r}")
         if not isinstance(self.allow_non_finite, bool):
             raise BadInput(f"allow_non_finite must be true or false, got {self.allow_non_finite!r}")
 
@@ -130,15 +145,35 @@ def make_layout(model, options, decisions, params):
 
 
 class _Buffers:
-    """Scratch space for one run, sized by the chunk, reused by every tensor."""
+    """Scratch space for one chunk in flight, sized by the chunk, reused by every tensor
+    (np.empty: pages a run never touches, e.g. F16 output, take no memory)."""
 
-    def __init__(self, chunk_elems):
+    def __init__(self, chunk_elems, raw_bytes=None):
         self.n = chunk_elems
-        self.raw = bytearray(chunk_elems * 8)              # F64 is the widest input
+        self.raw = bytearray(raw_bytes or chunk_elems * 8)  # F64 is the widest input
         self.x = np.empty(chunk_elems, np.float32)          # decoded input
         self.y = np.empty(chunk_elems, np.float32)          # decoded output, for the error
         self.f16 = np.empty(chunk_elems, np.float16)
         self.q = np.empty(chunk_elems // 32 * 34 + 34, np.uint8)  # widest block type
+
+
+class _Now:
+    """A finished 'future' for threads=1: the chunk is converted when it is read."""
+
+    def __init__(self, fn):
+        self._r = self._e = None
+        try:
+            self._r = fn()
+        except Exception as e:   # handed over in order, as a pool's future would
+            self._e = e
+
+    def result(self):
+        if self._e is not None:
+            raise self._e
+        return self._r
+
+    def cancel(self):
+        return False
 
 
 def quantize_steps(model, sink, options):
@@ -149,7 +184,13 @@ def quantize_steps(model, sink, options):
     layout = make_layout(model, options, decisions, params)
     total = sum(e.nbytes for e, _ in decisions)
     chunk_elems = max(256, options.chunk_bytes // 4 // 256 * 256)   # whole Q4_K/Q6_K blocks
-    bufs = _Buffers(chunk_elems)
+    raw = max([chunk_elems * 4] + [e.dtype.nbytes(chunk_elems) for e, _ in decisions
+                                   if not e.dtype.quantized])
+    pool = None
+    if options.threads > 1 and sys.platform != "emscripten":   # Pyodide: no threads
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(options.threads, thread_name_prefix="q4apr")
+    bufs = [_Buffers(chunk_elems, raw) for _ in range(options.threads + 1 if pool else 1)]
     described = model.description is not None
     report = Report(model.format, [os.path.basename(p) for p in model.paths],
                     sum(os.path.getsize(p) for p in model.paths), options.format,
@@ -166,12 +207,13 @@ def quantize_steps(model, sink, options):
             try:
                 stats = yield from _write_tensor(entry, decision.dtype_out, sink, bufs,
                                                  done, total, layout, crc,
-                                                 options.allow_non_finite)
+                                                 options.allow_non_finite, pool)
             except _Overflow as why:
                 sink.truncate(start)
                 decision = policy.Decision(F32, "convert", f"{why}: kept at F32")
                 stats = yield from _write_tensor(entry, F32, sink, bufs, done, total,
-                                                 layout, crc_start, options.allow_non_finite)
+                                                 layout, crc_start, options.allow_non_finite,
+                                                 pool)
             crc = stats["crc"]
             size = sink.size - start
             crc = _pad(sink, layout.tensor_end(sink.size), layout, crc)
@@ -192,6 +234,9 @@ def quantize_steps(model, sink, options):
     except BaseException:
         sink.abort()
         raise
+    finally:
+        if pool is not None:   # _write_tensor has waited for its chunks already
+            pool.shutdown(wait=True, cancel_futures=True)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -237,8 +282,13 @@ def _read_chunk(f, view, path, name):
         got += n
 
 
-def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_nf=False):
-    """Stream one tensor; a generator yielding Progress; returns stats (crc, mse, ...)."""
+def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow_nf=False,
+                  pool=None):
+    """Stream one tensor; a generator yielding Progress; returns stats (crc, mse, ...).
+
+    The chunks are read here in order, converted by _convert (in `pool` when given, at most
+    len(slots) at once, each in its own buffers) and their results taken here in order:
+    writes, the CRC, the sums and the first error are those of a run without threads."""
     with_crc = layout.format == "apr"
     src = entry.dtype
     path = entry.path
@@ -259,6 +309,7 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
     except OSError as e:
         raise BadInput(f"cannot read ({e.strerror or e})", path, entry.name) from None
     with f:
+        bufs = slots[0]
         if dtype_out is src and not entry.transformed:
             # a copy: the bytes as they are, chunk by chunk (whole blocks, to check the scales)
             left, pos = entry.nbytes, 0
@@ -283,62 +334,48 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
             stats["crc"] = crc
             return stats
         q4 = codecs.CODECS.get(dtype_out.name)
+        if q4 is None and dtype_out not in (F16, F32):
+            raise Q4Error(f"internal: no conversion {src.name} -> {dtype_out.name}")
         sq, signal, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0.0, 0, 0, 0
-        while i < n_total:
-            n = min(bufs.n, n_total - i)
-            k = src.nbytes(n)
-            view = memoryview(bufs.raw)[:k]
-            _read_chunk(f, view, path, entry.name)
-            x = _decode(src, view, n, bufs.x[:n])
-            if src.name == "F64":
-                _check_f32_range(view, x, n, i, path, entry.name)
-            if entry.add is not None:   # as llama.cpp's converter: in f32, or in f16 for F16
-                x = np.add(x, np.float32(entry.add), out=bufs.x[:n])
-                if src is F16:
-                    x[:] = x.astype(np.float16)
-            if q4 is not None:
-                out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)])
-                scales = codecs.scales_f16(q4, out)
-                if not np.isfinite(scales).all():
-                    bad = np.flatnonzero(~np.isfinite(x))
-                    if bad.size:
-                        non_finite((bad.size, bad[0], f"non-finite weight {x[bad[0]]}"), i)
-                        raise _Overflow("non-finite values cannot be quantized")
-                    raise _Overflow("a Q4 scale overflows f16")
-                if dtype_out is APR_Q4:
-                    low_scales += int(np.count_nonzero(np.abs(scales) < APRENDER_MIN_SCALE))
-                y = codecs.dequantize(q4, out, n, out=bufs.y[:n])
-                signal += float(np.dot(x, x))
-                np.subtract(y, x, out=y)
-                sq += float(np.dot(y, y))
-                # max|y| on the f32 bits with the sign cleared: they order like the values
-                # (y is finite here).  Under Pyodide np.abs on mixed signs branches per
-                # element and costs ~10x this.
-                yi = y.view(np.int32)
-                np.bitwise_and(yi, _ABS_BITS, out=yi)
-                maxerr = max(maxerr, float(yi.max().view(np.float32)) if n else 0.0)
-            elif dtype_out is F16:
-                out = bufs.f16[:n]
-                with np.errstate(over="ignore"):
-                    np.copyto(out, x, casting="same_kind")
-                if not np.isfinite(out).all():
-                    bad = np.flatnonzero(~np.isfinite(x))
-                    if bad.size:
-                        non_finite((bad.size, bad[0], f"non-finite weight {x[bad[0]]}"), i)
-                    if (np.isfinite(x) & ~np.isfinite(out)).any():
-                        raise _Overflow("a value is beyond F16's range")
-            elif dtype_out is F32:
-                out = x
-                non_finite(nonfinite.scan(F32, memoryview(x).cast("B"), bufs.y), i)
-            else:
-                raise Q4Error(f"internal: no conversion {src.name} -> {dtype_out.name}")
-            mv = memoryview(out).cast("B")
-            sink.write(mv)
-            if with_crc:
-                crc = zlib.crc32(mv, crc)
-            i += n
-            pos_in += k
-            yield Progress(done + pos_in, total, entry.name)
+        free, pending = list(slots), collections.deque()
+        try:
+            while i < n_total or pending:
+                while i < n_total and free:   # read ahead while a slot is free
+                    slot = free.pop()
+                    n = min(slot.n, n_total - i)
+                    k = src.nbytes(n)
+                    view = memoryview(slot.raw)[:k]
+                    _read_chunk(f, view, path, entry.name)
+                    args = (slot, view, n, i, src, dtype_out, q4, entry.add, path, entry.name)
+                    job = pool.submit(_convert, *args) if pool else _Now(lambda: _convert(*args))
+                    pending.append((job, slot, i, k))
+                    i += n
+                job, slot, start, k = pending[0]
+                r = job.result()
+                pending.popleft()
+                free.append(slot)
+                non_finite(r.non_finite, start)
+                if r.overflow:
+                    raise _Overflow(r.overflow)
+                if q4 is not None:
+                    signal = _accumulate(signal, r.signal)
+                    sq = _accumulate(sq, r.noise)
+                    maxerr = max(maxerr, r.maxerr)
+                    low_scales += r.low_scales
+                mv = memoryview(r.out).cast("B")
+                sink.write(mv)
+                if with_crc:
+                    crc = zlib.crc32(mv, crc)
+                pos_in += k
+                yield Progress(done + pos_in, total, entry.name)
+        finally:   # an error, an overflow or a cancel: no thread may still use the buffers
+            for job, *_ in pending:
+                job.cancel()
+            for job, *_ in pending:
+                try:
+                    job.result()
+                except BaseException:
+                    pass
     stats["crc"] = crc
     if q4 is not None:
         stats["mse"] = sq / n_total if n_total else 0.0
@@ -348,6 +385,91 @@ def _write_tensor(entry, dtype_out, sink, bufs, done, total, layout, crc, allow_
             stats["warning"] = (f"{low_scales} block(s) have a scale below 2^-14: Aprender "
                                 "decodes them as zeros")
     return stats
+
+
+class _Chunk:
+    """What converting one chunk gives: the output bytes, what _write_tensor must check in
+    order (the first non-finite value, an overflow), and the chunk's share of the figures."""
+    __slots__ = ("out", "non_finite", "overflow", "signal", "noise", "maxerr", "low_scales")
+
+    def __init__(self, out):
+        self.out, self.non_finite, self.overflow = out, None, None
+        self.signal = self.noise = None
+        self.maxerr, self.low_scales = 0.0, 0
+
+
+def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
+    """Decode n elements (flat index i on) from view and convert them to dtype_out in bufs;
+    no side effect beyond bufs, so chunks may be converted on several threads at once."""
+    x = _decode(src, view, n, bufs.x[:n])
+    if src.name == "F64":
+        _check_f32_range(view, x, n, i, path, name)
+    if add is not None:   # as llama.cpp's converter: in f32, or in f16 for F16
+        x = np.add(x, np.float32(add), out=bufs.x[:n])
+        if src is F16:
+            x[:] = x.astype(np.float16)
+    if q4 is not None:
+        y = bufs.y[:n]   # the round trip for the error, fused into the kernel
+        out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)], dequantized=y)
+        r = _Chunk(out)
+        scales = codecs.scales_f16(q4, out)
+        # |scale| on the f16 bits (native numpy's f16 isfinite/abs are slow): 0x7C00 and up
+        # is Inf or NaN, below 0x0400 (2^-14) a subnormal or zero
+        mag = np.bitwise_and(scales.view(np.uint16), np.uint16(0x7FFF))
+        if mag.max(initial=0) >= 0x7C00:
+            bad = np.flatnonzero(~np.isfinite(x))
+            if bad.size:
+                r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
+                r.overflow = "non-finite values cannot be quantized"
+            else:
+                r.overflow = "a Q4 scale overflows f16"
+            return r
+        if dtype_out is APR_Q4:
+            r.low_scales = int(np.count_nonzero(mag < np.uint16(0x0400)))   # APRENDER_MIN_SCALE
+        r.signal = _unit_squares(x)
+        np.subtract(y, x, out=y)
+        r.noise = _unit_squares(y)
+        # max|y| on the f32 bits with the sign cleared: they order like the values
+        # (y is finite here).  Under Pyodide np.abs on mixed signs branches per
+        # element and costs ~10x this.
+        yi = y.view(np.int32)
+        np.bitwise_and(yi, _ABS_BITS, out=yi)
+        r.maxerr = float(yi.max().view(np.float32)) if n else 0.0
+        return r
+    if dtype_out is F16:
+        out = bufs.f16[:n]
+        r = _Chunk(out)
+        with np.errstate(over="ignore"):
+            np.copyto(out, x, casting="same_kind")
+        if not np.isfinite(out).all():
+            bad = np.flatnonzero(~np.isfinite(x))
+            if bad.size:
+                r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
+            if (np.isfinite(x) & ~np.isfinite(out)).any():
+                r.overflow = "a value is beyond F16's range"
+        return r
+    r = _Chunk(x)   # F32
+    r.non_finite = nonfinite.scan(F32, memoryview(x).cast("B"), bufs.y)
+    return r
+
+
+def _unit_squares(v):
+    """The sums of squares of v's _SUM_UNIT-value units (f32 dot products: einsum row by
+    row, ~2.5x one np.dot and no temporary; a short last unit on its own).  Chunks start at
+    a multiple of _SUM_UNIT elements, so the units are the same whatever the chunking."""
+    n = v.size
+    k = n - n % _SUM_UNIT
+    rows = v[:k].reshape(-1, _SUM_UNIT)
+    units = np.einsum("ij,ij->i", rows, rows)
+    if k < n:
+        units = np.concatenate([units, np.einsum("i,i->", v[k:], v[k:]).reshape(1)])
+    return units
+
+
+def _accumulate(acc, units):
+    """acc + the units, added one after the other in f64 (np.add.accumulate is sequential):
+    the same figure whatever the chunk size or the thread count."""
+    return float(np.add.accumulate(np.concatenate([[acc], units], dtype=np.float64))[-1])
 
 
 def _decode(src, view, n, out):

@@ -1,0 +1,233 @@
+"""Options(threads=N) / --threads N: the same bytes, the same report and the same first
+error as threads=1, whatever the format, type or input; Ctrl-C leaves nothing behind.
+
+Small chunks (CHUNK bytes), so every tensor is many chunks and several are in flight.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hostile
+from helpers import llama_like, run, write_gguf_tensors
+
+import q4apr
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHUNK = 4096   # 1024 F32 values: a 256x64 matrix is 16 chunks
+
+
+def same(paths, **options):
+    """Run with 1 and 4 threads; assert equal bytes and reports; return the report."""
+    a, ra = run(paths, threads=1, chunk_bytes=CHUNK, **options)
+    b, rb = run(paths, threads=4, chunk_bytes=CHUNK, **options)
+    ra["totals"].pop("seconds"), rb["totals"].pop("seconds")
+    assert a == b
+    assert ra == rb
+    return ra
+
+
+def tensors(rng):
+    t = llama_like(rng)
+    t["odd.weight"] = rng.standard_normal((37, 101)).astype(np.float32)   # short last block
+    t["big.weight"] = rng.standard_normal((256, 64 * 8)).astype(np.float32) * 0.02
+    return t
+
+
+@pytest.fixture
+def st_path(tmp_path):
+    from safetensors.numpy import save_file
+    p = tmp_path / "model.safetensors"
+    save_file(tensors(np.random.default_rng(3)), str(p))
+    return str(p)
+
+
+@pytest.mark.parametrize("fmt,qtype", [("apr", "Q4_0"), ("gguf", "Q4_0"), ("gguf", "Q4_K_M"),
+                                       ("apr", "Q4_K_M")])
+def test_safetensors_same_bytes_and_report(st_path, fmt, qtype):
+    rep = same([st_path], format=fmt, type=qtype)
+    assert any(t["action"] == "quantize" for t in rep["tensors"])
+
+
+def test_f16_outputs_and_keep(st_path):
+    same([st_path], format="gguf", keep_embeddings_f16=True, keep_output_f16=True)
+    same([st_path], format="apr", pure=True, skip=("*.odd.*", "big.*"))
+
+
+def test_gguf_input(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(5)
+    F32, F16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
+    p = tmp_path / "in.gguf"
+    w = gguf.GGUFWriter(str(p), "llama")
+    write_gguf_tensors(w, {
+        "token_embd.weight": (rng.standard_normal((128, 64)) * 0.02, F16),
+        "blk.0.attn_q.weight": (rng.standard_normal((64, 64)) * 0.02, F32),
+        "blk.0.ffn_up.weight": (rng.standard_normal((96, 64)) * 0.02, F16),
+        "blk.0.attn_norm.weight": (np.ones(64), F32),
+        "blk.0.q8.weight": (rng.standard_normal((64, 64)), gguf.GGMLQuantizationType.Q8_0),
+    })
+    for fmt in ("apr", "gguf"):
+        same([str(p)], format=fmt)
+
+
+def test_model_folder_tiny_llama():
+    hf = pytest.importorskip("fixtures.hf", reason="tests/fixtures/hf.py missing")
+    folder = str(hf.model_dir("tiny-llama"))
+    same([folder], format="gguf", type="Q4_K_M")
+    same([folder], format="apr")
+
+
+def test_figures_do_not_depend_on_the_chunk_size(st_path):
+    reps = [run([st_path], chunk_bytes=c, threads=t)[1] for c, t in
+            ((CHUNK, 1), (1 << 20, 1), (4 << 20, 3), (1024, 2), (5000, 1))]
+    for r in reps:
+        r["totals"].pop("seconds")
+    assert all(r == reps[0] for r in reps)
+
+
+def _st(tmp_path, arrays):
+    from safetensors.numpy import save_file
+    p = tmp_path / "m.safetensors"
+    save_file(arrays, str(p))
+    return str(p)
+
+
+@pytest.mark.parametrize("fmt", ["apr", "gguf"])
+def test_first_non_finite_value_wins(tmp_path, fmt):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((64, 256)).astype(np.float32)
+    b = rng.standard_normal((64, 256)).astype(np.float32)
+    a[40, 3] = np.inf       # in a late chunk of the first tensor written
+    a[60, 0] = np.nan
+    b[1, 1] = np.nan
+    p = _st(tmp_path, {"blk.a.weight": a, "blk.b.weight": b})
+    msgs = []
+    for threads in (1, 4):
+        with pytest.raises(q4apr.BadInput) as e:
+            run([p], format=fmt, threads=threads, chunk_bytes=CHUNK)
+        msgs.append((e.value.message, e.value.tensor))
+    assert msgs[0] == msgs[1]
+    assert msgs[0][1] == "blk.a.weight" and f"flat index {40 * 256 + 3}" in msgs[0][0]
+    same([p], format=fmt, allow_non_finite=True)   # counted, the tensors kept at F32
+
+
+def test_overflow_rewind_is_the_same(tmp_path):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((64, 256)).astype(np.float32)
+    a[50, 7] = 1e9            # a Q4 scale beyond f16: the tensor is written again at F32
+    c = rng.standard_normal((64, 256)).astype(np.float32)
+    c[63, 255] = 1e6
+    p = _st(tmp_path, {"blk.a.weight": a, "blk.c.weight": c,
+                       "blk.d.weight": rng.standard_normal((64, 256)).astype(np.float32)})
+    for fmt in ("apr", "gguf"):
+        rep = same([p], format=fmt)
+        assert [t["dtype_out"] for t in rep["tensors"] if t["name"] == "blk.a.weight"] == ["F32"]
+
+
+def test_f64_beyond_f32_names_the_same_index(tmp_path):
+    a = np.zeros((64, 64), np.float64)
+    a[30, 5] = 1e300
+    a[60, 1] = -1e300
+    p = tmp_path / "m.npy"
+    np.save(p, a)
+    msgs = []
+    for threads in (1, 3):
+        with pytest.raises(q4apr.BadInput) as e:
+            run([str(p)], threads=threads, chunk_bytes=1024)
+        msgs.append(e.value.message)
+    assert msgs[0] == msgs[1] and f"flat index {30 * 64 + 5}" in msgs[0]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", 10_000])
+def test_bad_thread_counts(bad):
+    with pytest.raises(q4apr.BadInput):
+        q4apr.Options(threads=bad)
+
+
+def test_cli_threads_same_file(st_path, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "py"))
+    outs = []
+    for threads in ("1", "4"):
+        out = tmp_path / f"t{threads}.gguf"
+        r = subprocess.run([sys.executable, "-m", "q4apr", "quantize", st_path, "-o", str(out),
+                            "--threads", threads, "--chunk-mb", "0.01", "-q", "--type", "Q4_K_M"],
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    r = subprocess.run([sys.executable, "-m", "q4apr", "quantize", st_path, "-o",
+                        str(tmp_path / "x.apr"), "--threads", "0"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "threads" in r.stderr
+    assert not (tmp_path / "x.apr").exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+def test_ctrl_c_with_threads_leaves_nothing(tmp_path):
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(0)
+    arrays = {f"model.layers.{i}.mlp.up_proj.weight":
+              rng.standard_normal((1024, 1024), dtype=np.float32) for i in range(16)}
+    src = tmp_path / "big.safetensors"
+    save_file(arrays, str(src))
+    before = hostile._digest(str(src))
+    out = tmp_path / "out.apr"
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "py"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "q4apr", "quantize", str(src), "--chunk-mb",
+                             "0.125", "--threads", "4", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        part = []
+        while time.monotonic() < deadline and proc.poll() is None and not part:
+            part = [n for n in os.listdir(tmp_path) if n.endswith(".part")]
+            time.sleep(0.002)
+        assert proc.poll() is None and part, "the run ended before it could be interrupted"
+        assert not out.exists()
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["big.safetensors"]
+    assert hostile._digest(str(src)) == before
+
+
+def test_cancel_with_threads_stops_and_the_next_run_works(st_path, tmp_path):
+    out = tmp_path / "o.apr"
+    calls = []
+    with q4apr.open_model([st_path]) as m:
+        with pytest.raises(q4apr.Cancelled):
+            q4apr.quantize(m, q4apr.FileSink(str(out)),
+                           q4apr.Options(threads=4, chunk_bytes=CHUNK),
+                           cancel=lambda: calls.append(1) or len(calls) > 5)
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+    a, _ = run([st_path], threads=4, chunk_bytes=CHUNK)
+    b, _ = run([st_path], threads=1)
+    assert a == b
+
+
+def test_no_pool_under_pyodide(st_path, monkeypatch):
+    """Pyodide cannot start threads: Options(threads=N) there runs as threads=1."""
+    import concurrent.futures
+    from q4apr import pipeline
+
+    def refuse(*a, **kw):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(pipeline.sys, "platform", "emscripten")
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", refuse)
+    a, _ = run([st_path], threads=4, chunk_bytes=CHUNK)
+    monkeypatch.undo()
+    b, _ = run([st_path], threads=1, chunk_bytes=CHUNK)
+    assert a == b
