@@ -16,12 +16,13 @@ pre-tokenizer, or a vocabulary whose hash the converter does not know, is refuse
 converter refuses it.
 """
 
+import gc
 import hashlib
 import json
-import os
 import struct
 
 from .errors import BadInput
+from .folder import read_small
 from .model import load_json
 from . import tokenizer_tables as tables
 
@@ -87,29 +88,18 @@ class Tokenizer:
 
 # ----------------------------------------------------------------------------- reading
 
-def _read(path, limit, what):
-    try:
-        size = os.path.getsize(path)
-        if size > limit:
-            raise BadInput(f"{what} of {size} bytes is over the {limit} byte limit", path)
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise BadInput(f"cannot read ({e.strerror or e})", path) from None
-
-
 def _json(files, name, limit=MAX_JSON_BYTES):
     path = files.get(name)
     if path is None:
         return None
-    return load_json(_read(path, limit, name), path, name)
+    return load_json(read_small(path, limit, name), path, name)
 
 
 def _text(files, name):
     path = files.get(name)
     if path is None:
         return None
-    raw = _read(path, MAX_JSON_BYTES, name)
+    raw = read_small(path, MAX_JSON_BYTES, name)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -135,6 +125,11 @@ def read(files, config, vocab, vocab_size):
     _apr_lists(src, tok)
     # rows of tokenizer.json's own vocabulary (Gemma 3's converter cuts the embedding to it)
     tok.json_rows = len(src.model.get("vocab") or ()) + len(src.added)
+    # the parsed files (Gemma's: ~70 MiB of objects under Pyodide) are garbage now; a
+    # full collection hands their free lists and emptied arenas back to the allocator, so
+    # the next open of a big tokenizer reuses that memory instead of growing the heap
+    del src, tj
+    gc.collect()
     return tok
 
 
@@ -525,7 +520,7 @@ def _spm_pieces(src):
     each piece as a message {1: piece (string), 2: score (float), 3: type (enum, default
     NORMAL)}; every other field is skipped. A plain protobuf walk, no protobuf library."""
     path = src.files["tokenizer.model"]
-    data = _read(path, MAX_SPM_BYTES, "tokenizer.model")
+    data = read_small(path, MAX_SPM_BYTES, "tokenizer.model")
     pieces, scores, types = [], [], []
     n, i = len(data), 0
     unpack_f = struct.Struct("<f").unpack_from
