@@ -1,7 +1,8 @@
 """The web app end to end in headless Chromium: cold start, drop -> download, wasm heap.
 
     python bench/e2e_browser.py [--dir /tmp/q4bench] [--reps 1] [--cold 5] [--only f32|f16]
-                                [--no-verify] [--no-e2e] [--no-cold] [--json FILE]
+                                [--no-verify] [--no-e2e] [--no-cold] [--compare] [--json FILE]
+    python bench/e2e_browser.py --folders [--folder-case smollm2|big-vocab] [--reps 2] [--compare]
 
 Serves the built dist/ (./build.sh build) on 127.0.0.1 with tests/serve.py and drives it
 with Playwright, Chromium as the tests launch it (tests/conftest.py).
@@ -20,6 +21,17 @@ with Playwright, Chromium as the tests launch it (tests/conftest.py).
   loaded), in a new browser context (empty HTTP cache, no service worker), then, once the
   service worker has precached the site, again in a new page of the same context (served
   from the service worker's cache).  performance.now() at ready, median of --cold runs.
+* --folders (instead of the above): model folders.
+    smollm2: tests/fixtures' SmolLM2-135M-Instruct folder (BF16, 269 MB of weights), hard-linked
+      to DIR/folders/SmolLM2-135M-Instruct, chosen with the folder picker (#folder-input), vs
+      its model.safetensors alone (#file-input); APR and GGUF, interleaved, a fresh page each.
+      Per run: the describe step (folder chosen -> body[data-describe=ready]), quantize ->
+      download ready, MB/s = model.safetensors bytes / that time, wasm heap after boot, after
+      describe and after the run.
+    big-vocab: a model folder with a 262,144-token vocabulary, made once under DIR/folders/
+      (MAKE_BIG_VOCAB: a 1-layer llama, hidden 64, with tests/fixtures' gemma-4 tokenizer);
+      one page: describe, then APR then GGUF (and a second page GGUF then APR), the heap after
+      each step (it never shrinks, so the last figure is the page's peak).
 This is a benchmark: it prints figures and ratios; nothing asserts a time.
 """
 
@@ -187,42 +199,64 @@ def cold_starts(browser, url, n):
     return empty, cached, phases
 
 
-def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600):
+def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#file-input",
+            formats=None):
+    """One fresh page: boot, choose `path` (a file, or a folder with selector="#folder-input"),
+    wait for the folder's description (if any), then quantize to each of `formats` (default
+    [fmt]) in turn, saving each download. Returns the first run's dict; with several
+    formats, "runs" holds one dict per format (heap read after each)."""
     ctx = browser.new_context(accept_downloads=True)
+    runs = []
     try:
         page = ctx.new_page()
         page.set_default_timeout(timeout_s * 1000)
         page.goto(url)
         wait_ready(page)
         heap_boot = worker_heap(page)
-        page.click(f'label[for="fmt-{fmt}"]')
-        page.set_input_files("#file-input", str(path))
-        page.wait_for_selector("#quantize-btn:not([disabled])", state="attached")
         t0 = time.perf_counter()
-        page.click("#quantize-btn")
-        page.wait_for_selector('body[data-state="done"], body[data-state="error"]', state="attached",
+        page.set_input_files(selector, str(path))
+        page.wait_for_selector('body[data-describe="ready"], body[data-describe="failed"], '
+                               'body[data-describe="none"]', state="attached",
                                timeout=timeout_s * 1000)
-        seconds = time.perf_counter() - t0
-        if page.get_attribute("body", "data-state") != "done":
-            raise RuntimeError("the run failed: " + (page.text_content("#error-panel") or ""))
-        heap = worker_heap(page)
-        with page.expect_download(timeout=timeout_s * 1000) as info:
-            page.click("#download-link")
-        dl = info.value
-        out = Path(out_dir) / ("browser-" + dl.suggested_filename)
-        t1 = time.perf_counter()
-        dl.save_as(str(out))
-        save_s = time.perf_counter() - t1
+        described = page.get_attribute("body", "data-describe")
+        if described == "failed":
+            raise RuntimeError("the folder was refused: " + (page.text_content("#model-card") or ""))
+        describe_s = time.perf_counter() - t0 if described == "ready" else None
+        heap_described = worker_heap(page)
+        for f in formats or [fmt]:
+            page.click(f'label[for="fmt-{f}"]')
+            page.wait_for_selector("#quantize-btn:not([disabled])", state="attached")
+            t0 = time.perf_counter()
+            page.click("#quantize-btn")
+            page.wait_for_selector('body[data-state="done"], body[data-state="error"]', state="attached",
+                                   timeout=timeout_s * 1000)
+            seconds = time.perf_counter() - t0
+            if page.get_attribute("body", "data-state") != "done":
+                raise RuntimeError("the run failed: " + (page.text_content("#error-panel") or ""))
+            heap = worker_heap(page)
+            with page.expect_download(timeout=timeout_s * 1000) as info:
+                page.click("#download-link")
+            dl = info.value
+            out = Path(out_dir) / ("browser-" + dl.suggested_filename)
+            t1 = time.perf_counter()
+            dl.save_as(str(out))
+            save_s = time.perf_counter() - t1
+            runs.append({"format": f, "seconds": seconds, "heap": heap, "heap_boot": heap_boot,
+                         "heap_described": heap_described, "describe_seconds": describe_s,
+                         "out": str(out), "name": dl.suggested_filename,
+                         "out_bytes": out.stat().st_size, "save_seconds": save_s})
     finally:
         ctx.close()
-    return {"seconds": seconds, "heap": heap, "heap_boot": heap_boot, "out": str(out),
-            "out_bytes": out.stat().st_size, "save_seconds": save_s}
+    return dict(runs[0], runs=runs) if formats else runs[0]
 
 
 def native_output(path, key, out_dir, fmt):
-    """The native CLI's output for the same input and options (made once, then reused)."""
+    """The native CLI's output for the same input (a file or a model folder) and options
+    (made once, then reused)."""
     out = Path(out_dir) / f"native-{key}{'.apr' if fmt == 'apr' else '.Q4_0.gguf'}"
-    if not out.exists() or out.stat().st_mtime < Path(path).stat().st_mtime:
+    p = Path(path)
+    newest = max(f.stat().st_mtime for f in p.iterdir()) if p.is_dir() else p.stat().st_mtime
+    if not out.exists() or out.stat().st_mtime < newest:
         env = dict(os.environ, PYTHONPATH=str(REPO / "py"))
         subprocess.run([sys.executable, "-m", "q4apr", "quantize", str(path), "-o", str(out),
                         "--format", fmt, "--force", "-q"], env=env, check=True,
@@ -238,6 +272,174 @@ def same_bytes(a, b):
                 return False
             if not x:
                 return True
+
+
+# ---------------------------------------------------------------- --folders
+
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+BIG_VOCAB_NAME = "Llama-Gemma4Vocab-262k"
+
+# A tiny llama-family model (1 layer, hidden 64, seeded random BF16 weights, tied embedding)
+# with a 262,144-token vocabulary: the gemma-4 tokenizer.json/tokenizer_config.json of
+# tests/fixtures (transformers' tokenizer.json of llama.cpp's ggml-vocab-gemma-4.gguf:
+# SentencePiece-style BPE with byte fallback, 262,144 tokens, 514,906 merges, 32 MB).
+# llama's route reads it with the converter's _set_vocab_llama_hf (LlamaHfVocab); the
+# converter itself accepts this folder too (same tokenizer.* and llama.* key/values).
+MAKE_BIG_VOCAB = r"""
+import shutil, sys
+from pathlib import Path
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+out, tok = Path(sys.argv[1]), Path(sys.argv[2])
+torch.manual_seed(0)
+torch.set_num_threads(2)
+cfg = LlamaConfig(vocab_size=262144, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                  bos_token_id=2, eos_token_id=1, pad_token_id=0)
+LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(out)
+for f in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copyfile(tok / f, out / f)
+"""
+
+
+def _fixtures():
+    sys.path.insert(0, str(REPO / "tests"))
+    from fixtures import hf   # noqa: E402
+    return hf
+
+
+def _link_folder(src, dst):
+    """dst: the files of src, hard-linked where the file system allows, else copied
+    (Playwright's directory upload skips symlinks)."""
+    import shutil
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(Path(src).iterdir()):
+        t = dst / f.name
+        if f.is_file() and not (t.exists() and t.stat().st_size == f.stat().st_size):
+            if t.exists():
+                t.unlink()
+            try:
+                os.link(f.resolve(), t)
+            except OSError:
+                shutil.copyfile(f, t)
+    return dst
+
+
+def ensure_folders(d):
+    """(SmolLM2 folder, big-vocabulary folder) under d/folders/, made when missing."""
+    import hashlib
+    import shutil
+    hf = _fixtures()
+    root = Path(d) / "folders"
+    smol = _link_folder(hf.model_dir("smollm2-135m"), root / SMOLLM2_NAME)
+    tok = hf.tokenizer_dir("gemma-4")
+    key = hashlib.sha256(MAKE_BIG_VOCAB.encode() + str(tok).encode()).hexdigest()[:10]
+    big = root / f"big-{key}" / BIG_VOCAB_NAME
+    if not (big / "model.safetensors").exists():
+        print(f"making {big} ...", flush=True)
+        tmp = big.with_name(big.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([hf._python(), "-c", MAKE_BIG_VOCAB, str(tmp), str(tok)], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.replace(tmp, big)
+    return smol, big
+
+
+def _mib(b):
+    return f"{b / 2**20:.0f} MiB" if b else "?"
+
+
+def _check(r, path, key, out_dir, compare, verify_outputs):
+    notes = []
+    if verify_outputs:
+        ok, last = verify(r["out"])
+        r["verify_ok"] = ok
+        notes.append(f"verify {'ok' if ok else 'FAILED: ' + last[0]}")
+    if compare:
+        ref = native_output(path, key, out_dir, r["format"])
+        r["same_as_native"] = same_bytes(r["out"], ref)
+        notes.append("same bytes as the native CLI: " + ("yes" if r["same_as_native"] else "NO"))
+    return ", ".join(notes)
+
+
+def run_folders(browser, url, args):
+    """SmolLM2 as a folder vs its model.safetensors alone (APR and GGUF, interleaved, a
+    fresh page each), then the 262k-vocabulary folder (describe, APR, GGUF in one page)."""
+    smol, big = ensure_folders(args.dir)
+    cases = args.folder_case or ["smollm2", "big-vocab"]
+    out = {"smollm2": {}, "big_vocab": {}}
+    if "smollm2" in cases:
+        out["smollm2"] = _smollm2_runs(browser, url, args, smol)
+    if "big-vocab" in cases:
+        out["big_vocab"] = _big_vocab_runs(browser, url, args, big)
+    return out
+
+
+def _smollm2_runs(browser, url, args, smol):
+    st = smol / "model.safetensors"
+    wbytes = st.stat().st_size
+    out = {"smollm2": {"weights_bytes": wbytes, "runs": []}}
+    print(f"{SMOLLM2_NAME}: model.safetensors {wbytes / 1e6:.1f} MB (BF16)", flush=True)
+    rates = read_rates(browser, st)
+    out["smollm2"]["read_mbps"] = rates
+    print("  read ceiling: " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in rates.items()), flush=True)
+    cases = (("file", st, "#file-input"), ("folder", smol, "#folder-input"))
+    for rep in range(args.reps):
+        for fmt in ("apr", "gguf"):
+            for kind, path, sel in cases:
+                r = run_e2e(browser, url, path, args.dir, fmt, selector=sel)
+                r.update(kind=kind, rep=rep)
+                note = _check(r, path, f"smollm2-{kind}", args.dir, args.compare, not args.no_verify)
+                out["smollm2"]["runs"].append(r)
+                desc = f"describe {r['describe_seconds']:.2f} s, " if r["describe_seconds"] else ""
+                print(f"  [{rep}] {fmt:<4} {kind:<6} {desc}quantize {r['seconds']:.2f} s ="
+                      f" {wbytes / r['seconds'] / 1e6:.0f} MB/s of weights; heap boot"
+                      f" {_mib(r['heap_boot'])}, described {_mib(r['heap_described'])}, after"
+                      f" {_mib(r['heap'])}; {r['name']} {r['out_bytes'] / 1e6:.1f} MB; {note}",
+                      flush=True)
+                if not args.keep:
+                    os.unlink(r["out"])
+    summary = {}
+    for fmt in ("apr", "gguf"):
+        for kind in ("file", "folder"):
+            rs = [r for r in out["smollm2"]["runs"] if r["format"] == fmt and r["kind"] == kind]
+            secs = statistics.median(r["seconds"] for r in rs)
+            d = [r["describe_seconds"] for r in rs if r["describe_seconds"]]
+            summary[f"{fmt}-{kind}"] = {
+                "seconds": secs, "mbps": wbytes / secs / 1e6,
+                "describe_seconds": statistics.median(d) if d else None,
+                "heap_peak": max(r["heap"] for r in rs),
+                "heap_described": max(r["heap_described"] for r in rs)}
+        f_, d_ = summary[f"{fmt}-file"], summary[f"{fmt}-folder"]
+        print(f"  {fmt}: median MB/s file {f_['mbps']:.0f}, folder {d_['mbps']:.0f}"
+              f" (folder/file {d_['mbps'] / f_['mbps']:.2f}); describe {d_['describe_seconds']:.2f} s;"
+              f" heap file {_mib(f_['heap_peak'])}, folder {_mib(d_['heap_peak'])}", flush=True)
+    out["smollm2"]["summary"] = summary
+    return out["smollm2"]
+
+
+def _big_vocab_runs(browser, url, args, big):
+    out = {}
+    tj = big / "tokenizer.json"
+    print(f"{BIG_VOCAB_NAME}: tokenizer.json {tj.stat().st_size / 1e6:.1f} MB (262,144 tokens),"
+          f" model.safetensors {(big / 'model.safetensors').stat().st_size / 1e6:.1f} MB", flush=True)
+    for order in (["apr", "gguf"], ["gguf", "apr"]):
+        r = run_e2e(browser, url, big, args.dir, selector="#folder-input", formats=order)
+        steps = [f"boot {_mib(r['heap_boot'])}", f"described {_mib(r['heap_described'])}"
+                 f" ({r['describe_seconds']:.1f} s)"]
+        for x in r["runs"]:
+            note = _check(x, big, "big-vocab", args.dir, args.compare, not args.no_verify)
+            steps.append(f"after {x['format']} {_mib(x['heap'])} ({x['seconds']:.1f} s; {note})")
+            if not args.keep:
+                os.unlink(x["out"])
+        peak = max(x["heap"] for x in r["runs"])
+        out["-".join(order)] = r
+        print(f"  {' -> '.join(order)}: heap " + ", ".join(steps)
+              + f"; peak {_mib(peak)}: {'under' if peak < 256 << 20 else 'NOT under'} 256 MiB",
+              flush=True)
+    return out
 
 
 def verify(path):
@@ -260,6 +462,11 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the downloaded outputs")
     ap.add_argument("--compare", action="store_true",
                     help="also compare each download byte for byte with the native CLI's output")
+    ap.add_argument("--folders", action="store_true",
+                    help="model folders instead: SmolLM2 as a folder vs its safetensors alone, and a "
+                         "262k-token vocabulary folder (wasm heap)")
+    ap.add_argument("--folder-case", choices=("smollm2", "big-vocab"), action="append",
+                    help="with --folders: just these cases")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
@@ -272,7 +479,9 @@ def main():
         with sync_playwright() as pw:
             browser = launch(pw)
             try:
-                if not args.no_cold:
+                if args.folders:
+                    results["folders"] = run_folders(browser, url, args)
+                if not args.no_cold and not args.folders:
                     print(f"cold start x{args.cold} ...", flush=True)
                     empty, cached, phases = cold_starts(browser, url, args.cold)
                     results["cold"] = {"empty": empty, "cached": cached, "phases": phases}
@@ -282,7 +491,7 @@ def main():
                         print(f"  {kind:<12} median {statistics.median(xs):.2f} s  {_fmt(xs)};  median phases:"
                               f" worker created {med['worker']:.2f}, runtime {med['pyodide']:.2f},"
                               f" numpy {med['numpy']:.2f}, ready {med['ready']:.2f} s", flush=True)
-                if not args.no_e2e:
+                if not args.no_e2e and not args.folders:
                     for key in args.only or list(INPUTS):
                         path = ensure_input(args.dir, key)
                         size = path.stat().st_size

@@ -49,10 +49,26 @@ def pack_entry(name, dtype, shape, offset, size):
             + struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<QQ", offset, size))
 
 
-def metadata_json(metadata):
-    """Compact JSON as serde_json writes it (UTF-8, no spaces, keys in the given order)."""
-    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+def metadata_json(metadata, slice_items=1 << 14):
+    """Compact JSON as serde_json writes it (UTF-8, no spaces, keys in the given order).
+
+    The bytes of json.dumps(metadata), made piece by piece: a long list (a tokenizer's
+    vocabulary or merges) is encoded a slice at a time, so no str of the whole text is
+    held (one emoji in Gemma's 262k tokens makes that str 4 bytes a character)."""
+    enc = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        return enc.encode(metadata).encode("utf-8")
+    items = []
+    for key, value in metadata.items():
+        if isinstance(value, list) and len(value) > slice_items:
+            body = b",".join(enc.encode(value[i: i + slice_items])[1:-1].encode("utf-8")
+                             for i in range(0, len(value), slice_items))
+            value = b"[" + body + b"]"
+            del body
+        else:
+            value = enc.encode(value).encode("utf-8")
+        items.append(enc.encode(key).encode("utf-8") + b":" + value)
+    return b"{" + b",".join(items) + b"}"
 
 
 def output_metadata(model, param_count):
