@@ -182,7 +182,10 @@ def test_ctrl_c_with_threads_leaves_nothing(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "py"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "q4apr", "quantize", str(src), "--chunk-mb",
                              "0.125", "--threads", "4", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            # a shell's background job starts with SIGINT ignored, and Python
+                            # then never turns it into KeyboardInterrupt: restore the default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         part = []
