@@ -423,3 +423,50 @@ def classify(exc):
     tb = traceback.extract_tb(exc.__traceback__)
     where = f"{os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else "?"
     return f"{type(exc).__name__} at {where}"
+
+
+# ---------------------------------------------------------------- the CLI under Ctrl-C
+
+def interrupt_cli(tmp_path, *extra):
+    """Run `q4apr quantize` on a 64 MB model (about a second of work in 0.125 MB chunks),
+    send SIGINT once its temporary output exists; check exit 130, nothing left behind and
+    the input unchanged."""
+    import subprocess
+    import sys
+    import time
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(0)
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight":
+               rng.standard_normal((1024, 1024), dtype=np.float32) for i in range(16)}
+    src = tmp_path / "big.safetensors"
+    save_file(tensors, str(src))
+    before = _digest(str(src))
+    out = tmp_path / "out.apr"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.path.join(repo, "py"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "q4apr", "quantize", str(src), "--chunk-mb",
+                             "0.125", *extra, "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            # a shell's background job starts with SIGINT ignored, and Python
+                            # then never turns it into KeyboardInterrupt: restore the default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        # wait until the temporary output exists (the run is under way), then interrupt
+        deadline = time.monotonic() + 60
+        part = []
+        while time.monotonic() < deadline and proc.poll() is None and not part:
+            part = [n for n in os.listdir(tmp_path) if n.endswith(".part")]
+            time.sleep(0.002)
+        assert proc.poll() is None and part, "the run ended before it could be interrupted"
+        assert not out.exists()   # written through the temporary file only
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["big.safetensors"]
+    assert _digest(str(src)) == before

@@ -16,8 +16,6 @@ import random
 import re
 import signal
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -949,43 +947,6 @@ def test_fuzz_mutations_end_in_bad_input_or_success(fmt, data):
 
 # ---------------------------------------------------------------- the CLI under Ctrl-C
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
 def test_ctrl_c_mid_run_exits_130_and_leaves_nothing(tmp_path):
-    from safetensors.numpy import save_file
-    rng = np.random.default_rng(0)
-    tensors = {f"model.layers.{i}.mlp.up_proj.weight":
-               rng.standard_normal((1024, 1024), dtype=np.float32) for i in range(16)}
-    src = tmp_path / "big.safetensors"
-    save_file(tensors, str(src))   # 64 MB: about a second of work in 0.125 MB chunks
-    before = hostile._digest(str(src))
-    out = tmp_path / "out.apr"
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "py"), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "q4apr", "quantize", str(src), "--chunk-mb",
-                             "0.125", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            # a shell's background job starts with SIGINT ignored, and Python
-                            # then never turns it into KeyboardInterrupt: restore the default
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        # wait until the temporary output exists (the run is under way), then interrupt
-        deadline = time.monotonic() + 60
-        part = []
-        while time.monotonic() < deadline and proc.poll() is None and not part:
-            part = [n for n in os.listdir(tmp_path) if n.endswith(".part")]
-            time.sleep(0.002)
-        assert proc.poll() is None and part, "the run ended before it could be interrupted"
-        assert not out.exists()   # written through the temporary file only
-        time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err.decode()
-    assert b"interrupted" in err and b"Traceback" not in err
-    assert sorted(os.listdir(tmp_path)) == ["big.safetensors"]
-    assert hostile._digest(str(src)) == before
+    hostile.interrupt_cli(tmp_path)
