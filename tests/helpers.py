@@ -83,11 +83,14 @@ def parse_apr(data):
 
 def write_gguf_tensors(writer, tensors):
     """Add {name: (array, GGMLQuantizationType)} to a gguf.GGUFWriter and write the file:
-    F32/F16 as they are, block and BF16 types through gguf-py's own quantizer."""
+    F32/F16 as they are, block and BF16 types through gguf-py's own quantizer, uint8
+    arrays as raw blocks of that type."""
     import gguf
     plain = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
     for name, (arr, qtype) in tensors.items():
-        if qtype in plain:
+        if arr.dtype == np.uint8:
+            writer.add_tensor(name, arr, raw_dtype=qtype)
+        elif qtype in plain:
             writer.add_tensor(name, np.asarray(arr).astype(plain[qtype]))
         else:
             writer.add_tensor(name, gguf.quants.quantize(np.asarray(arr, np.float32), qtype),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import hostile
-from helpers import bf16_bytes, parse_apr, run, safetensors_bytes, write_bytes
+from helpers import bf16_bytes, parse_apr, run, safetensors_bytes, write_bytes, write_gguf_tensors
 
 import q4apr
 
@@ -130,23 +130,7 @@ def gguf_file(tmp_path, tensors):
     """{name: (array, GGMLQuantizationType) or (raw uint8 blocks, qtype)} -> path."""
     import gguf
     p = str(tmp_path / "m.gguf")
-    w = gguf.GGUFWriter(p, "llama")
-    for name, spec in tensors.items():
-        arr, qtype = spec
-        if arr.dtype == np.uint8:
-            w.add_tensor(name, arr, raw_dtype=qtype)
-        else:
-            if qtype == gguf.GGMLQuantizationType.F32:
-                w.add_tensor(name, np.asarray(arr, np.float32))
-            elif qtype == gguf.GGMLQuantizationType.F16:
-                w.add_tensor(name, np.asarray(arr, np.float16))
-            else:
-                w.add_tensor(name, gguf.quants.quantize(np.asarray(arr, np.float32), qtype),
-                             raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf_tensors(gguf.GGUFWriter(p, "llama"), tensors)
     return p
 
 
