@@ -12,11 +12,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import q4apr  # noqa: E402
 
 
-def run(paths, **options):
+def run(paths, executor=None, **options):
     """Quantize into memory; (bytes, report dict)."""
     with q4apr.open_model(paths) as model:
         sink = q4apr.MemorySink()
-        report = q4apr.quantize(model, sink, q4apr.Options(**options))
+        report = q4apr.quantize(model, sink, q4apr.Options(**options), executor=executor)
     return sink.getvalue(), report.to_dict()
 
 

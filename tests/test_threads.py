@@ -199,3 +199,130 @@ def test_no_pool_under_pyodide(st_path, monkeypatch):
     monkeypatch.undo()
     b, _ = run([st_path], threads=1, chunk_bytes=CHUNK)
     assert a == b
+
+
+# ---- an executor: the page's worker pool, played by threads that only see copies ----
+
+class _Remote:
+    """A future of Loopback: done once the worker thread has converted its copy."""
+
+    def __init__(self, fn):
+        import threading
+        self._ev, self._r, self._e = threading.Event(), None, None
+
+        def go():
+            try:
+                self._r = fn()
+            except BaseException as e:
+                self._e = e
+            self._ev.set()
+        threading.Thread(target=go, daemon=True).start()
+
+    def done(self):
+        return self._ev.is_set()
+
+    def block(self):
+        self._ev.wait()
+
+    def cancel(self):
+        return False
+
+    def result(self):
+        assert self.done(), "result() before done(): the pipeline must Wait first"
+        if self._e is not None:
+            raise self._e
+        return self._r
+
+
+class Loopback:
+    """What worker.js's pool does, with threads: each 'worker' gets a copy of the chunk's
+    bytes and a JSON round trip of the job, converts it with its own ChunkConverter and
+    hands back copies of the parts; `busy` says which submissions find every worker busy
+    (the pipeline then converts the chunk itself)."""
+
+    def __init__(self, workers=2, busy=lambda k: k % 3 == 2, fail_at=None):
+        import json
+        from q4apr.pipeline import ChunkConverter
+        self.workers, self.busy, self.fail_at = workers, busy, fail_at
+        import threading
+        self.converters = [(ChunkConverter(), threading.Lock()) for _ in range(workers)]
+        self.k = self.remote = self.local = 0
+        self._json = json
+
+    def submit_chunk(self, job, raw):
+        k, self.k = self.k, self.k + 1
+        if self.busy(k):
+            self.local += 1
+            return None
+        self.remote += 1
+        job, raw = self._json.loads(self._json.dumps(job)), bytes(raw)
+        conv, one_at_a_time = self.converters[k % self.workers]
+
+        def convert():
+            if self.fail_at == k:
+                raise q4apr.Q4Error("a conversion worker stopped (test)")
+            with one_at_a_time:   # a worker converts one chunk at a time, in its own buffers
+                parts = conv.convert(job, raw)
+                return {key: bytes(v) if isinstance(v, memoryview) else v
+                        for key, v in parts.items()}
+        return _Remote(convert)
+
+
+def same_with_executor(paths, **options):
+    """threads=1 against Loopback executors (all remote, mixed, 1 or 3 workers)."""
+    a, ra = run(paths, threads=1, chunk_bytes=CHUNK, **options)
+    ra["totals"].pop("seconds")
+    for ex in (Loopback(1, busy=lambda k: False), Loopback(2), Loopback(3, busy=lambda k: k % 2)):
+        b, rb = run(paths, executor=ex, chunk_bytes=CHUNK, **options)
+        rb["totals"].pop("seconds")
+        assert a == b and ra == rb
+        assert ex.remote > 0
+    return ra
+
+
+@pytest.mark.parametrize("fmt,qtype", [("apr", "Q4_0"), ("gguf", "Q4_K_M")])
+def test_executor_same_bytes_and_report(st_path, fmt, qtype):
+    same_with_executor([st_path], format=fmt, type=qtype)
+
+
+def test_executor_gguf_input_folder_overflow_and_non_finite(tmp_path):
+    hf = pytest.importorskip("fixtures.hf", reason="tests/fixtures/hf.py missing")
+    same_with_executor([str(hf.model_dir("tiny-llama"))], format="gguf", type="Q4_K_M")
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((64, 256)).astype(np.float32)
+    a[50, 7] = 1e9            # rewritten at F32
+    b = rng.standard_normal((64, 256)).astype(np.float32)
+    b[40, 3] = np.nan
+    p = _st(tmp_path, {"blk.a.weight": a, "blk.b.weight": b,
+                       "blk.c.weight": rng.standard_normal((64, 256)).astype(np.float16)})
+    same_with_executor([p], format="apr", allow_non_finite=True)
+    with pytest.raises(q4apr.BadInput, match=f"flat index {40 * 256 + 3}"):
+        run([p], executor=Loopback(2), chunk_bytes=CHUNK)
+
+
+def test_executor_failure_fails_the_run_and_leaves_nothing(st_path, tmp_path):
+    out = tmp_path / "o.apr"
+    with q4apr.open_model([st_path]) as m:
+        with pytest.raises(q4apr.Q4Error, match="conversion worker stopped"):
+            q4apr.quantize(m, q4apr.FileSink(str(out)), q4apr.Options(chunk_bytes=CHUNK),
+                           executor=Loopback(2, fail_at=7))
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_executor_waits_are_yielded_and_cancel_abandons_them(st_path, tmp_path):
+    """The page's driver sees Wait (it awaits the future) and may stop at any step."""
+    from q4apr.pipeline import Wait
+    with q4apr.open_model([st_path]) as m:
+        sink = q4apr.FileSink(str(tmp_path / "o.apr"))
+        steps = q4apr.quantize_steps(m, sink, q4apr.Options(chunk_bytes=CHUNK),
+                                     Loopback(2, busy=lambda k: False))
+        waits = 0
+        for _ in range(40):
+            p = next(steps)
+            if isinstance(p, Wait):
+                waits += 1
+                assert not p.future.done()
+                p.future.block()
+        steps.close()
+    assert waits > 0
+    assert os.listdir(tmp_path) == ["model.safetensors"]

@@ -9,7 +9,10 @@ With Options(threads=N > 1) the chunks of a tensor are converted by N threads (n
 releases the GIL in its kernels) while this generator reads the next ones and writes the
 finished ones strictly in order: at most N + 1 chunks are in flight, each with its own
 buffers, so the output, the report and the first error are those of threads=1.  Pyodide
-has no threads: the page keeps threads=1, where no pool is made.
+has no threads: there the page hands quantize_steps an `executor` instead, which sends
+chunks to other workers (the same _convert runs there, see convert_job) and converts a
+chunk here when they are all busy; while the oldest chunk is still away the generator
+yields Wait(future), which the page's driver awaits.
 """
 
 import collections
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import codecs, mixtures, nonfinite, policy, runnable
-from .dtypes import APR_Q4, F16, F32, numel
+from .dtypes import APR_Q4, BY_NAME, F16, F32, numel
 from .errors import BadInput, Cancelled, Q4Error
 from .formats import apr, gguf
 from .model import model_name
@@ -84,6 +87,16 @@ class Progress:
     done: int
     total: int
     tensor: str
+
+
+class Wait:
+    """Yielded by quantize_steps while the oldest chunk is converted elsewhere (an executor's
+    future that is not done yet): the driver waits for `future` (future.wait() in the page,
+    future.block() natively) and steps on."""
+    __slots__ = ("future",)
+
+    def __init__(self, future):
+        self.future = future
 
 
 class _Overflow(Exception):
@@ -175,9 +188,17 @@ class _Now:
     def cancel(self):
         return False
 
+    def done(self):
+        return True
 
-def quantize_steps(model, sink, options):
-    """Write model to sink in options.format; yield Progress per chunk; return the Report."""
+
+def quantize_steps(model, sink, options, executor=None):
+    """Write model to sink in options.format; yield Progress per chunk; return the Report.
+
+    executor (optional; the page's worker pool): .workers, the number of chunks it converts
+    at once, and .submit_chunk(job, raw) -> a future of convert_job's result, or None when
+    every worker is busy (the chunk is then converted here).  Its futures have done() and
+    result(); while the oldest is not done, Wait(future) is yielded."""
     t0 = time.perf_counter()
     decisions = plan(model, options)
     params = sum(numel(e.shape) for e in model.tensors)
@@ -187,10 +208,11 @@ def quantize_steps(model, sink, options):
     raw = max([chunk_elems * 4] + [e.dtype.nbytes(chunk_elems) for e, _ in decisions
                                    if not e.dtype.quantized])
     pool = None
-    if options.threads > 1 and sys.platform != "emscripten":   # Pyodide: no threads
-        from concurrent.futures import ThreadPoolExecutor
+    if executor is None and options.threads > 1 and sys.platform != "emscripten":
+        from concurrent.futures import ThreadPoolExecutor   # Pyodide: no threads
         pool = ThreadPoolExecutor(options.threads, thread_name_prefix="q4apr")
-    bufs = [_Buffers(chunk_elems, raw) for _ in range(options.threads + 1 if pool else 1)]
+    slots = options.threads + 1 if pool else executor.workers + 1 if executor else 1
+    bufs = [_Buffers(chunk_elems, raw) for _ in range(slots)]
     described = model.description is not None
     report = Report(model.format, [os.path.basename(p) for p in model.paths],
                     sum(os.path.getsize(p) for p in model.paths), options.format,
@@ -207,13 +229,13 @@ def quantize_steps(model, sink, options):
             try:
                 stats = yield from _write_tensor(entry, decision.dtype_out, sink, bufs,
                                                  done, total, layout, crc,
-                                                 options.allow_non_finite, pool)
+                                                 options.allow_non_finite, pool, executor)
             except _Overflow as why:
                 sink.truncate(start)
                 decision = policy.Decision(F32, "convert", f"{why}: kept at F32")
                 stats = yield from _write_tensor(entry, F32, sink, bufs, done, total,
                                                  layout, crc_start, options.allow_non_finite,
-                                                 pool)
+                                                 pool, executor)
             crc = stats["crc"]
             size = sink.size - start
             crc = _pad(sink, layout.tensor_end(sink.size), layout, crc)
@@ -241,12 +263,15 @@ def quantize_steps(model, sink, options):
     return report
 
 
-def quantize(model, sink, options, progress=None, cancel=None):
+def quantize(model, sink, options, progress=None, cancel=None, executor=None):
     """Run quantize_steps to the end; cancel() returning True stops it with Cancelled."""
-    steps = quantize_steps(model, sink, options)
+    steps = quantize_steps(model, sink, options, executor)
     try:
         while True:
             p = next(steps)
+            if isinstance(p, Wait):
+                p.future.block()
+                continue
             if progress is not None:
                 progress(p)
             if cancel is not None and cancel():
@@ -283,12 +308,13 @@ def _read_chunk(f, view, path, name):
 
 
 def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow_nf=False,
-                  pool=None):
+                  pool=None, executor=None):
     """Stream one tensor; a generator yielding Progress; returns stats (crc, mse, ...).
 
-    The chunks are read here in order, converted by _convert (in `pool` when given, at most
-    len(slots) at once, each in its own buffers) and their results taken here in order:
-    writes, the CRC, the sums and the first error are those of a run without threads."""
+    The chunks are read here in order, converted by _convert (in `pool` or by `executor`
+    when given, at most len(slots) at once, each in its own buffers) and their results taken
+    here in order: writes, the CRC, the sums and the first error are those of a run
+    without threads."""
     with_crc = layout.format == "apr"
     src = entry.dtype
     path = entry.path
@@ -347,11 +373,22 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
                     view = memoryview(slot.raw)[:k]
                     _read_chunk(f, view, path, entry.name)
                     args = (slot, view, n, i, src, dtype_out, q4, entry.add, path, entry.name)
-                    job = pool.submit(_convert, *args) if pool else _Now(lambda: _convert(*args))
+                    job = None
+                    if executor is not None:   # None back: its workers are all busy
+                        job = executor.submit_chunk(
+                            {"n": n, "i": i, "src": src.name, "out": dtype_out.name,
+                             "add": entry.add, "path": path, "name": entry.name}, view)
+                    if job is None:
+                        job = pool.submit(_convert, *args) if pool else \
+                            _Now(lambda: _convert(*args))
                     pending.append((job, slot, i, k))
                     i += n
                 job, slot, start, k = pending[0]
+                while executor is not None and not job.done():
+                    yield Wait(job)   # converted in another worker, not back yet
                 r = job.result()
+                if isinstance(r, dict):
+                    r = _Chunk.from_parts(r)
                 pending.popleft()
                 free.append(slot)
                 non_finite(r.non_finite, start)
@@ -372,6 +409,8 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
             for job, *_ in pending:
                 job.cancel()
             for job, *_ in pending:
+                if pool is None and not job.done():
+                    continue   # an executor's: it converts a copy, the buffers are free
                 try:
                     job.result()
                 except BaseException:
@@ -396,6 +435,45 @@ class _Chunk:
         self.out, self.non_finite, self.overflow = out, None, None
         self.signal = self.noise = None
         self.maxerr, self.low_scales = 0.0, 0
+
+    def parts(self):
+        """Plain values and bytes, to send from the worker that converted it (convert_job)."""
+        def raw(a):
+            return None if a is None else memoryview(np.ascontiguousarray(a)).cast("B")
+        nf = self.non_finite
+        return {"out": raw(self.out), "dtype": self.out.dtype.str, "signal": raw(self.signal),
+                "noise": raw(self.noise), "maxerr": float(self.maxerr),
+                "low_scales": int(self.low_scales), "overflow": self.overflow,
+                "non_finite": None if nf is None else [int(nf[0]), int(nf[1]), str(nf[2])]}
+
+    @classmethod
+    def from_parts(cls, d):
+        def arr(b, dt):
+            return None if b is None else np.frombuffer(b, dt)
+        r = cls(arr(d["out"], d["dtype"]))
+        r.signal, r.noise = arr(d["signal"], np.float32), arr(d["noise"], np.float32)
+        r.maxerr, r.low_scales, r.overflow = d["maxerr"], d["low_scales"], d["overflow"]
+        r.non_finite = None if d["non_finite"] is None else tuple(d["non_finite"])
+        return r
+
+
+class ChunkConverter:
+    """The other end of an executor (quantize_steps): converts the chunks it is sent, in its
+    own buffers, grown to the largest chunk seen.  convert(job, raw) -> _Chunk.parts()."""
+
+    def __init__(self):
+        self._bufs = None
+
+    def convert(self, job, raw):
+        n = int(job["n"])
+        if self._bufs is None or self._bufs.n < n:
+            self._bufs = None   # the old buffers go first: one set at a time
+            self._bufs = _Buffers(n, 1)
+        dtype_out = BY_NAME[job["out"]]
+        r = _convert(self._bufs, memoryview(raw).cast("B"), n, int(job["i"]), BY_NAME[job["src"]],
+                     dtype_out, codecs.CODECS.get(dtype_out.name), job["add"], job["path"],
+                     job["name"])
+        return r.parts()
 
 
 def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
