@@ -243,6 +243,7 @@ function startWorker(restart = false) {
 
   const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "q4apr" });
   worker = w;
+  self.q4aprWorker = w;   // for the tests and benchmarks (Playwright), e.g. MSG.KILL_CONVERTER
   w.onmessage = (ev) => { if (worker === w) onWorkerMessage(ev.data); };
   w.onerror = (ev) => {
     if (worker !== w) return;
@@ -294,6 +295,7 @@ function onWorkerMessage(msg) {
       if (v.q4apr) parts.push(`q4apr ${v.q4apr}`);
       el.versions.textContent = parts.join(" · ");
       updateControls();
+      configureWorkers();
       registerServiceWorker();
       if (description && description.state === "pending") describeSelection();   // (again: a new worker)
       return;
@@ -326,7 +328,7 @@ function onWorkerMessage(msg) {
       break;
     case MSG.DONE:
       if (job.cancelRequested) finishCancelled();
-      else finishDone(msg.report, msg.head);
+      else finishDone(msg.report, msg.head, msg.workers);
       break;
     case MSG.INSPECTED:
       if (job.cancelRequested) finishCancelled();
@@ -695,6 +697,37 @@ function readOptions() {
   return options;
 }
 
+// ---------------------------------------------------------------- workers
+// Python workers converting at once: "auto" is one per core (navigator.hardwareConcurrency),
+// fewer where navigator.deviceMemory (GiB, where the browser tells) would not hold half of
+// it as 256 MiB heaps; at most MAX_AUTO_WORKERS.  The list offers up to the cores or 4.
+const MAX_AUTO_WORKERS = 8;
+const WORKER_HEAP_MIB = 256;
+
+function autoWorkers() {
+  const cores = Math.max(1, Math.floor(navigator.hardwareConcurrency || 1));
+  let n = Math.min(cores, MAX_AUTO_WORKERS);
+  const gib = navigator.deviceMemory;
+  if (typeof gib === "number" && gib > 0) n = Math.min(n, Math.max(1, Math.floor((gib * 1024 / 2) / WORKER_HEAP_MIB)));
+  return n;
+}
+
+function fillWorkerChoices() {
+  const sel = $("opt-workers");
+  const most = Math.max(4, Math.min(16, Math.floor(navigator.hardwareConcurrency || 1)));
+  sel.options[0].textContent = `Auto (${autoWorkers()})`;
+  for (let i = 1; i <= most; i++) sel.add(new Option(String(i), String(i)));
+}
+
+function workerCount() {
+  const v = $("opt-workers").value;
+  return v === "auto" ? autoWorkers() : Math.max(1, parseInt(v, 10) || 1);
+}
+
+function configureWorkers() {
+  if (worker && ready) worker.postMessage({ type: MSG.CONFIGURE, workers: workerCount() });
+}
+
 function saveOptions() {
   try {
     const o = {
@@ -705,6 +738,7 @@ function saveOptions() {
       pure: $("opt-pure").checked,
       skip: el.skip.value,
       allow_non_finite: $("opt-nonfinite").checked,
+      workers: $("opt-workers").value,
     };
     localStorage.setItem(OPTIONS_KEY, JSON.stringify(o));
   } catch (_) { /* storage unavailable */ }
@@ -723,9 +757,15 @@ function restoreOptions() {
   $("opt-pure").checked = !!o.pure;
   $("opt-nonfinite").checked = !!o.allow_non_finite;
   if (typeof o.skip === "string") el.skip.value = o.skip;
+  const w = $("opt-workers");
+  if (typeof o.workers === "string" && [...w.options].some((opt) => opt.value === o.workers)) w.value = o.workers;
 }
 
-el.form.addEventListener("change", () => { saveOptions(); updateControls(); });
+el.form.addEventListener("change", (ev) => {
+  saveOptions();
+  updateControls();
+  if (ev.target && ev.target.id === "opt-workers") configureWorkers();
+});
 el.form.addEventListener("input", saveOptions);
 el.form.addEventListener("submit", (ev) => ev.preventDefault());
 
@@ -789,6 +829,7 @@ function startJob(kind, files) {
   const msg = { type: kind === "quantize" ? MSG.QUANTIZE : MSG.INSPECT, id, files };
   if (options) msg.options = options;
   if (jobFolder) msg.folder = jobFolder;
+  if (kind === "quantize") msg.workers = workerCount();
   worker.postMessage(msg);
 }
 
@@ -879,8 +920,11 @@ function truncateChunks(j, size) {
   }
 }
 
-function finishDone(report, head) {
+function finishDone(report, head, workers) {
   const j = job;
+  j.workers = workers || { total: 1, pooled: 0 };
+  el.resultPanel.dataset.workers = String(j.workers.total);
+  el.resultPanel.dataset.pooledChunks = String(j.workers.pooled);
   const blob = new Blob([head, ...j.chunks], { type: "application/octet-stream" });
   endJob();
   objectUrl = URL.createObjectURL(blob);
@@ -1059,7 +1103,9 @@ function renderReport(report, j, fileSize) {
     totalItem("Tensors", `${nf.format(Number(totals.quantized ?? 0))} / ${nf.format(Number(totals.tensors ?? tensors.length))}`, "quantized"),
     totalItem("Model SNR", formatDb(totals.snr_db), "higher is better",
       "Signal-to-noise ratio over every quantized tensor: the weights' energy over the error's, in dB"),
-    totalItem("Time", formatSeconds(totals.seconds)),
+    totalItem("Time", formatSeconds(totals.seconds),
+      j.workers ? `${j.workers.total} worker${j.workers.total === 1 ? "" : "s"}` : null,
+      "Python workers converting at once (Advanced › Workers)"),
   );
   const nonFinite = tensors.filter((t) => Number(t.non_finite) > 0).length;
   if (nonFinite) {
@@ -1257,6 +1303,7 @@ function registerServiceWorker() {
 
 // ---------------------------------------------------------------- start
 
+fillWorkerChoices();
 restoreOptions();
 setSelection([]);
 setState("idle");

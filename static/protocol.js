@@ -6,6 +6,9 @@
 //   {type: "inspect", id, files: [File...]}
 //   {type: "describe", id, files: [File...]}
 //   {type: "cancel", id}
+//   {type: "configure", workers}   (workers in all, this one included: the pool is started)
+//   {type: "kill-converter"}       (tests only: a conversion worker stops as if it crashed)
+//   quantize may carry `workers` too (as configure, before the run).
 //   A model folder (quantize, inspect, describe) also carries `folder`: the folder's name.
 //   The worker mounts its files in a directory of that name and hands the core the
 //   directory, as the CLI gets it (the name is the model's and the download's).
@@ -16,7 +19,8 @@
 //   {type: "progress", id, done, total, tensor}      (at most every ~100 ms, plus the last)
 //   {type: "chunk", id, data: ArrayBuffer}            (transferred; output bytes after the head)
 //   {type: "truncate", id, size}                       (drop chunk bytes past `size`: a tensor is rewritten)
-//   {type: "done", id, report, head: ArrayBuffer}      (the file is head + all chunks, in order)
+//   {type: "done", id, report, head: ArrayBuffer,     (the file is head + all chunks, in order;
+//    workers: {total, pooled}}                          workers converting, chunks the pool took)
 //   {type: "inspected", id, info}
 //   {type: "described", id, summary}                   (q4apr.folder.Description.summary();
 //                                                       null for a lone weights file)
@@ -32,6 +36,8 @@ export const MSG = Object.freeze({
   INSPECT: "inspect",
   DESCRIBE: "describe",
   CANCEL: "cancel",
+  CONFIGURE: "configure",
+  KILL_CONVERTER: "kill-converter",
   BOOT: "boot",
   READY: "ready",
   PROGRESS: "progress",

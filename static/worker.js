@@ -1,10 +1,12 @@
 // The worker: a thin adapter between the page's message protocol (protocol.js)
 // and the q4apr Python core running in Pyodide.  Module worker.
 
-import { loadPyodide, version as pyodideVersion } from "./pyodide/pyodide.mjs";
 import { MSG } from "./protocol.js";
+import { bootPython, describe } from "./runtime.js";
+import { Pool } from "./pool.js";
 
 const PROGRESS_EVERY_S = 0.1;
+const MAX_WORKERS = 64;
 
 // Python side: drives the core's generator, yielding to the JS event loop between
 // steps so that "cancel" messages are seen.  Results go back through callbacks and
@@ -15,6 +17,7 @@ if "/lib/q4apr" not in sys.path:
     sys.path.insert(0, "/lib/q4apr")
 import numpy
 import q4apr
+from q4apr.pipeline import Wait
 import js
 from pyodide.ffi import to_js
 
@@ -27,6 +30,53 @@ def _message(e):
     text = str(e)
     return "internal error: " + type(e).__name__ + (": " + text if text else "")
 
+class _PageFuture:
+    """A chunk converted by a worker of the pool (pool.js): pipeline.quantize_steps yields
+    Wait(this) until done(), the driver awaits wait()."""
+    __slots__ = ("pool", "t")
+
+    def __init__(self, pool, t):
+        self.pool, self.t = pool, t
+
+    def done(self):
+        return bool(self.pool.done(self.t))
+
+    def wait(self):
+        return self.pool.wait(self.t)
+
+    def cancel(self):
+        self.pool.drop(self.t)
+        return False
+
+    def result(self):
+        r = self.pool.take(self.t)
+        bad = getattr(r, "bad", None)
+        if bad is not None:
+            problem, file, tensor = bad.to_py()
+            raise q4apr.BadInput(problem, file, tensor)
+        parts = getattr(r, "parts", None)
+        if parts is None:
+            raise q4apr.Q4Error(f"{getattr(r, 'fail', None) or 'a conversion worker failed'}; "
+                                "nothing was written (with Advanced › Workers set to 1 the page "
+                                "uses no conversion workers)")
+        d = parts.to_py()
+        for k in ("out", "signal", "noise"):
+            if d[k] is not None:
+                d[k] = memoryview(d[k]).cast("B")
+        return d
+
+
+class _PageExecutor:
+    """quantize_steps' executor: chunks go to idle pool workers, else are converted here."""
+
+    def __init__(self, pool, workers):
+        self.pool, self.workers = pool, workers
+
+    def submit_chunk(self, job, raw):
+        t = self.pool.submit(json.dumps(job), raw)
+        return _PageFuture(self.pool, t) if t else None
+
+
 def _status(status, message=None):
     d = {"status": status}
     if message is not None:
@@ -34,7 +84,7 @@ def _status(status, message=None):
     return json.dumps(d)
 
 async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done, is_cancelled,
-                       read_hint=None, read_pending=None):
+                       read_hint=None, read_pending=None, pool=None):
     gen = None
     try:
         paths = json.loads(paths_json)
@@ -47,7 +97,8 @@ async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress
             read_hint(json.dumps([[e.path, e.offset, e.nbytes] for e in model.tensors
                                   if e.opener is None]))
         sink = q4apr.CallbackSink(on_chunk, on_truncate)
-        gen = q4apr.quantize_steps(model, sink, options)
+        executor = _PageExecutor(pool, int(pool.size)) if pool is not None and pool.size else None
+        gen = q4apr.quantize_steps(model, sink, options, executor)
         last = 0.0
         while True:
             pending = read_pending() if read_pending is not None else None
@@ -64,6 +115,9 @@ async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress
                 report = stop.value
                 gen = None
                 break
+            if isinstance(p, Wait):   # the oldest chunk is still in a pool worker
+                await p.future.wait()
+                continue
             now = time.monotonic()
             if now - last >= ${PROGRESS_EVERY_S}:
                 last = now
@@ -119,129 +173,32 @@ let api = null;         // {quantize, inspect, describe}: PyProxies of the drive
 const cancelled = new Set();
 let queue = Promise.resolve();
 
+// Conversion workers (pool.js), started once this worker is ready: `workers` is the total
+// the page asks for (this worker converts too), kept until it asks for another.
+const pool = new Pool(new URL("./converter.js", import.meta.url));
+let workersWanted = 1;
+
+function sizePool(total) {
+  if (Number.isSafeInteger(total) && total >= 1 && total <= MAX_WORKERS) workersWanted = total;
+  pool.resize(workersWanted - 1);
+}
+
 function post(msg, transfer) {
   self.postMessage(msg, transfer || []);
 }
 
-function describe(err) {
-  if (!err) return "unknown error";
-  if (typeof err === "string") return err;
-  return err.message || String(err);
-}
-
 async function boot() {
-  post({ type: MSG.BOOT, stage: "runtime", progress: 0.02 });
-  // the core's zip comes while the runtime starts
-  const core = fetch(new URL("./q4apr.zip", import.meta.url)).then((res) => {
-    if (!res.ok) throw new Error(`the q4apr core could not be fetched (HTTP ${res.status})`);
-    return res.arrayBuffer();
-  });
-  core.catch(() => {});   // reported where it is awaited
-  const snapshot = await snapshotGet();
-  if (snapshot) {
-    try {
-      return await bootRuntime(snapshot, core);
-    } catch (err) {
-      console.warn(`starting from the stored runtime snapshot failed, starting afresh: ${describe(err)}`);
-      await snapshotDrop();
-    }
-  }
-  return bootRuntime(null, core);
-}
-
-async function bootRuntime(snapshot, core) {
-  const options = {
-    indexURL: new URL("./pyodide/", import.meta.url).href,
-    stdout: (s) => console.log("[py]", s),
-    stderr: (s) => console.warn("[py]", s),
-  };
-  if (snapshot) options._loadSnapshot = snapshot;
-  else if (typeof indexedDB !== "undefined") options._makeSnapshot = true;
-  py = await loadPyodide(options);
-  if (options._makeSnapshot) {
-    try {
-      snapshotPut(py.makeMemorySnapshot());   // stored in the background
-    } catch (err) {
-      console.warn(`no runtime snapshot: ${describe(err)}`);
-    }
-  }
-
-  post({ type: MSG.BOOT, stage: "numpy", progress: 0.6 });
-  const loadErrors = [];
-  await py.loadPackage("numpy", {
-    messageCallback: () => {},
-    errorCallback: (m) => loadErrors.push(String(m)),
-  });
-  // loadPackage resolves even when it failed: check that numpy really imports.
-  try {
-    py.runPython("import numpy");
-  } catch (e) {
-    const why = loadErrors.length ? loadErrors.join("; ") : describe(e).split("\n").filter(Boolean).pop();
-    throw new Error(`numpy could not be loaded (${why})`);
-  }
-
-  post({ type: MSG.BOOT, stage: "core", progress: 0.85 });
-  py.unpackArchive(await core, "zip", { extractDir: "/lib/q4apr" });
-
-  const dict = py.globals.get("dict");
-  ns = dict();
-  dict.destroy();
-  try {
-    py.runPython(DRIVER_PY, { globals: ns });
-  } catch (e) {
-    throw new Error(`the q4apr core could not be imported (${describe(e).split("\n").filter(Boolean).pop()})`);
-  }
+  const stage = (name, progress) => post({ type: MSG.BOOT, stage: name, progress });
+  const booted = await bootPython(DRIVER_PY, { stage });
+  py = booted.py;
+  ns = booted.ns;
   api = { quantize: ns.get("run_quantize"), inspect: ns.get("run_inspect"), describe: ns.get("run_describe") };
   const vfn = ns.get("versions");
   const versions = JSON.parse(vfn());
   vfn.destroy();
   versions.pyodide = py.version;
-  post({ type: MSG.BOOT, stage: "core", progress: 1 });
+  stage("core", 1);
   post({ type: MSG.READY, versions });
-}
-
-// ---- start-up from a snapshot ----
-// Most of a cold start is CPython and Pyodide booting inside wasm (about 2.5 s of 3.8 s,
-// page load to ready, on a 2-core machine).  So the first boot also takes a snapshot of
-// the runtime's memory right after loadPyodide (Pyodide's _makeSnapshot; before numpy,
-// as a snapshot cannot hold loaded shared libraries) and keeps it in IndexedDB (21 MB);
-// later boots restore it in about 0.5 s, then load numpy and the core as usual.  The
-// snapshot API is experimental: Pyodide checks the snapshot's build id on restore, and
-// any failure while starting from a snapshot deletes it and starts afresh here.
-const SNAPSHOT_DB = "q4apr-runtime";
-const SNAPSHOT_KEY = `pyodide-${pyodideVersion}-v1`;
-
-function snapshotStore(mode, op) {
-  return new Promise((resolve, reject) => {
-    const open = indexedDB.open(SNAPSHOT_DB, 1);
-    open.onupgradeneeded = () => open.result.createObjectStore("snapshots");
-    open.onerror = () => reject(open.error);
-    open.onsuccess = () => {
-      const db = open.result;
-      const tx = db.transaction("snapshots", mode);
-      const req = op(tx.objectStore("snapshots"));
-      tx.oncomplete = () => { db.close(); resolve(req.result); };
-      tx.onerror = tx.onabort = () => { db.close(); reject(tx.error); };
-    };
-  });
-}
-
-async function snapshotGet() {
-  if (typeof indexedDB === "undefined") return null;
-  try {
-    const v = await snapshotStore("readonly", (s) => s.get(SNAPSHOT_KEY));
-    return v instanceof Uint8Array ? v : null;
-  } catch (_) {
-    return null;
-  }
-}
-
-function snapshotPut(bytes) {   // the only snapshot kept: older versions' go
-  return snapshotStore("readwrite", (s) => { s.clear(); return s.put(bytes, SNAPSHOT_KEY); }).catch(() => {});
-}
-
-function snapshotDrop() {
-  return snapshotStore("readwrite", (s) => s.delete(SNAPSHOT_KEY)).catch(() => {});
 }
 
 // For the benchmarks (bench/e2e_browser.py, through Playwright): the size of the wasm
@@ -489,8 +446,10 @@ async function runQuantize(msg) {
       for (const ra of readers.values()) ra.ranges.sort((a, b) => a[0] - b[0]);
     };
     const readPending = () => (lastRead ? lastRead.reader.pending(lastRead.pos) : null);
+    sizePool(msg.workers);
+    pool.sent = 0;
     const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onTruncate, onProgress, onDone,
-      isCancelled, readHint, readPending);
+      isCancelled, readHint, readPending, pool.size ? pool : null);
     let status;
     try {
       status = JSON.parse(await coro);
@@ -499,7 +458,8 @@ async function runQuantize(msg) {
     }
     if (status.message) status.message = unmountedText(status.message, m);
     if (status.status === "done") {
-      outcome = { type: MSG.DONE, id, report, head };
+      // workers: how many converted (this one included) and the chunks sent to the pool
+      outcome = { type: MSG.DONE, id, report, head, workers: { total: pool.size + 1, pooled: pool.sent } };
     } else if (status.status === "cancelled") {
       outcome = { type: MSG.CANCELLED, id };
     } else {
@@ -550,6 +510,14 @@ self.onmessage = (ev) => {
   const msg = ev.data || {};
   if (msg.type === MSG.CANCEL) {
     cancelled.add(msg.id);
+    return;
+  }
+  if (msg.type === MSG.CONFIGURE) {   // the pool boots after this worker (its snapshot first)
+    booted.then((ok) => { if (ok) sizePool(msg.workers); });
+    return;
+  }
+  if (msg.type === MSG.KILL_CONVERTER) {   // tests only: a conversion worker crashes
+    pool.kill();
     return;
   }
   const run = { [MSG.QUANTIZE]: runQuantize, [MSG.INSPECT]: runInspect, [MSG.DESCRIBE]: runDescribe }[msg.type];

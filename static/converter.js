@@ -1,0 +1,66 @@
+// A conversion worker of the main worker's pool (worker.js): converts the chunks it is
+// sent with the core's ChunkConverter (the same _convert as the main worker and the CLI)
+// and sends back the parts.  Module worker, started by worker.js.
+//
+// main -> here   {id, job: JSON string, raw: ArrayBuffer (transferred)}
+// here -> main   {ready: true} once booted, or {failed: message}
+//                {id, parts: {out, dtype, signal, noise, maxerr, low_scales, overflow,
+//                             non_finite}}  (byte fields: ArrayBuffers, transferred)
+//                {id, bad: [problem, file, tensor]}   (the core refused the chunk: BadInput)
+//                {id, fail: message}                   (anything else)
+
+import { bootPython, describe } from "./runtime.js";
+
+const DRIVER_PY = String.raw`
+import sys, json
+if "/lib/q4apr" not in sys.path:
+    sys.path.insert(0, "/lib/q4apr")
+import numpy
+import q4apr
+from q4apr.pipeline import ChunkConverter
+import js
+from pyodide.ffi import to_js
+
+_converter = ChunkConverter()
+
+def convert(job_json, raw):
+    """raw: a JS Uint8Array (copied in); the parts with bytes as JS Uint8Arrays (copied out)."""
+    try:
+        parts = _converter.convert(json.loads(job_json), raw.to_py())
+    except q4apr.BadInput as e:
+        return to_js({"bad": [e.problem, e.file, e.tensor]}, dict_converter=js.Object.fromEntries)
+    out = {k: (to_js(v) if isinstance(v, memoryview) else v) for k, v in parts.items()}
+    return to_js({"parts": out}, dict_converter=js.Object.fromEntries)
+`;
+
+let convert = null;
+const booted = bootPython(DRIVER_PY, { makeSnapshot: false }).then(
+  ({ ns }) => {
+    convert = ns.get("convert");
+    self.postMessage({ ready: true });
+  },
+  (err) => self.postMessage({ failed: describe(err) }),
+);
+
+self.onmessage = async (ev) => {
+  const { id, job, raw } = ev.data || {};
+  await booted;
+  if (!convert) return self.postMessage({ id, fail: "the conversion worker did not start" });
+  let reply;
+  try {
+    reply = convert(job, new Uint8Array(raw));
+  } catch (err) {
+    return self.postMessage({ id, fail: describe(err).split("\n").filter(Boolean).pop() });
+  }
+  const transfer = [];
+  if (reply.parts) {
+    for (const k of ["out", "signal", "noise"]) {
+      const v = reply.parts[k];
+      if (!v) continue;
+      const buf = v.byteLength === v.buffer.byteLength ? v.buffer : v.slice().buffer;
+      reply.parts[k] = buf;
+      transfer.push(buf);
+    }
+  }
+  self.postMessage({ id, ...reply }, transfer);
+};

@@ -1,0 +1,142 @@
+// The main worker's pool of conversion workers (converter.js).  The main worker reads the
+// model and writes the output in order (the core's quantize_steps with an executor); each
+// chunk it reads goes to an idle conversion worker (a copy of its bytes, transferred) or,
+// when all are busy or still booting, is converted by the main worker itself.  So one
+// worker is the fallback everywhere: a pool that cannot start (no nested module workers,
+// no snapshot, a worker failing to boot) only means fewer helpers.
+//
+// Tickets: submit() -> ticket (0: nobody idle); done(t); take(t) -> the worker's reply
+// ({parts} | {bad} | {fail}); wait(t) -> a promise settled when done(t); drop(t) forgets a
+// chunk the run no longer wants (its worker becomes idle when it has finished it).
+
+export class Pool {
+  constructor(url) {
+    this.url = url;
+    this.members = [];          // {worker, ready, busy: ticket | 0, dead}
+    this.tickets = new Map();   // ticket -> {reply, promise, resolve, member}
+    this.seq = 0;
+    this.target = 0;
+    this.spawnFailed = false;
+    this.sent = 0;              // chunks sent to conversion workers (reset by the run)
+    this.killNext = false;      // tests: kill() found no chunk in flight
+  }
+
+  // Conversion workers wanted (the main worker converts too: total = n + 1).
+  resize(n) {
+    this.target = n;
+    this.members = this.members.filter((m) => !m.dead);
+    while (this.members.length > n) {
+      const idle = this.members.findIndex((m) => !m.busy);
+      const [m] = this.members.splice(idle >= 0 ? idle : this.members.length - 1, 1);
+      this.stop(m, "the pool was made smaller");
+    }
+    while (this.members.length < n && !this.spawnFailed) {
+      let worker;
+      try {
+        worker = new Worker(this.url, { type: "module", name: `q4apr-convert-${this.members.length + 1}` });
+      } catch (err) {   // no nested module workers here: the main worker works alone
+        console.warn(`no conversion workers: ${err && err.message}`);
+        this.spawnFailed = true;
+        break;
+      }
+      const m = { worker, ready: false, busy: 0, dead: false };
+      worker.onmessage = (ev) => this.onReply(m, ev.data || {});
+      worker.onerror = (ev) => {
+        ev.preventDefault?.();
+        this.stop(m, `a conversion worker stopped (${ev.message || "script error"})`);
+      };
+      worker.onmessageerror = () => this.stop(m, "a conversion worker's reply could not be read");
+      this.members.push(m);
+    }
+  }
+
+  get size() {
+    return this.members.filter((m) => !m.dead).length;
+  }
+
+  get readyCount() {
+    return this.members.filter((m) => m.ready && !m.dead).length;
+  }
+
+  onReply(m, d) {
+    if (d.ready) { m.ready = true; return; }
+    if (d.failed) {   // it would fail again: this page works with the workers it has
+      this.spawnFailed = true;
+      this.stop(m, `a conversion worker could not start: ${d.failed}`, true);
+      return;
+    }
+    if (m.busy === d.id) m.busy = 0;
+    this.settle(d.id, d);
+  }
+
+  settle(t, reply) {
+    const rec = this.tickets.get(t);
+    if (!rec || rec.reply) return;
+    rec.reply = reply;
+    rec.resolve();
+  }
+
+  // A worker is gone: its chunk in flight fails the run (never a wrong file), and a crashed
+  // one is replaced at once (one that could not boot is not: it would fail again).
+  stop(m, why, bootFailed = false) {
+    if (m.dead) return;
+    m.dead = true;
+    try { m.worker.terminate(); } catch (_) { /* gone */ }
+    console.warn(why);
+    if (m.busy) this.settle(m.busy, { fail: why });
+    m.busy = 0;
+    if (!bootFailed && this.members.includes(m)) setTimeout(() => this.resize(this.target), 0);
+  }
+
+  // raw: the chunk's bytes (a PyProxy of a memoryview, copied here) or a typed array.
+  submit(job, raw) {
+    const m = this.members.find((x) => x.ready && !x.busy && !x.dead);
+    if (!m) return 0;
+    let copy;
+    if (ArrayBuffer.isView(raw)) {
+      copy = raw.slice().buffer;
+    } else {
+      const pb = raw.getBuffer("u8");
+      try { copy = pb.data.slice().buffer; } finally { pb.release(); }
+    }
+    const t = ++this.seq;
+    const rec = { reply: null, member: m };
+    rec.promise = new Promise((resolve) => { rec.resolve = resolve; });
+    this.tickets.set(t, rec);
+    m.busy = t;
+    this.sent++;
+    m.worker.postMessage({ id: t, job, raw: copy }, [copy]);
+    if (this.killNext) {
+      this.killNext = false;
+      this.stop(m, "a conversion worker stopped (killed)");
+    }
+    return t;
+  }
+
+  done(t) {
+    const rec = this.tickets.get(t);
+    return !rec || rec.reply !== null;
+  }
+
+  wait(t) {
+    const rec = this.tickets.get(t);
+    return rec ? rec.promise : Promise.resolve();
+  }
+
+  take(t) {
+    const rec = this.tickets.get(t);
+    this.tickets.delete(t);
+    return rec && rec.reply ? rec.reply : { fail: "a chunk's conversion was lost" };
+  }
+
+  drop(t) {
+    this.tickets.delete(t);
+  }
+
+  // For the tests: a worker crashes with a chunk in flight (now, or at the next chunk sent).
+  kill() {
+    const m = this.members.find((x) => x.busy && !x.dead);
+    if (m) this.stop(m, "a conversion worker stopped (killed)");
+    else this.killNext = true;
+  }
+}

@@ -1,0 +1,123 @@
+// Starting Pyodide + numpy + the q4apr core in a worker: shared by the main worker
+// (worker.js) and the conversion workers of its pool (converter.js).
+
+import { loadPyodide, version as pyodideVersion } from "./pyodide/pyodide.mjs";
+
+export function describe(err) {
+  if (!err) return "unknown error";
+  if (typeof err === "string") return err;
+  return err.message || String(err);
+}
+
+// Boot and run `driver` (Python source) in fresh globals.  stage(name, progress) reports
+// the steps ("runtime", "numpy", "core").  makeSnapshot: whether this worker may store the
+// runtime snapshot when none exists (the main worker does; pool workers only read it).
+// Returns {py, ns}: the Pyodide instance and the driver's globals (a PyProxy of a dict).
+export async function bootPython(driver, { stage = () => {}, makeSnapshot = true } = {}) {
+  stage("runtime", 0.02);
+  // the core's zip comes while the runtime starts
+  const core = fetch(new URL("./q4apr.zip", import.meta.url)).then((res) => {
+    if (!res.ok) throw new Error(`the q4apr core could not be fetched (HTTP ${res.status})`);
+    return res.arrayBuffer();
+  });
+  core.catch(() => {});   // reported where it is awaited
+  const snapshot = await snapshotGet();
+  if (snapshot) {
+    try {
+      return await bootRuntime(snapshot, core, driver, stage, false);
+    } catch (err) {
+      console.warn(`starting from the stored runtime snapshot failed, starting afresh: ${describe(err)}`);
+      if (makeSnapshot) await snapshotDrop();
+    }
+  }
+  return bootRuntime(null, core, driver, stage, makeSnapshot);
+}
+
+async function bootRuntime(snapshot, core, driver, stage, makeSnapshot) {
+  const options = {
+    indexURL: new URL("./pyodide/", import.meta.url).href,
+    stdout: (s) => console.log("[py]", s),
+    stderr: (s) => console.warn("[py]", s),
+  };
+  if (snapshot) options._loadSnapshot = snapshot;
+  else if (makeSnapshot && typeof indexedDB !== "undefined") options._makeSnapshot = true;
+  const py = await loadPyodide(options);
+  if (options._makeSnapshot) {
+    try {
+      snapshotPut(py.makeMemorySnapshot());   // stored in the background
+    } catch (err) {
+      console.warn(`no runtime snapshot: ${describe(err)}`);
+    }
+  }
+
+  stage("numpy", 0.6);
+  const loadErrors = [];
+  await py.loadPackage("numpy", {
+    messageCallback: () => {},
+    errorCallback: (m) => loadErrors.push(String(m)),
+  });
+  // loadPackage resolves even when it failed: check that numpy really imports.
+  try {
+    py.runPython("import numpy");
+  } catch (e) {
+    const why = loadErrors.length ? loadErrors.join("; ") : describe(e).split("\n").filter(Boolean).pop();
+    throw new Error(`numpy could not be loaded (${why})`);
+  }
+
+  stage("core", 0.85);
+  py.unpackArchive(await core, "zip", { extractDir: "/lib/q4apr" });
+
+  const dict = py.globals.get("dict");
+  const ns = dict();
+  dict.destroy();
+  try {
+    py.runPython(driver, { globals: ns });
+  } catch (e) {
+    throw new Error(`the q4apr core could not be imported (${describe(e).split("\n").filter(Boolean).pop()})`);
+  }
+  return { py, ns };
+}
+
+// ---- start-up from a snapshot ----
+// Most of a cold start is CPython and Pyodide booting inside wasm (about 2.5 s of 3.8 s,
+// page load to ready, on a 2-core machine).  So the first boot also takes a snapshot of
+// the runtime's memory right after loadPyodide (Pyodide's _makeSnapshot; before numpy,
+// as a snapshot cannot hold loaded shared libraries) and keeps it in IndexedDB (21 MB);
+// later boots restore it in about 0.5 s, then load numpy and the core as usual.  The
+// snapshot API is experimental: Pyodide checks the snapshot's build id on restore, and
+// any failure while starting from a snapshot deletes it and starts afresh here.
+const SNAPSHOT_DB = "q4apr-runtime";
+const SNAPSHOT_KEY = `pyodide-${pyodideVersion}-v1`;
+
+function snapshotStore(mode, op) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open(SNAPSHOT_DB, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("snapshots");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const db = open.result;
+      const tx = db.transaction("snapshots", mode);
+      const req = op(tx.objectStore("snapshots"));
+      tx.oncomplete = () => { db.close(); resolve(req.result); };
+      tx.onerror = tx.onabort = () => { db.close(); reject(tx.error); };
+    };
+  });
+}
+
+async function snapshotGet() {
+  if (typeof indexedDB === "undefined") return null;
+  try {
+    const v = await snapshotStore("readonly", (s) => s.get(SNAPSHOT_KEY));
+    return v instanceof Uint8Array ? v : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+function snapshotPut(bytes) {   // the only snapshot kept: older versions' go
+  return snapshotStore("readwrite", (s) => { s.clear(); return s.put(bytes, SNAPSHOT_KEY); }).catch(() => {});
+}
+
+function snapshotDrop() {
+  return snapshotStore("readwrite", (s) => s.delete(SNAPSHOT_KEY)).catch(() => {});
+}

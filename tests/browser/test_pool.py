@@ -1,0 +1,130 @@
+"""The page's worker pool (static/pool.js, converter.js): Advanced › Workers.
+
+Whatever the number of workers, the download is the native CLI's bytes; chunks really go
+to the pool (the page records how many); Cancel and a crashed worker stop the run cleanly
+and the next run works; the setting survives a reload.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from test_app import (RUN_MS, choose, download, native, open_app, set_options, wait_booted,
+                      wait_state)
+
+CHUNK = 64 << 10
+
+
+def set_workers(page, value):
+    if page.get_attribute("details.advanced", "open") is None:
+        page.click("details.advanced summary")
+    page.select_option("#opt-workers", str(value))
+
+
+def run_page(page):
+    page.click("#quantize-btn")
+    assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+    return (int(page.get_attribute("#result-panel", "data-workers")),
+            int(page.get_attribute("#result-panel", "data-pooled-chunks")))
+
+
+def wait_pool_ready(page, workers):
+    """Conversion workers boot after the main one: give them time (a run before they are
+    ready is still right, only converted by fewer workers)."""
+    page.wait_for_timeout(500 if workers <= 1 else 4000)
+
+
+@pytest.fixture
+def lopsided(tmp_path):
+    """Two shards: one tensor much larger than the rest (many chunks), small ones around."""
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(11)
+    a = {"model.embed_tokens.weight": rng.standard_normal((1024, 512)).astype(np.float32),
+         "model.layers.0.input_layernorm.weight": np.ones(512, np.float32)}
+    b = {"model.layers.0.self_attn.q_proj.weight": rng.standard_normal((64, 512)).astype(np.float32),
+         "model.layers.0.mlp.up_proj.weight": rng.standard_normal((96, 512)).astype(np.float16),
+         "lm_head.weight": rng.standard_normal((256, 512)).astype(np.float32)}
+    p1, p2 = tmp_path / "model-00001-of-00002.safetensors", tmp_path / "model-00002-of-00002.safetensors"
+    save_file(a, str(p1))
+    save_file(b, str(p2))
+    idx = tmp_path / "model.safetensors.index.json"
+    import json
+    idx.write_text(json.dumps({"metadata": {}, "weight_map": {
+        **{k: p1.name for k in a}, **{k: p2.name for k in b}}}))
+    return [p1, p2, idx]
+
+
+@pytest.mark.parametrize("fmt,qtype", [("apr", "Q4_0"), ("gguf", "Q4_K_M")])
+def test_one_two_three_workers_same_bytes_as_the_cli(page, site_url, lopsided, fmt, qtype):
+    want, _ = native(lopsided, format=fmt, type=qtype, chunk_bytes=CHUNK)
+    open_app(page, site_url)
+    set_options(page, format=fmt, type=qtype, chunk_bytes=CHUNK)
+    choose(page, *lopsided)
+    for workers in (1, 2, 3):
+        set_workers(page, workers)
+        wait_pool_ready(page, workers)
+        total, pooled = run_page(page)
+        assert download(page)[1] == want, f"{workers} workers"
+        assert total == workers
+        assert (pooled > 0) == (workers > 1), (workers, pooled)
+
+
+def test_the_setting_persists_and_auto_is_the_default(page, site_url):
+    open_app(page, site_url)
+    assert page.input_value("#opt-workers") == "auto"
+    assert page.text_content('#opt-workers option[value="auto"]').startswith("Auto (")
+    set_workers(page, 3)
+    page.reload()
+    wait_booted(page)
+    assert page.input_value("#opt-workers") == "3"
+
+
+@pytest.fixture
+def big(tmp_path):
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(0)
+    p = tmp_path / "big.safetensors"
+    save_file({f"layer.{i}.weight": rng.standard_normal((1024, 1024)).astype(np.float32)
+               for i in range(6)}, str(p))                       # 24 MiB
+    return p
+
+
+def test_cancel_with_three_workers_then_the_next_run_works(page, site_url, big, lopsided):
+    open_app(page, site_url)
+    set_options(page, chunk_bytes=CHUNK, type="Q4_K_M", format="gguf")
+    set_workers(page, 3)
+    wait_pool_ready(page, 3)
+    choose(page, big)
+    page.click("#quantize-btn")
+    page.wait_for_selector('#work-tensor:text-matches("layer")', timeout=30_000)
+    t0 = time.monotonic()
+    page.click("#cancel-btn")
+    assert wait_state(page, "cancelled", "done", "error", timeout=5_000) == "cancelled"
+    assert time.monotonic() - t0 < 2.5
+    assert page.get_attribute("body", "data-boot") == "ready"   # answered without a restart
+    assert page.get_attribute("#download-link", "href") is None
+    choose(page, *lopsided)
+    total, pooled = run_page(page)
+    assert total == 3 and pooled > 0
+    assert download(page)[1] == native(lopsided, format="gguf", type="Q4_K_M", chunk_bytes=CHUNK)[0]
+
+
+def test_a_crashed_worker_fails_the_run_then_the_next_run_works(page, site_url, big, lopsided):
+    open_app(page, site_url)
+    set_options(page, chunk_bytes=CHUNK, type="Q4_K_M", format="gguf")
+    set_workers(page, 2)
+    wait_pool_ready(page, 2)
+    choose(page, big)
+    page.click("#quantize-btn")
+    page.wait_for_selector('#work-tensor:text-matches("layer")', timeout=30_000)
+    page.evaluate("() => window.q4aprWorker.postMessage({type: 'kill-converter'})")
+    assert wait_state(page, "error", "done", timeout=RUN_MS) == "error"
+    assert "conversion worker stopped" in page.text_content("#error-panel")
+    assert page.get_attribute("#download-link", "href") is None
+    # the pool is made whole again for the next run, which is right
+    wait_pool_ready(page, 2)
+    choose(page, *lopsided)
+    total, pooled = run_page(page)
+    assert total == 2 and pooled > 0
+    assert download(page)[1] == native(lopsided, format="gguf", type="Q4_K_M", chunk_bytes=CHUNK)[0]
