@@ -21,6 +21,11 @@ with Playwright, Chromium as the tests launch it (tests/conftest.py).
   loaded), in a new browser context (empty HTTP cache, no service worker), then, once the
   service worker has precached the site, again in a new page of the same context (served
   from the service worker's cache).  performance.now() at ready, median of --cold runs.
+  Beside it, the reference: a bare page whose module worker boots the same Pyodide and
+  imports numpy (BARE_PAGE), empty cache then HTTP cache, and the ratio of the medians.
+* --workers 1,2,4: each input run with Advanced › Workers set to each count (the
+  conversion workers given time to boot first), interleaved; every Pyodide worker's heap;
+  --type Q4_K_M for that mixture.
 * --folders (instead of the above): model folders.
     smollm2: tests/fixtures' SmolLM2-135M-Instruct folder (BF16, 269 MB of weights), hard-linked
       to DIR/folders/SmolLM2-135M-Instruct, chosen with the folder picker (#folder-input), vs
@@ -142,15 +147,40 @@ def wait_ready(page, timeout=120_000):
     return marked if marked is not None else page.evaluate("performance.now()") / 1000
 
 
-def worker_heap(page):
+def worker_heaps(page):
+    """The wasm heap of every Pyodide worker of the page (the main one first)."""
+    heaps = []
     for w in page.workers:
         try:
-            v = w.evaluate("self.q4aprHeapBytes ? self.q4aprHeapBytes() : null")
+            v = w.evaluate("self.q4aprHeapBytes ? [self.q4aprHeapBytes(), !!self.q4aprPoolReady] : null")
         except Exception:
             continue
-        if v:
-            return int(v)
-    return None
+        if v and v[0]:
+            heaps.insert(0, int(v[0])) if v[1] else heaps.append(int(v[0]))
+    return heaps
+
+
+def worker_heap(page):
+    heaps = worker_heaps(page)
+    return heaps[0] if heaps else None
+
+
+def set_workers(page, n, timeout_s=120):
+    """Advanced › Workers = n, then wait until the n - 1 conversion workers are ready."""
+    if page.get_attribute("details.advanced", "open") is None:
+        page.click("details.advanced summary")
+    page.select_option("#opt-workers", str(n))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        for w in page.workers:
+            try:
+                k = w.evaluate("self.q4aprPoolReady ? self.q4aprPoolReady() : null")
+            except Exception:
+                continue
+            if k is not None and k >= n - 1:
+                return time.perf_counter() - t0
+        time.sleep(0.1)
+    raise RuntimeError(f"{n - 1} conversion workers were not ready after {timeout_s} s")
 
 
 # Injected before the page's scripts (CDP, not subject to the page's CSP): notes when each
@@ -172,6 +202,47 @@ def boot_phases(page):
     numpy imported (core); and ready."""
     m = page.evaluate("window.__q4marks || {}")
     return {"worker": m.get("runtime"), "pyodide": m.get("numpy"), "numpy": m.get("core")}
+
+
+# The reference for the cold start: a bare page whose module worker boots the same Pyodide
+# (dist/static/pyodide) and imports numpy, nothing else; ready = the worker's message back.
+BARE_PAGE = """<!doctype html><meta charset="utf-8"><title>bare</title>
+<script type="module">
+const w = new Worker("./bare-worker.mjs", { type: "module" });
+w.onmessage = (e) => { window.__q4ready = performance.now() / 1000; document.body.dataset.boot = e.data; };
+</script><body></body>"""
+BARE_WORKER = """
+import { loadPyodide } from "./pyodide/pyodide.mjs";
+const py = await loadPyodide({ indexURL: new URL("./pyodide/", import.meta.url).href });
+await py.loadPackage("numpy", { messageCallback: () => {} });
+py.runPython("import numpy");
+postMessage("ready");
+"""
+
+
+def bare_starts(browser, dist, n):
+    """([empty-cache seconds], [HTTP-cache seconds]) of the bare page (BARE_PAGE)."""
+    empty, cached = [], []
+    with tempfile.TemporaryDirectory(prefix="q4bench-bare-") as tmp:
+        (Path(tmp) / "index.html").write_text(BARE_PAGE)
+        (Path(tmp) / "bare-worker.mjs").write_text(BARE_WORKER)
+        os.symlink(Path(dist) / "static" / "pyodide", Path(tmp) / "pyodide")
+        server, url = serve(tmp)
+        try:
+            for _ in range(n):
+                ctx = browser.new_context()
+                try:
+                    for into in (empty, cached):
+                        page = ctx.new_page()
+                        page.goto(url)
+                        into.append(wait_ready(page))
+                        page.close()
+                finally:
+                    ctx.close()
+        finally:
+            server.shutdown()
+            server.server_close()
+    return empty, cached
 
 
 def cold_starts(browser, url, n):
@@ -199,8 +270,18 @@ def cold_starts(browser, url, n):
     return empty, cached, phases
 
 
+def main_worker(page):
+    for w in page.workers:
+        try:
+            if w.evaluate("!!self.q4aprPoolReady"):
+                return w
+        except Exception:
+            continue
+    return None
+
+
 def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#file-input",
-            formats=None):
+            formats=None, workers=None, qtype="Q4_0", profile=False):
     """One fresh page: boot, choose `path` (a file, or a folder with selector="#folder-input"),
     wait for the folder's description (if any), then quantize to each of `formats` (default
     [fmt]) in turn, saving each download. Returns the first run's dict; with several
@@ -213,6 +294,10 @@ def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#f
         page.goto(url)
         wait_ready(page)
         heap_boot = worker_heap(page)
+        pool_boot = set_workers(page, workers) if workers else None
+        page.click(f'label[for="type-{qtype.lower()}"]')
+        if profile:
+            main_worker(page).evaluate("self.q4aprProfile = true")
         t0 = time.perf_counter()
         page.set_input_files(selector, str(path))
         page.wait_for_selector('body[data-describe="ready"], body[data-describe="failed"], '
@@ -233,7 +318,10 @@ def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#f
             seconds = time.perf_counter() - t0
             if page.get_attribute("body", "data-state") != "done":
                 raise RuntimeError("the run failed: " + (page.text_content("#error-panel") or ""))
-            heap = worker_heap(page)
+            heaps = worker_heaps(page)
+            heap = heaps[0] if heaps else None
+            pooled = page.get_attribute("#result-panel", "data-pooled-chunks")
+            prof = main_worker(page).evaluate("self.q4aprLastProfile || null") if profile else None
             with page.expect_download(timeout=timeout_s * 1000) as info:
                 page.click("#download-link")
             dl = info.value
@@ -244,22 +332,25 @@ def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#f
             runs.append({"format": f, "seconds": seconds, "heap": heap, "heap_boot": heap_boot,
                          "heap_described": heap_described, "describe_seconds": describe_s,
                          "out": str(out), "name": dl.suggested_filename,
-                         "out_bytes": out.stat().st_size, "save_seconds": save_s})
+                         "out_bytes": out.stat().st_size, "save_seconds": save_s,
+                         "heaps": heaps, "pooled_chunks": int(pooled or 0),
+                         "pool_boot_seconds": pool_boot, "profile": prof})
     finally:
         ctx.close()
     return dict(runs[0], runs=runs) if formats else runs[0]
 
 
-def native_output(path, key, out_dir, fmt):
+def native_output(path, key, out_dir, fmt, qtype="Q4_0"):
     """The native CLI's output for the same input (a file or a model folder) and options
     (made once, then reused)."""
-    out = Path(out_dir) / f"native-{key}{'.apr' if fmt == 'apr' else '.Q4_0.gguf'}"
+    tag = "" if qtype == "Q4_0" else f"-{qtype}"
+    out = Path(out_dir) / f"native-{key}{tag}{'.apr' if fmt == 'apr' else f'.{qtype}.gguf'}"
     p = Path(path)
     newest = max(f.stat().st_mtime for f in p.iterdir()) if p.is_dir() else p.stat().st_mtime
     if not out.exists() or out.stat().st_mtime < newest:
         env = dict(os.environ, PYTHONPATH=str(REPO / "py"))
         subprocess.run([sys.executable, "-m", "q4apr", "quantize", str(path), "-o", str(out),
-                        "--format", fmt, "--force", "-q"], env=env, check=True,
+                        "--format", fmt, "--type", qtype, "--force", "-q"], env=env, check=True,
                        stdout=subprocess.DEVNULL)
     return out
 
@@ -456,6 +547,12 @@ def main():
     ap.add_argument("--cold", type=int, default=5, help="cold starts of each kind (median)")
     ap.add_argument("--only", choices=sorted(INPUTS), action="append", help="just these inputs")
     ap.add_argument("--format", choices=("apr", "gguf"), default="apr")
+    ap.add_argument("--type", choices=("Q4_0", "Q4_K_M"), default="Q4_0", dest="qtype")
+    ap.add_argument("--profile", action="store_true",
+                    help="split each run's time in the main worker (read, kernel, hand-off, waits)")
+    ap.add_argument("--workers", default=None,
+                    help="comma-separated worker counts to run each input with (Advanced › "
+                         "Workers; e.g. 1,2,4), interleaved; default: the page's Auto")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--no-verify", action="store_true")
@@ -485,12 +582,17 @@ def main():
                     print(f"cold start x{args.cold} ...", flush=True)
                     empty, cached, phases = cold_starts(browser, url, args.cold)
                     results["cold"] = {"empty": empty, "cached": cached, "phases": phases}
-                    for kind, xs in (("empty cache", empty), ("sw cache", cached)):
+                    bare_empty, bare_cached = bare_starts(browser, dist, args.cold)
+                    results["cold"]["bare"] = {"empty": bare_empty, "cached": bare_cached}
+                    for kind, xs, bare in (("empty cache", empty, bare_empty), ("sw cache", cached, bare_cached)):
                         ph = phases["empty" if kind == "empty cache" else "cached"]
                         med = {k: statistics.median(p[k] for p in ph if p[k] is not None) for k in ph[0]}
                         print(f"  {kind:<12} median {statistics.median(xs):.2f} s  {_fmt(xs)};  median phases:"
                               f" worker created {med['worker']:.2f}, runtime {med['pyodide']:.2f},"
                               f" numpy {med['numpy']:.2f}, ready {med['ready']:.2f} s", flush=True)
+                        print(f"  {'':<12} bare Pyodide + numpy page ({'HTTP cache' if bare is bare_cached else 'empty cache'}):"
+                              f" median {statistics.median(bare):.2f} s {_fmt(bare)};"
+                              f" ratio {statistics.median(xs) / statistics.median(bare):.2f}", flush=True)
                 if not args.no_e2e and not args.folders:
                     for key in args.only or list(INPUTS):
                         path = ensure_input(args.dir, key)
@@ -498,28 +600,44 @@ def main():
                         print(f"{path.name} ({size / 1e9:.2f} GB) ...", flush=True)
                         rates = read_rates(browser, path)
                         print("  read ceiling: " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in rates.items()))
-                        runs = []
+                        counts = [int(w) for w in args.workers.split(",")] if args.workers else [None]
+                        runs = {w: [] for w in counts}
                         for _ in range(args.reps):
-                            r = run_e2e(browser, url, path, args.dir, args.format)
-                            runs.append(r)
-                            ok, last = (True, ["not checked"]) if args.no_verify else verify(r["out"])
-                            r["verify_ok"], r["verify"] = ok, last[0]
-                            if args.compare:
-                                ref = native_output(path, key, args.dir, args.format)
-                                r["same_as_native"] = same_bytes(r["out"], ref)
-                                last[0] += ", same bytes as the native CLI: " + ("yes" if r["same_as_native"] else "NO")
-                            print(f"  drop -> download ready: {r['seconds']:.1f} s = {size / r['seconds'] / 1e6:.0f} MB/s,"
-                                  f" wasm heap {r['heap'] / 2**20:.0f} MiB (after boot {r['heap_boot'] / 2**20:.0f} MiB),"
-                                  f" output {r['out_bytes'] / 1e6:.0f} MB saved in {r['save_seconds']:.1f} s,"
-                                  f" verify: {'ok' if ok else 'FAILED'} ({last[0]})", flush=True)
-                            if not args.keep:
-                                os.unlink(r["out"])
-                        secs = statistics.median(r["seconds"] for r in runs)
-                        mbps = size / secs / 1e6
-                        results["inputs"][key] = {"file": path.name, "bytes": size, "read_mbps": rates,
-                                                  "runs": runs, "mbps": mbps,
-                                                  "heap_peak": max(r["heap"] for r in runs)}
-                        print(f"  median {mbps:.0f} MB/s = {mbps / max(rates.values()):.2f} of the read ceiling")
+                            for w in counts:   # interleaved: the machine's speed drifts
+                                r = run_e2e(browser, url, path, args.dir, args.format, workers=w,
+                                            qtype=args.qtype, profile=args.profile)
+                                runs[w].append(r)
+                                ok, last = (True, ["not checked"]) if args.no_verify else verify(r["out"])
+                                r["verify_ok"], r["verify"] = ok, last[0]
+                                if args.compare:
+                                    ref = native_output(path, key, args.dir, args.format, args.qtype)
+                                    r["same_as_native"] = same_bytes(r["out"], ref)
+                                    last[0] += ", same bytes as the native CLI: " + ("yes" if r["same_as_native"] else "NO")
+                                heaps = ", ".join(f"{h / 2**20:.0f}" for h in r["heaps"])
+                                print(f"  {'workers ' + str(w) + ': ' if w else ''}drop -> download ready:"
+                                      f" {r['seconds']:.1f} s = {size / r['seconds'] / 1e6:.0f} MB/s,"
+                                      f" wasm heaps [{heaps}] MiB (main after boot {r['heap_boot'] / 2**20:.0f} MiB),"
+                                      f" chunks to the pool {r['pooled_chunks']},"
+                                      f" output {r['out_bytes'] / 1e6:.0f} MB saved in {r['save_seconds']:.1f} s,"
+                                      f" verify: {'ok' if ok else 'FAILED'} ({last[0]})", flush=True)
+                                if not args.keep:
+                                    os.unlink(r["out"])
+                        if args.profile:
+                            print_profiles(runs, r["seconds"])
+                        ceiling = max(rates.values())
+                        entry = {"file": path.name, "bytes": size, "read_mbps": rates, "by_workers": {}}
+                        base = None
+                        for w in counts:
+                            secs = statistics.median(r["seconds"] for r in runs[w])
+                            mbps = size / secs / 1e6
+                            base = base or mbps
+                            entry["by_workers"][str(w or "auto")] = {
+                                "runs": runs[w], "mbps": mbps,
+                                "heap_peak": max(max(r["heaps"] or [0]) for r in runs[w])}
+                            print(f"  {'workers ' + str(w) + ': ' if w else ''}median {mbps:.0f} MB/s"
+                                  f" = {mbps / ceiling:.2f} of the read ceiling ({ceiling:.0f} MB/s)"
+                                  f", {mbps / base:.2f}x the first count's", flush=True)
+                        results["inputs"][key] = entry
             finally:
                 browser.close()
     finally:
@@ -528,6 +646,35 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+
+
+PROFILE_PARTS = [
+    ("read", "read (_read_chunk: WORKERFS + read-ahead copies)"),
+    ("kernel", "kernel + fused round trip (codecs.quantize, this worker)"),
+    ("handoff", "output hand-off (CallbackSink.write: copy + postMessage)"),
+    ("wait_read", "waiting for read-ahead"),
+    ("wait_pool", "waiting for pool workers"),
+    ("yield", "event-loop turns (asyncio.sleep(0))"),
+    ("rest", "statistics, decode, CRC, the rest"),
+]
+
+
+def print_profiles(runs, _):
+    """The main worker's split of each worker count's median run (--profile)."""
+    print("  | part | " + " | ".join(f"{w or 'auto'} worker(s) s (share)" for w in runs) + " |")
+    print("  |---|" + "---:|" * len(runs))
+    meds = {}
+    for w, rs in runs.items():
+        profs = [r["profile"] for r in rs if r.get("profile")]
+        if not profs:
+            continue
+        keys = {k for p in profs for k in p}
+        med = {k: statistics.median(p.get(k, 0.0) for p in profs) for k in keys}
+        med["rest"] = med["total"] - sum(v for k, v in med.items() if k != "total")
+        meds[w] = med
+    for key, label in PROFILE_PARTS + [("total", "total (in the worker)")]:
+        cells = [f"{m.get(key, 0.0):.2f} ({m.get(key, 0.0) / m['total']:.0%})" for m in meds.values()]
+        print(f"  | {label} | " + " | ".join(cells) + " |")
 
 
 def _fmt(xs):

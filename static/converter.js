@@ -34,8 +34,12 @@ def convert(job_json, raw):
 `;
 
 let convert = null;
+let heap = null;
+// For the benchmarks, as worker.js's: this worker's wasm heap in bytes (its peak).
+self.q4aprHeapBytes = () => (heap ? heap.HEAPU8.length : 0);
 const booted = bootPython(DRIVER_PY, { makeSnapshot: false }).then(
-  ({ ns }) => {
+  ({ py, ns }) => {
+    heap = py._module;
     convert = ns.get("convert");
     self.postMessage({ ready: true });
   },

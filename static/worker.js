@@ -83,8 +83,59 @@ def _status(status, message=None):
         d["message"] = message
     return json.dumps(d)
 
+class _Profile(dict):
+    """For bench/e2e_browser.py --profile: seconds spent in each part of a run (read, kernel
+    with its fused round trip, output hand-off, awaiting reads or pool workers)."""
+
+    def wrap(self, key, fn):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self[key] = self.get(key, 0.0) + time.perf_counter() - t0
+        return timed
+
+    def __enter__(self):
+        from q4apr import codecs, pipeline, sinks
+        self._saved = (pipeline._read_chunk, codecs.quantize, sinks.CallbackSink.write)
+        pipeline._read_chunk = self.wrap("read", pipeline._read_chunk)
+        codecs.quantize = self.wrap("kernel", codecs.quantize)
+        sinks.CallbackSink.write = self.wrap("handoff", sinks.CallbackSink.write)
+        return self
+
+    def __exit__(self, *exc):
+        from q4apr import codecs, pipeline, sinks
+        pipeline._read_chunk, codecs.quantize, sinks.CallbackSink.write = self._saved
+
+
+async def _timed(prof, key, awaitable):
+    t0 = time.perf_counter()
+    try:
+        return await awaitable
+    finally:
+        if prof is not None:
+            prof[key] = prof.get(key, 0.0) + time.perf_counter() - t0
+
+
 async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done, is_cancelled,
-                       read_hint=None, read_pending=None, pool=None):
+                       read_hint=None, read_pending=None, pool=None, profile=False):
+    import contextlib
+    prof = _Profile() if profile else None
+    t_start = time.perf_counter()
+    with prof if prof is not None else contextlib.nullcontext():
+        status = await _run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done,
+                                     is_cancelled, read_hint, read_pending, pool, prof)
+    if prof is not None:
+        prof["total"] = time.perf_counter() - t_start
+        d = json.loads(status)
+        d["profile"] = dict(prof)
+        status = json.dumps(d)
+    return status
+
+
+async def _run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done, is_cancelled,
+                        read_hint, read_pending, pool, prof):
     gen = None
     try:
         paths = json.loads(paths_json)
@@ -103,8 +154,8 @@ async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress
         while True:
             pending = read_pending() if read_pending is not None else None
             if pending is not None:
-                await pending   # the bytes the next chunk reads are on their way
-            await asyncio.sleep(0)
+                await _timed(prof, "wait_read", pending)   # the next chunk's bytes are on their way
+            await _timed(prof, "yield", asyncio.sleep(0))
             if is_cancelled():
                 g, gen = gen, None
                 g.close()   # aborts the sink: no partial output
@@ -116,7 +167,7 @@ async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress
                 gen = None
                 break
             if isinstance(p, Wait):   # the oldest chunk is still in a pool worker
-                await p.future.wait()
+                await _timed(prof, "wait_pool", p.future.wait())
                 continue
             now = time.monotonic()
             if now - last >= ${PROGRESS_EVERY_S}:
@@ -204,6 +255,8 @@ async function boot() {
 // For the benchmarks (bench/e2e_browser.py, through Playwright): the size of the wasm
 // heap in bytes.  It never shrinks, so after a run it is that run's peak.
 self.q4aprHeapBytes = () => (py ? py._module.HEAPU8.length : 0);
+// ... and how many conversion workers are ready (they boot after this one).
+self.q4aprPoolReady = () => pool.readyCount;
 
 const booted = boot().then(
   () => true,
@@ -449,7 +502,7 @@ async function runQuantize(msg) {
     sizePool(msg.workers);
     pool.sent = 0;
     const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onTruncate, onProgress, onDone,
-      isCancelled, readHint, readPending, pool.size ? pool : null);
+      isCancelled, readHint, readPending, pool.size ? pool : null, self.q4aprProfile === true);
     let status;
     try {
       status = JSON.parse(await coro);
@@ -457,6 +510,7 @@ async function runQuantize(msg) {
       if (coro && typeof coro.destroy === "function") coro.destroy();
     }
     if (status.message) status.message = unmountedText(status.message, m);
+    if (status.profile) self.q4aprLastProfile = status.profile;   // bench/e2e_browser.py --profile
     if (status.status === "done") {
       // workers: how many converted (this one included) and the chunks sent to the pool
       outcome = { type: MSG.DONE, id, report, head, workers: { total: pool.size + 1, pooled: pool.sent } };

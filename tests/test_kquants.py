@@ -361,3 +361,33 @@ def test_pyodide_rounding_route_matches_ggml(ref, name, monkeypatch):
     x = np.concatenate([(np.random.default_rng(9).standard_normal(256 * 40) * F32(0.05)).astype(F32)]
                        + [b.reshape(-1) for b in adversarial(256, 2).values()])
     assert_same_blocks(name, C.quantize(CODECS[name], x), ref.quantize(name, x), x)
+
+
+def test_set_kernel_is_used_for_whole_chunks_and_can_be_removed():
+    """C.set_kernel (the page's JavaScript K-quant kernels): called with whole blocks,
+    its bytes are the output; None restores numpy."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(256 * 40 + 100).astype(np.float32)   # a padded last block too
+    want = C.quantize("Q4_K", x)
+    calls = []
+
+    def kernel(flat, out2d):
+        calls.append((flat.size, out2d.shape))
+        C.set_kernel("Q4_K", None)
+        try:
+            C.Q4_K._quantize_rows(flat, out2d)
+        finally:
+            C.set_kernel("Q4_K", kernel)
+        out2d[:, 0] ^= 1   # so the test sees these bytes are the ones written
+    C.set_kernel("Q4_K", kernel)
+    try:
+        got = C.quantize("Q4_K", x)
+    finally:
+        C.set_kernel("Q4_K", None)
+    assert calls == [(256 * 40, (40, 144)), (256, (1, 144))]
+    flipped = want.reshape(-1, 144).copy()
+    flipped[:, 0] ^= 1
+    assert np.array_equal(got.reshape(-1, 144), flipped)
+    assert np.array_equal(C.quantize("Q4_K", x), want)
+    with pytest.raises(ValueError):
+        C.set_kernel("Q4_0", kernel)

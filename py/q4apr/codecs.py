@@ -530,6 +530,15 @@ class Q8_0(_Codec):
 CODECS: dict[str, type[_Codec]] = {c.name: c for c in (AprQ4, Q4_0, Q8_0)}
 
 
+def set_kernel(codec, fn) -> None:
+    """Quantize `codec` (Q4_K, Q6_K) with fn(flat float32 (n*256,), out uint8 (n, type_size))
+    instead of numpy; None restores numpy.  fn must write exactly the bytes numpy would."""
+    c = get_codec(codec)
+    if not issubclass(c, _SuperBlock) or c is Q5_0:
+        raise ValueError(f"{c.name} takes no kernel")
+    c.kernel = fn
+
+
 def get_codec(codec) -> type[_Codec]:
     """A codec class from itself or its name ('APR_Q4', 'Q4_0', 'Q8_0', 'Q5_0', 'Q4_K', 'Q6_K')."""
     if isinstance(codec, type) and issubclass(codec, _Codec):
@@ -770,11 +779,18 @@ class _SuperBlock(_Codec):
     # Blocks per inner chunk: 64K values, so each (32, n_sub) temporary is 256 KiB
     # and the half dozen of them stay near the core's L2 (measured best, 256-512).
     _chunk = 256
+    # A faster implementation of the same bytes, if one is set (set_kernel): the page
+    # sets JavaScript ports of ggml's K-quant quantizers (static/kquants.js), tested
+    # byte for byte against the C reference as these numpy kernels are.
+    kernel = None
 
     @classmethod
     def _quantize_rows(cls, flat, out2d):
         n = out2d.shape[0]
         bs = cls.block_size
+        if cls.kernel is not None and n:
+            cls.kernel(flat[: n * bs], out2d)
+            return
         with _errstate():
             for s in range(0, n, cls._chunk):
                 e = min(n, s + cls._chunk)

@@ -211,7 +211,10 @@ def quantize_steps(model, sink, options, executor=None):
     if executor is None and options.threads > 1 and sys.platform != "emscripten":
         from concurrent.futures import ThreadPoolExecutor   # Pyodide: no threads
         pool = ThreadPoolExecutor(options.threads, thread_name_prefix="q4apr")
-    slots = options.threads + 1 if pool else executor.workers + 1 if executor else 1
+    # in flight: a chunk per thread or pool worker + one; an executor's chunks leave their
+    # buffers at once (it converts a copy), so its runs need buffers only for the chunks
+    # converted here while every worker is busy: at most 2 of them wait to be written
+    slots = options.threads + 1 if pool else min(3, executor.workers + 1) if executor else 1
     bufs = [_Buffers(chunk_elems, raw) for _ in range(slots)]
     described = model.description is not None
     report = Report(model.format, [os.path.basename(p) for p in model.paths],
@@ -364,9 +367,10 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
             raise Q4Error(f"internal: no conversion {src.name} -> {dtype_out.name}")
         sq, signal, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0.0, 0, 0, 0
         free, pending = list(slots), collections.deque()
+        limit = executor.workers + 1 if executor is not None else len(slots)
         try:
             while i < n_total or pending:
-                while i < n_total and free:   # read ahead while a slot is free
+                while i < n_total and free and len(pending) < limit:   # read ahead
                     slot = free.pop()
                     n = min(slot.n, n_total - i)
                     k = src.nbytes(n)
@@ -381,6 +385,9 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
                     if job is None:
                         job = pool.submit(_convert, *args) if pool else \
                             _Now(lambda: _convert(*args))
+                    else:   # sent away as a copy: the buffers are free again
+                        free.append(slot)
+                        slot = None
                     pending.append((job, slot, i, k))
                     i += n
                 job, slot, start, k = pending[0]
@@ -390,7 +397,8 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
                 if isinstance(r, dict):
                     r = _Chunk.from_parts(r)
                 pending.popleft()
-                free.append(slot)
+                if slot is not None:
+                    free.append(slot)
                 non_finite(r.non_finite, start)
                 if r.overflow:
                     raise _Overflow(r.overflow)

@@ -1,0 +1,347 @@
+// ggml's reference K-quant quantizers (quantize_row_q4_K_ref, quantize_row_q6_K_ref of
+// the pinned llama.cpp, ggml-quants.c, no importance matrix) as plain JavaScript, byte
+// for byte: the numpy codecs (py/q4apr/codecs.py) are exact but slow under Pyodide.
+//
+// Every C float is an f32: each +, -, *, / and sqrtf is followed by Math.fround (a double
+// result rounded to f32 equals the f32 operation: 53 >= 2*24 + 2, so double rounding is
+// innocuous), constants are f32 (0.1f, 1e-15f), and C's expression order is kept.
+// nearest_int is C's bit trick (f32 + 12582912.f, low 23 bits - 0x400000), including its
+// garbage for |t| >= 2**22, Inf and NaN. GGML_FP32_TO_FP16 is ggml's software routine.
+// Tested against the C oracle by tests/test_kquants_js.py.
+//
+// ES module, no DOM, no imports: runs in a Web Worker and in Node. No allocation per
+// block: all scratch is module level.
+//
+//   quantizeQ4K(src, dst, nBlocks)  src Float32Array(nBlocks*256) -> dst Uint8Array(nBlocks*144)
+//   quantizeQ6K(src, dst, nBlocks)  src Float32Array(nBlocks*256) -> dst Uint8Array(nBlocks*210)
+
+const fr = Math.fround;
+const F1 = new Float32Array(1);
+const I1 = new Int32Array(F1.buffer);
+const U1 = new Uint32Array(F1.buffer);
+
+const GROUP_MAX_EPS = fr(1e-15);
+const P01 = fr(0.1);
+
+// ---------------------------------------------------------------------------- helpers
+
+/** C's nearest_int on an f32 value t (already rounded): RNE(t) while |t| < 2**22. */
+function nearestInt(t) {
+  const v = fr(t + 12582912);
+  if (v >= 8388608 && v < 16777216) return v - 12582912;    // exponent 23: low bits are v - 2**23
+  F1[0] = v;
+  return (I1[0] & 0x007fffff) - 0x00400000;
+}
+
+function f32bits(f) { F1[0] = f; return U1[0]; }
+function f32from(b) { U1[0] = b >>> 0; return F1[0]; }
+
+/** ggml_compute_fp32_to_fp16, transcribed (round to nearest even, overflow to Inf,
+ *  NaN -> 0x7E00 | sign). */
+function fp32ToFp16(f) {
+  let base = fr(fr(Math.abs(f) * 5.192296858534828e33) * 7.703719777548943e-34);  // 2**112, 2**-110
+  const w = f32bits(f);
+  const shl1w = (w + w) >>> 0;
+  const sign = (w & 0x80000000) >>> 0;
+  let bias = (shl1w & 0xFF000000) >>> 0;
+  if (bias < 0x71000000) bias = 0x71000000;
+  base = fr(f32from((bias >>> 1) + 0x07800000) + base);
+  const bits = f32bits(base);
+  const expBits = (bits >>> 13) & 0x7C00;
+  const mantBits = bits & 0x0FFF;
+  const nonsign = expBits + mantBits;
+  return ((sign >>> 16) | (shl1w > 0xFF000000 ? 0x7E00 : nonsign)) & 0xFFFF;
+}
+
+/** GGML_FP16_TO_FP32 (exact; NaN payloads do not matter here). */
+function fp16ToFp32(h) {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >>> 10) & 0x1F;
+  const m = h & 0x3FF;
+  if (e === 0) return s * m * 5.960464477539063e-8;             // 2**-24
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1024 + m) * Math.pow(2, e - 25);
+}
+
+// ---------------------------------------------------------------------------- Q4_K
+
+const QX = new Float64Array(32);      // the sub-block's x (f32 values)
+const QW = new Float64Array(32);      // its weights
+const QXM = new Float64Array(32);     // fr(x - min) for the current min
+const LAUX = new Int32Array(32);
+const LPREV = new Int32Array(32);
+const L4 = new Uint8Array(256);
+const SC4 = new Float64Array(8);
+const MN4 = new Float64Array(8);
+const LS4 = new Int32Array(8);
+const LM4 = new Int32Array(8);
+// rmin + rdelta*is + nmax with rmin -1.f, rdelta 0.1f, nmax 15, in f32
+const QKX2_C = new Float64Array(21);
+for (let is = 0; is <= 20; ++is) QKX2_C[is] = fr(fr(-1 + fr(P01 * is)) + 15);
+
+let theMin = 0;
+
+/** make_qkx2_quants(32, 15, QX, QW, L4 + off, &theMin, Laux, -1.f, 0.1f, 20, false). */
+function makeQkx2(off) {
+  const x = QX, w = QW, xm = QXM, laux = LAUX, lprev = LPREV;
+  let min = x[0];
+  let max = x[0];
+  let sumW = w[0];
+  let sumX = fr(sumW * x[0]);
+  for (let i = 1; i < 32; ++i) {
+    const xi = x[i];
+    if (xi < min) min = xi;
+    if (xi > max) max = xi;
+    const wi = w[i];
+    sumW = fr(sumW + wi);
+    sumX = fr(sumX + fr(wi * xi));
+  }
+  if (min > 0) min = 0;
+  if (max === min) {
+    for (let i = 0; i < 32; ++i) L4[off + i] = 0;
+    theMin = -min;
+    return 0;
+  }
+  let range = fr(max - min);
+  let iscale = fr(15 / range);
+  let scale = fr(1 / iscale);
+  let bestError = 0;
+  for (let i = 0; i < 32; ++i) {
+    const xmi = fr(x[i] - min);
+    xm[i] = xmi;
+    let l = nearestInt(fr(iscale * xmi));
+    l = l > 15 ? 15 : l < 0 ? 0 : l;
+    L4[off + i] = l;
+    let diff = fr(fr(fr(scale * l) + min) - x[i]);
+    diff = fr(diff * diff);
+    bestError = fr(bestError + fr(w[i] * diff));
+  }
+  // A trial whose Laux equals the previous trial's, with `min` unchanged since (the
+  // previous trial did not update), computes the very same sums, D, scale, min and
+  // cur_error as that trial, which then did not update: it cannot update either.
+  let prevValid = false;
+  for (let is = 0; is <= 20; ++is) {
+    iscale = fr(QKX2_C[is] / range);
+    let same = prevValid;
+    for (let i = 0; i < 32; ++i) {
+      let l = nearestInt(fr(iscale * xm[i]));
+      l = l > 15 ? 15 : l < 0 ? 0 : l;
+      if (l !== lprev[i]) same = false;
+      laux[i] = l;
+    }
+    if (same) continue;
+    let sumL = 0, sumL2 = 0, sumXL = 0;
+    for (let i = 0; i < 32; ++i) {
+      const l = laux[i];
+      lprev[i] = l;
+      const wl = fr(w[i] * l);
+      sumL = fr(sumL + wl);
+      sumL2 = fr(sumL2 + fr(wl * l));
+      sumXL = fr(sumXL + fr(wl * x[i]));
+    }
+    prevValid = true;
+    const D = fr(fr(sumW * sumL2) - fr(sumL * sumL));
+    if (D > 0) {
+      let thisScale = fr(fr(fr(sumW * sumXL) - fr(sumX * sumL)) / D);
+      let thisMin = fr(fr(fr(sumL2 * sumX) - fr(sumL * sumXL)) / D);
+      if (thisMin > 0) {
+        thisMin = 0;
+        thisScale = fr(sumXL / sumL2);
+      }
+      let curError = 0;
+      for (let i = 0; i < 32; ++i) {
+        let diff = fr(fr(fr(thisScale * laux[i]) + thisMin) - x[i]);
+        diff = fr(diff * diff);
+        curError = fr(curError + fr(w[i] * diff));
+      }
+      if (curError < bestError) {
+        for (let i = 0; i < 32; ++i) L4[off + i] = laux[i];
+        bestError = curError;
+        scale = thisScale;
+        min = thisMin;
+        // C reuses `min`: later trials measure from the new one
+        range = fr(max - min);
+        for (let i = 0; i < 32; ++i) xm[i] = fr(x[i] - min);
+        prevValid = false;
+      }
+    }
+  }
+  theMin = -min;
+  return scale;
+}
+
+export function quantizeQ4K(src, dst, nBlocks) {
+  if (src.length < nBlocks * 256 || dst.length < nBlocks * 144) throw new RangeError("quantizeQ4K: buffers too short");
+  const x = QX, w = QW;
+  for (let b = 0; b < nBlocks; ++b) {
+    const xo = b * 256, yo = b * 144;
+    let maxScale = 0, maxMin = 0;
+    for (let j = 0; j < 8; ++j) {
+      const o = xo + 32 * j;
+      let sumX2 = 0;
+      for (let l = 0; l < 32; ++l) {
+        const v = src[o + l];
+        x[l] = v;
+        sumX2 = fr(sumX2 + fr(v * v));
+      }
+      const avX = fr(Math.sqrt(fr(sumX2 / 32)));
+      for (let l = 0; l < 32; ++l) w[l] = fr(avX + Math.abs(x[l]));
+      const scale = makeQkx2(32 * j);
+      SC4[j] = scale;
+      MN4[j] = theMin;
+      if (scale > maxScale) maxScale = scale;
+      if (theMin > maxMin) maxMin = theMin;
+    }
+    const invScale = maxScale > 0 ? fr(63 / maxScale) : 0;
+    const invMin = maxMin > 0 ? fr(63 / maxMin) : 0;
+    for (let j = 0; j < 8; ++j) {
+      let ls = nearestInt(fr(invScale * SC4[j])) & 0xFF;      // uint8_t
+      let lm = nearestInt(fr(invMin * MN4[j])) & 0xFF;
+      LS4[j] = ls < 63 ? ls : 63;
+      LM4[j] = lm < 63 ? lm : 63;
+    }
+    const d16 = fp32ToFp16(fr(maxScale / 63));
+    const dmin16 = fp32ToFp16(fr(maxMin / 63));
+    dst[yo] = d16 & 0xFF; dst[yo + 1] = d16 >>> 8;
+    dst[yo + 2] = dmin16 & 0xFF; dst[yo + 3] = dmin16 >>> 8;
+    for (let j = 0; j < 4; ++j) {
+      dst[yo + 4 + j] = LS4[j] | ((LS4[j + 4] >> 4) << 6);
+      dst[yo + 8 + j] = LM4[j] | ((LM4[j + 4] >> 4) << 6);
+      dst[yo + 12 + j] = (LS4[j + 4] & 0xF) | ((LM4[j + 4] & 0xF) << 4);
+    }
+    const dh = fp16ToFp32(d16), dmh = fp16ToFp32(dmin16);
+    for (let j = 0; j < 8; ++j) {
+      const d = fr(dh * LS4[j]);
+      if (d === 0) continue;                                    // C's `!d` (NaN goes on)
+      const dm = fr(dmh * LM4[j]);
+      const o = xo + 32 * j;
+      for (let ii = 0; ii < 32; ++ii) {
+        let l = nearestInt(fr(fr(src[o + ii] + dm) / d));
+        L4[32 * j + ii] = l > 15 ? 15 : l < 0 ? 0 : l;
+      }
+    }
+    let q = yo + 16;
+    for (let j = 0; j < 256; j += 64) {
+      for (let l = 0; l < 32; ++l) dst[q + l] = L4[j + l] | (L4[j + l + 32] << 4);
+      q += 32;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- Q6_K
+
+const XQ = new Float64Array(16);
+const WQ = new Float64Array(16);      // x*x
+const WXQ = new Float64Array(16);     // (x*x)*x
+const LT = new Int32Array(16);        // the trial's L (l, not l + 32)
+const L6 = new Int32Array(256);       // L + 32
+const SC6 = new Float64Array(16);
+const Q8 = new Int32Array(16);
+// -(nmax + 0.1f*is) for is = -9..9, nmax 32, in f32 (index is + 9)
+const QX_C = new Float64Array(19);
+for (let is = -9; is <= 9; ++is) QX_C[is + 9] = -fr(32 + fr(P01 * is));
+
+/** make_qx_quants(16, 32, XQ, L6 + off, 1, NULL). */
+function makeQx(off) {
+  const x = XQ, w = WQ, wx = WXQ, lt = LT;
+  let max = 0, amax = 0;
+  for (let i = 0; i < 16; ++i) {
+    const ax = Math.abs(x[i]);
+    if (ax > amax) { amax = ax; max = x[i]; }
+  }
+  if (amax < GROUP_MAX_EPS) {
+    for (let i = 0; i < 16; ++i) L6[off + i] = 0;
+    return 0;
+  }
+  let iscale = fr(-32 / max);
+  let sumlx = 0, suml2 = 0;
+  for (let i = 0; i < 16; ++i) {
+    let l = nearestInt(fr(iscale * x[i]));
+    l = l > 31 ? 31 : l < -32 ? -32 : l;
+    L6[off + i] = l + 32;
+    lt[i] = l;
+    sumlx = fr(sumlx + fr(wx[i] * l));
+    suml2 = fr(suml2 + fr(fr(w[i] * l) * l));
+  }
+  let scale = suml2 !== 0 ? fr(sumlx / suml2) : 0;           // C's `suml2 ?` (NaN is true)
+  let best = fr(scale * sumlx);
+  for (let k = 0; k < 19; ++k) {
+    if (k === 9) continue;
+    iscale = fr(QX_C[k] / max);
+    // A trial whose L equals the previous one's has the same sums: it either does not
+    // update or rewrites the same L, scale and best, so skipping it changes nothing.
+    let same = true;
+    for (let i = 0; i < 16; ++i) {
+      let l = nearestInt(fr(iscale * x[i]));
+      l = l > 31 ? 31 : l < -32 ? -32 : l;
+      if (l !== lt[i]) { same = false; lt[i] = l; }
+    }
+    if (same) continue;
+    sumlx = 0; suml2 = 0;
+    for (let i = 0; i < 16; ++i) {
+      const l = lt[i];
+      sumlx = fr(sumlx + fr(wx[i] * l));
+      suml2 = fr(suml2 + fr(fr(w[i] * l) * l));
+    }
+    if (suml2 > 0 && fr(sumlx * sumlx) > fr(best * suml2)) {
+      for (let i = 0; i < 16; ++i) L6[off + i] = lt[i] + 32;
+      scale = fr(sumlx / suml2);
+      best = fr(scale * sumlx);
+    }
+  }
+  return scale;
+}
+
+export function quantizeQ6K(src, dst, nBlocks) {
+  if (src.length < nBlocks * 256 || dst.length < nBlocks * 210) throw new RangeError("quantizeQ6K: buffers too short");
+  const x = XQ, w = WQ, wx = WXQ;
+  for (let b = 0; b < nBlocks; ++b) {
+    const xo = b * 256, yo = b * 210;
+    let maxScale = 0, maxAbsScale = 0;
+    for (let ib = 0; ib < 16; ++ib) {
+      const o = xo + 16 * ib;
+      for (let i = 0; i < 16; ++i) {
+        const v = src[o + i];
+        x[i] = v;
+        const wi = fr(v * v);
+        w[i] = wi;
+        wx[i] = fr(wi * v);
+      }
+      const scale = makeQx(16 * ib);
+      SC6[ib] = scale;
+      const a = Math.abs(scale);
+      if (a > maxAbsScale) { maxAbsScale = a; maxScale = scale; }
+    }
+    if (maxAbsScale < GROUP_MAX_EPS) {
+      dst.fill(0, yo, yo + 210);                                // fp16(0.f) is 0 too
+      continue;
+    }
+    const iscale = fr(-128 / maxScale);
+    const d16 = fp32ToFp16(fr(1 / iscale));
+    for (let ib = 0; ib < 16; ++ib) {
+      const q = nearestInt(fr(iscale * SC6[ib]));
+      Q8[ib] = ((q < 127 ? q : 127) << 24) >> 24;               // int8_t
+      dst[yo + 192 + ib] = Q8[ib] & 0xFF;
+    }
+    dst[yo + 208] = d16 & 0xFF; dst[yo + 209] = d16 >>> 8;
+    const dh = fp16ToFp32(d16);
+    for (let j = 0; j < 16; ++j) {
+      const d = fr(dh * Q8[j]);
+      if (d === 0) continue;
+      const o = xo + 16 * j;
+      for (let ii = 0; ii < 16; ++ii) {
+        let l = nearestInt(fr(src[o + ii] / d));
+        l = l > 31 ? 31 : l < -32 ? -32 : l;
+        L6[16 * j + ii] = l + 32;
+      }
+    }
+    for (let j = 0, ql = yo, qh = yo + 128; j < 256; j += 128, ql += 64, qh += 32) {
+      for (let l = 0; l < 32; ++l) {
+        const a = L6[j + l], bb = L6[j + l + 32], c = L6[j + l + 64], e = L6[j + l + 96];
+        dst[ql + l] = (a & 0xF) | ((c & 0xF) << 4);
+        dst[ql + l + 32] = (bb & 0xF) | ((e & 0xF) << 4);
+        dst[qh + l] = (a >> 4) | ((bb >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
+      }
+    }
+  }
+}
