@@ -2,6 +2,7 @@
 // (worker.js) and the conversion workers of its pool (converter.js).
 
 import { loadPyodide, version as pyodideVersion } from "./pyodide/pyodide.mjs";
+import { installKernels } from "./kernels.js";
 
 export function describe(err) {
   if (!err) return "unknown error";
@@ -66,6 +67,8 @@ async function bootRuntime(snapshot, core, driver, stage, makeSnapshot) {
 
   stage("core", 0.85);
   py.unpackArchive(await core, "zip", { extractDir: "/lib/q4apr" });
+  py.runPython('import sys\nif "/lib/q4apr" not in sys.path: sys.path.insert(0, "/lib/q4apr")');
+  installKernels(py);
 
   const dict = py.globals.get("dict");
   const ns = dict();

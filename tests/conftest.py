@@ -54,12 +54,13 @@ def ensure_dist():
     return dist
 
 
-def run_in_pyodide(script_text, *files, args=(), mounts=(), timeout=600, check=True):
+def run_in_pyodide(script_text, *files, args=(), mounts=(), timeout=600, check=True, kernels="numpy"):
     """Run `script_text` under Pyodide (Node) and return its stdout (str).
 
     The script sees sys.argv[1:] = [*files, *args]; each file's folder is mounted at the
     same path, so the script opens them by the paths given (writing beside them works
-    too); each folder in `mounts` is mounted at its own path as well. On a non-zero exit (an exception: traceback on stderr) this fails the test,
+    too); each folder in `mounts` is mounted at its own path as well; kernels="js" installs
+    the page's JavaScript K-quant kernels. On a non-zero exit (an exception: traceback on stderr) this fails the test,
     unless check=False, which returns the CompletedProcess instead.
     """
     node = shutil.which("node")
@@ -69,7 +70,7 @@ def run_in_pyodide(script_text, *files, args=(), mounts=(), timeout=600, check=T
     with tempfile.TemporaryDirectory(prefix="q4pyodide-") as tmp:
         script = Path(tmp) / "script.py"
         script.write_text(script_text)
-        cmd = [node, str(RUN_CORE), "--dist", str(dist)]
+        cmd = [node, str(RUN_CORE), "--dist", str(dist), "--kernels", kernels]
         for f in files:
             cmd += ["--mount", str(Path(f).resolve().parent)]
         for d in mounts:

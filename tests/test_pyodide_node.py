@@ -376,6 +376,51 @@ window.probe = new Promise((resolve) => { w.onmessage = (e) => resolve(e.data);
 </script>'''
 
 
+KQUANTS = r'''
+import hashlib, json, sys
+import numpy as np
+import q4apr
+from q4apr import codecs
+
+x = np.load(sys.argv[1])
+out = {"kernels": [codecs.Q4_K.kernel is not None, codecs.Q6_K.kernel is not None]}
+for name in ("Q4_K", "Q6_K"):
+    out[name] = hashlib.sha256(codecs.quantize(name, x).tobytes()).hexdigest()
+with q4apr.open_model(sys.argv[2]) as m:   # the Q4_K_M mixture, small chunks
+    mem = q4apr.MemorySink()
+    q4apr.quantize(m, mem, q4apr.Options(format="gguf", type="Q4_K_M", chunk_bytes=16384))
+out["gguf"] = hashlib.sha256(mem.getvalue()).hexdigest()
+print(json.dumps(out))
+'''
+
+
+def test_k_quants_same_bytes_under_pyodide_with_numpy_and_js_kernels(tmp_path):
+    """Q4_K/Q6_K under Pyodide: numpy's kernels and the page's JavaScript ones
+    (static/kquants.js, installed as worker.js does) give the native bytes, on random and
+    adversarial blocks and through the pipeline (a Q4_K_M GGUF)."""
+    core_ready()
+    import numpy as np
+    from safetensors.numpy import save_file
+    from test_kquants import adversarial
+    rng = np.random.default_rng(8)
+    parts = [rng.standard_normal(256 * 64).astype(np.float32) * s for s in (1e-3, 0.02, 1.0, 300.0)]
+    parts += [b.reshape(-1) for b in adversarial(256).values()]
+    x = np.concatenate(parts + [rng.standard_normal(100).astype(np.float32)])   # a padded tail
+    np.save(tmp_path / "x.npy", x)
+    t = {"model.embed_tokens.weight": rng.standard_normal((256, 256)).astype(np.float32),
+         "model.layers.0.self_attn.v_proj.weight": rng.standard_normal((256, 256)).astype(np.float32),
+         "model.layers.0.mlp.down_proj.weight": rng.standard_normal((256, 512)).astype(np.float32),
+         "lm_head.weight": rng.standard_normal((256, 256)).astype(np.float32)}
+    save_file(t, str(tmp_path / "m.safetensors"))
+    files = (tmp_path / "x.npy", tmp_path / "m.safetensors")
+    native = json.loads(run_native(KQUANTS, *files, tmp_path=tmp_path))
+    for kernels in ("numpy", "js"):
+        got = json.loads(run_in_pyodide(KQUANTS, *files, kernels=kernels))
+        assert got["kernels"] == [kernels == "js"] * 2
+        for k in ("Q4_K", "Q6_K", "gguf"):
+            assert got[k] == native[k], (kernels, k)
+
+
 def test_module_worker_loads_runtime_numpy_and_core_in_chromium(dist_dir, page, tmp_path):
     sys.path.insert(0, str(REPO / "tests"))
     from serve import start_server
