@@ -28,7 +28,7 @@ const P01 = fr(0.1);
 /** C's nearest_int on an f32 value t (already rounded): RNE(t) while |t| < 2**22. */
 function nearestInt(t) {
   const v = fr(t + 12582912);
-  if (v >= 8388608 && v < 16777216) return v - 12582912;    // exponent 23: low bits are v - 2**23
+  if (v >= 8388608 && v < 16777216) return (v - 12582912) | 0;   // exponent 23: low bits are v - 2**23
   F1[0] = v;
   return (I1[0] & 0x007fffff) - 0x00400000;
 }
@@ -36,10 +36,13 @@ function nearestInt(t) {
 function f32bits(f) { F1[0] = f; return U1[0]; }
 function f32from(b) { U1[0] = b >>> 0; return F1[0]; }
 
+const SCALE_TO_INF = f32from(0x77800000);     // 0x1.0p+112f
+const SCALE_TO_ZERO = f32from(0x08800000);    // 0x1.0p-110f
+
 /** ggml_compute_fp32_to_fp16, transcribed (round to nearest even, overflow to Inf,
  *  NaN -> 0x7E00 | sign). */
 function fp32ToFp16(f) {
-  let base = fr(fr(Math.abs(f) * 5.192296858534828e33) * 7.703719777548943e-34);  // 2**112, 2**-110
+  let base = fr(fr(Math.abs(f) * SCALE_TO_INF) * SCALE_TO_ZERO);
   const w = f32bits(f);
   const shl1w = (w + w) >>> 0;
   const sign = (w & 0x80000000) >>> 0;
@@ -60,7 +63,7 @@ function fp16ToFp32(h) {
   const m = h & 0x3FF;
   if (e === 0) return s * m * 5.960464477539063e-8;             // 2**-24
   if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1024 + m) * Math.pow(2, e - 25);
+  return f32from(((h & 0x8000) << 16) | ((e + 112) << 23) | (m << 13));
 }
 
 // ---------------------------------------------------------------------------- Q4_K
@@ -81,9 +84,51 @@ for (let is = 0; is <= 20; ++is) QKX2_C[is] = fr(fr(-1 + fr(P01 * is)) + 15);
 
 let theMin = 0;
 
+// Pruning (a trial that provably cannot update best_error is not evaluated in f32).
+//
+// For a trial's Laux = l, C evaluates (if D > 0) cur_error at its f32 (s, m). Without
+// overflow (which makes cur_error Inf/NaN: no update either), every f32 op rounds as
+// |fl(p) - p| <= u|p| + eta (u = 2^-24, eta = 2^-150 only for products; sums are exact
+// when subnormal). Then, with t_i = s l_i + m - x_i exact, the computed
+// d_i = fl(fl(fl(s l_i) + m) - x_i) has |d_i| >= (1-u)(|t_i| - delta_i)+ where
+// delta_i = u'(2|s| l_i + |m|) + 2 eta, u' = u(1+u); d^2, w*d^2 and the sequential sum
+// of non-negative terms lose at most a factor (1-u) each, and an eta per product, so
+//   cur_error >= (1-u)^36 [ (1-e) E(s,m) - (1/e) sum w delta^2 ] - eta (32 + Sw)
+// for any 0 < e < 1, using (|t| - d)+^2 >= (1-e) t^2 - (1/e - 1) d^2, where
+// E(s,m) = sum w (s l + m - x)^2 is exact. With (a+b)^2 <= 2a^2 + 2b^2,
+// (1/e) sum w delta^2 <= 4K s^2 Sl2 + K m^2 Sw + 8 eta^2 Sw / e, K >= 4 u'^2 / e, so the
+// bracket is >= Q(s,m) = (1-e)E(s,m) - 4K s^2 Sl2 - K m^2 Sw - tiny, a quadratic in
+// (s, m) whose minimum over all of R^2 (so whatever s, m C computes, clamped or not)
+// is (1-e) G - (1-e)^2 P / det with G = sum w x^2, det = A B Sl2 Sw - (1-e)^2 Sl^2,
+// P = B Sw Sxl^2 - 2(1-e) Sl Sxl Sx + A Sl2 Sx^2, A = 1-e-4K, B = 1-e-K (det > 0).
+// These are evaluated in f64 from f64 sums. Each f64 sum of 32 terms is within 2^-47
+// of the sum of the absolute terms, so with det >= 2^-8 A B Sl2 Sw (checked on the
+// computed det; then det's relative error is below 2^-34) the computed value is within
+// 2^-32 T of the exact one, T = (1-e) G + (1-e)^2 Pabs / det, Pabs being P with
+// |x| sums (Ax = sum w|x|, Axl = sum w l |x|) and + signs; 2^-30 T is subtracted.
+// No f64 overflow or underflow is possible from f32 data (degree <= 5, |x| <= 2^128,
+// 2^-149 <= |x| when nonzero) except through Inf/NaN, which fail the finite test (a
+// NaN comparison is false). The trial is skipped only when the resulting bound is
+// >= best_error: then cur_error >= best_error and C's `cur_error < best_error` fails.
+const PR_E = 2 ** -16;
+const PR_K = 2 ** -29;                         // >= 4 u'^2 / e = 2^-30 (1+u)^2
+const PR_A = 1 - PR_E - 4 * PR_K;
+const PR_B = 1 - PR_E - PR_K;
+const PR_C1 = 1 - PR_E;
+const PR_C2 = PR_C1 * PR_C1;
+const PR_AB = PR_A * PR_B;
+const PR_DETMIN = 2 ** -8 * PR_AB;
+const PR_MARGIN = 2 ** -30;
+const PR_SHRINK = 1 - 2 ** -17;                // <= (1-u)^36, with room for f64 rounding
+const PR_ETA = 2 ** -140;                      // >= eta, generously
+const QAX = new Float64Array(32);              // |x|
+let prunedTrials = 0, evaluatedTrials = 0;
+/** [trials pruned, trials evaluated in f32] by quantizeQ4K so far (for tests/benchmarks). */
+export function pruneStats() { return [prunedTrials, evaluatedTrials]; }
+
 /** make_qkx2_quants(32, 15, QX, QW, L4 + off, &theMin, Laux, -1.f, 0.1f, 20, false). */
 function makeQkx2(off) {
-  const x = QX, w = QW, xm = QXM, laux = LAUX, lprev = LPREV;
+  const x = QX, w = QW, xm = QXM, laux = LAUX, lprev = LPREV, ax = QAX;
   let min = x[0];
   let max = x[0];
   let sumW = w[0];
@@ -106,16 +151,26 @@ function makeQkx2(off) {
   let iscale = fr(15 / range);
   let scale = fr(1 / iscale);
   let bestError = 0;
+  let sw64 = 0, sx64 = 0, g64 = 0, ax64 = 0;   // f64 sums for the pruning bound
   for (let i = 0; i < 32; ++i) {
-    const xmi = fr(x[i] - min);
+    const xi = x[i], wi = w[i];
+    const xmi = fr(xi - min);
     xm[i] = xmi;
     let l = nearestInt(fr(iscale * xmi));
     l = l > 15 ? 15 : l < 0 ? 0 : l;
     L4[off + i] = l;
-    let diff = fr(fr(fr(scale * l) + min) - x[i]);
+    let diff = fr(fr(fr(scale * l) + min) - xi);
     diff = fr(diff * diff);
-    bestError = fr(bestError + fr(w[i] * diff));
+    bestError = fr(bestError + fr(wi * diff));
+    const axi = Math.abs(xi);
+    ax[i] = axi;
+    sw64 += wi;
+    sx64 += wi * xi;
+    g64 += wi * xi * xi;
+    ax64 += wi * axi;
   }
+  const g1 = PR_C1 * g64;
+  const eta = PR_ETA * (32 + sw64);
   // A trial whose Laux equals the previous trial's, with `min` unchanged since (the
   // previous trial did not update), computes the very same sums, D, scale, min and
   // cur_error as that trial, which then did not update: it cannot update either.
@@ -123,23 +178,37 @@ function makeQkx2(off) {
   for (let is = 0; is <= 20; ++is) {
     iscale = fr(QKX2_C[is] / range);
     let same = prevValid;
+    let sl = 0, sl2 = 0, sxl = 0, axl = 0;
     for (let i = 0; i < 32; ++i) {
       let l = nearestInt(fr(iscale * xm[i]));
       l = l > 15 ? 15 : l < 0 ? 0 : l;
       if (l !== lprev[i]) same = false;
       laux[i] = l;
+      const wl = w[i] * l;
+      sl += wl;
+      sl2 += wl * l;
+      sxl += wl * x[i];
+      axl += wl * ax[i];
     }
     if (same) continue;
+    for (let i = 0; i < 32; ++i) lprev[i] = laux[i];
+    prevValid = true;
+    const det = PR_AB * sl2 * sw64 - PR_C2 * sl * sl;
+    if (det >= PR_DETMIN * sl2 * sw64) {
+      const p = PR_B * sw64 * sxl * sxl - 2 * PR_C1 * sl * sxl * sx64 + PR_A * sl2 * sx64 * sx64;
+      const pabs = PR_B * sw64 * axl * axl + 2 * PR_C1 * sl * axl * ax64 + PR_A * sl2 * ax64 * ax64;
+      const lb = (g1 - PR_C2 * p / det - PR_MARGIN * (g1 + PR_C2 * pabs / det)) * PR_SHRINK - eta;
+      if (lb >= bestError) { ++prunedTrials; continue; }
+    }
+    ++evaluatedTrials;
     let sumL = 0, sumL2 = 0, sumXL = 0;
     for (let i = 0; i < 32; ++i) {
       const l = laux[i];
-      lprev[i] = l;
       const wl = fr(w[i] * l);
       sumL = fr(sumL + wl);
       sumL2 = fr(sumL2 + fr(wl * l));
       sumXL = fr(sumXL + fr(wl * x[i]));
     }
-    prevValid = true;
     const D = fr(fr(sumW * sumL2) - fr(sumL * sumL));
     if (D > 0) {
       let thisScale = fr(fr(fr(sumW * sumXL) - fr(sumX * sumL)) / D);

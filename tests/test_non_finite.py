@@ -108,6 +108,33 @@ def test_quantized_tensor_refused_or_kept_at_f32(tmp_path):
     assert parse_apr(run([p], allow_non_finite=True)[0])[2]["w.weight"][2] == a.tobytes()
 
 
+@pytest.mark.parametrize("fmt,qtype,name,want", [
+    ("gguf", "Q4_K_M", "model.layers.0.self_attn.q_proj.weight", "Q4_K"),
+    ("gguf", "Q4_K_M", "model.layers.0.self_attn.v_proj.weight", "Q6_K"),
+    ("apr", "Q4_K_M", "model.layers.0.self_attn.q_proj.weight", "Q4_K"),
+    ("gguf", "Q4_0", "lm_head.weight", "Q6_K"),
+    ("gguf", "Q4_K_M", "model.layers.0.self_attn.q_proj.weight", "Q5_0"),   # 288-wide rows
+])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_k_quant_and_fallback_tensors_refuse_non_finite(tmp_path, fmt, qtype, name, want, value):
+    """ggml's K-quant max scans (`>`) pass NaN by: a NaN block may keep finite scales, so
+    the pipeline must find it in the values, not only in the scales."""
+    rng = np.random.default_rng(5)
+    cols = 288 if want == "Q5_0" else 256
+    good = rng.standard_normal((256, cols)).astype(np.float32)
+    for index in (5, 256 * 40 + 77, good.size - 1):
+        tensors = {name: ("F32", with_bad(good, index, value)),
+                   "model.layers.0.self_attn.k_proj.weight": ("F32", good[:, :256].copy())}
+        p = st(tmp_path, tensors)
+        msg = refused([p], format=fmt, type=qtype)
+        assert f"'{name}'" in msg and f"at flat index {index} " in msg, msg
+        _, rep, t = allowed([p], format=fmt, type=qtype)
+        assert t[name]["dtype_out"] == "F32" and t[name]["non_finite"] == 1
+        assert t["model.layers.0.self_attn.k_proj.weight"]["dtype_out"] != "F32"
+    _, rep, t = allowed([st(tmp_path, {name: ("F32", good)})], format=fmt, type=qtype)
+    assert t[name]["dtype_out"] == want   # the planned type, when every value is finite
+
+
 def test_count_is_every_value_over_chunks(tmp_path):
     a = np.ones(1000, np.float32)
     a[[3, 40, 41, 500, 999]] = [np.nan, np.inf, -np.inf, np.nan, np.inf]

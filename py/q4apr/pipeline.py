@@ -515,6 +515,14 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
         r.signal = _unit_squares(x)
         np.subtract(y, x, out=y)
         r.noise = _unit_squares(y)
+        if not (np.isfinite(r.signal).all() and np.isfinite(r.noise).all()):
+            # a NaN/Inf weight whose block kept finite scales (the K-quants' max scans, as
+            # ggml's `>`, pass NaN by) shows here; or only huge values whose squares overflow
+            bad = np.flatnonzero(~np.isfinite(x))
+            if bad.size:
+                r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
+                r.overflow = "non-finite values cannot be quantized"
+                return r
         # max|y| on the f32 bits with the sign cleared: they order like the values
         # (y is finite here).  Under Pyodide np.abs on mixed signs branches per
         # element and costs ~10x this.

@@ -1,0 +1,98 @@
+// static/kquants.js from the command line, for tests/test_kquants_js.py and timing.
+//
+//   node tests/node/kquants_cli.mjs q4k|q6k N  < N little-endian f32  > the blocks
+//   node tests/node/kquants_cli.mjs bench [MB]  MB/s of f32 input, both kernels, on
+//                                               gaussian data (default 64 MB)
+// KQUANTS_JS=path runs another copy of the kernel (tests/test_kquants_js.py's mutants).
+// Exit 0 ok, 1 short input, 2 usage.
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+// KQUANTS_JS: another kernel file (the tests' mutants)
+const kernel = process.env.KQUANTS_JS || path.resolve(here, "..", "..", "static", "kquants.js");
+const { quantizeQ4K, quantizeQ6K } = await import(pathToFileURL(path.resolve(kernel)).href);
+
+const KERNELS = { q4k: [quantizeQ4K, 144], q6k: [quantizeQ6K, 210] };
+
+function usage(msg) {
+  process.stderr.write(`kquants_cli.mjs: ${msg}\nusage: node kquants_cli.mjs q4k|q6k N <f32 >blocks | bench [MB]\n`);
+  process.exit(2);
+}
+
+function readStdin(n) {
+  const buf = Buffer.alloc(n);
+  let got = 0;
+  while (got < n) {
+    let r;
+    try {
+      r = fs.readSync(0, buf, got, n - got, null);
+    } catch (e) {
+      if (e.code === "EAGAIN") continue;
+      if (e.code === "EOF") break;
+      throw e;
+    }
+    if (r === 0) break;
+    got += r;
+  }
+  return got === n ? buf : null;
+}
+
+function writeStdout(u8) {
+  let off = 0;
+  while (off < u8.length) {
+    try {
+      off += fs.writeSync(1, u8, off, u8.length - off);
+    } catch (e) {
+      if (e.code !== "EAGAIN") throw e;
+    }
+  }
+}
+
+function gaussian(n, seed) {
+  const x = new Float32Array(n);
+  let s = seed >>> 0;
+  const rnd = () => {                    // xorshift32, (0, 1)
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    return (s + 0.5) / 4294967296;
+  };
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(rnd())), t = 2 * Math.PI * rnd();
+    x[i] = r * Math.cos(t);
+    if (i + 1 < n) x[i + 1] = r * Math.sin(t);
+  }
+  return x;
+}
+
+const [mode, arg] = process.argv.slice(2);
+if (mode === "bench") {
+  const mb = arg ? Number(arg) : 64;
+  const nb = Math.max(1, Math.floor(mb * 1048576 / 1024));
+  const x = gaussian(nb * 256, 12345);
+  for (const [name, [fn, ts]] of Object.entries(KERNELS)) {
+    const out = new Uint8Array(nb * ts);
+    fn(x.subarray(0, 256 * 64), out, 64);          // warm up
+    const c0 = process.cpuUsage();
+    const t0 = process.hrtime.bigint();
+    fn(x, out, nb);
+    const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    const c = process.cpuUsage(c0);
+    const cpu = (c.user + c.system) / 1e6;
+    const mb = nb * 1024 / 1048576;
+    console.log(`${name}: ${(mb / s).toFixed(1)} MB/s of f32 input (${nb} blocks, ${s.toFixed(2)} s; ` +
+                `${(mb / cpu).toFixed(1)} MB/s of CPU time)`);
+  }
+} else if (KERNELS[mode]) {
+  const n = Number(arg);
+  if (!Number.isInteger(n) || n <= 0 || n % 256) usage("N must be a positive multiple of 256");
+  const buf = readStdin(4 * n);
+  if (!buf) { process.stderr.write("kquants_cli.mjs: short input\n"); process.exit(1); }
+  const x = new Float32Array(buf.buffer, buf.byteOffset, n);   // Buffer.alloc: aligned, little-endian host
+  const [fn, ts] = KERNELS[mode];
+  const out = new Uint8Array((n / 256) * ts);
+  fn(x, out, n / 256);
+  writeStdout(out);
+} else {
+  usage(`unknown mode ${mode}`);
+}

@@ -1,0 +1,202 @@
+"""static/kquants.js (the browser's Q4_K/Q6_K kernels) against ggml's own C code.
+
+Byte identity with the C oracle of tests/test_kquants.py (quantize_row_q4_K_ref and
+quantize_row_q6_K_ref, no importance matrix) on random data at many scales, on its
+adversarial blocks, on non-finite blocks (NaN with any payload, +-Inf) and on
+hypothesis-drawn blocks; and with the numpy codecs on a few MB. The kernels run in Node
+through tests/node/kquants_cli.mjs, many blocks per process. A mutation test checks
+that these comparisons catch a kernel that is wrong in a small way.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "py"))
+sys.path.insert(0, str(REPO / "tests"))
+
+from q4apr import codecs as C  # noqa: E402
+from test_kquants import (adversarial, assert_same_blocks, hyp_blocks, hyp_scaled,  # noqa: E402,F401
+                          ref)
+
+F32 = np.float32
+CLI = REPO / "tests" / "node" / "kquants_cli.mjs"
+KERNEL = REPO / "static" / "kquants.js"
+MODES = {"Q4_K": "q4k", "Q6_K": "q6k"}
+NAMES = list(MODES)
+
+
+@pytest.fixture(scope="session")
+def node():
+    exe = shutil.which("node")
+    if exe is None:
+        pytest.fail("node is not installed (./build.sh test installs it)", pytrace=False)
+    return exe
+
+
+def js_quantize(node, name, x, kernel=None):
+    x = np.ascontiguousarray(x, F32).reshape(-1)
+    env = dict(os.environ)
+    if kernel is not None:
+        env["KQUANTS_JS"] = str(kernel)
+    p = subprocess.run([node, str(CLI), MODES[name], str(x.size)], input=x.tobytes(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=600)
+    if p.returncode != 0:
+        pytest.fail(f"kquants_cli.mjs failed:\n{p.stderr.decode(errors='replace')[-3000:]}", pytrace=False)
+    out = np.frombuffer(p.stdout, np.uint8)
+    assert out.size == x.size // 256 * C.CODECS[name].type_size
+    return out
+
+
+def check(node, ref, name, x):
+    assert_same_blocks(name, js_quantize(node, name, x), ref.quantize(name, x), x)
+
+
+# ------------------------------------------------------------------------------ inputs
+
+SCALES = [1.0, 0.02, 1e-4, 30.0, 1e4, 1e-12, 1e-39, 1e18, 1e30]
+
+
+def random_data(blocks_per_scale=200, seed=0):
+    rng = np.random.default_rng(seed)
+    parts = [(rng.standard_normal(256 * blocks_per_scale) * F32(s)).astype(F32) for s in SCALES]
+    # skewed blocks: all positive, all negative, offset (the min is not 0)
+    g = rng.standard_normal(256 * blocks_per_scale).astype(F32)
+    parts += [np.abs(g), -np.abs(g), g + F32(3), (g * F32(0.1) - F32(1)).astype(F32)]
+    return np.concatenate(parts)
+
+
+def adversarial_data():
+    return np.concatenate([b.reshape(-1) for seed in (0, 1) for b in adversarial(256, seed).values()])
+
+
+def non_finite_data():
+    """Blocks holding NaN (several payloads, both signs), +Inf and -Inf."""
+    rng = np.random.default_rng(11)
+    blocks = []
+    for bits in (0x7FC00000, 0xFFC00000, 0x7FC00001, 0x7F800001, 0xFFFFFFFF, 0x7F800000, 0xFF800000):
+        for pos in (0, 1, 5, 31, 37, 255):
+            b = rng.standard_normal(256).astype(F32)
+            b.view(np.uint32)[pos] = bits
+            blocks.append(b)
+        z = np.zeros(256, F32)
+        z.view(np.uint32)[40] = bits
+        blocks += [z, np.full(256, bits, np.uint32).view(F32)]
+    b = rng.standard_normal(256).astype(F32)
+    b[3], b[7], b[100] = np.inf, -np.inf, np.nan
+    blocks.append(b)
+    b = np.full(256, 3e38, F32)
+    b[::2] = -3e38                                    # max - min overflows to Inf
+    blocks.append(b)
+    return np.concatenate(blocks)
+
+
+# ------------------------------------------------------------------------------ tests
+
+@pytest.mark.parametrize("name", NAMES)
+def test_random_matches_ggml(node, ref, name):
+    check(node, ref, name, random_data())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_adversarial_matches_ggml(node, ref, name):
+    check(node, ref, name, adversarial_data())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_matches_ggml(node, ref, name):
+    """ggml's bytes for NaN/Inf blocks too (its `>` scans skip NaN, so a NaN block may
+    even get finite scales); the pipeline refuses such input before quantizing."""
+    check(node, ref, name, non_finite_data())
+
+
+def _drawn(strategy, n):
+    """n examples of a hypothesis strategy, to run as one batch (one node process)."""
+    got = []
+
+    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(x=strategy)
+    def collect(x):
+        got.append(np.asarray(x, F32).reshape(-1))
+    collect()
+    return np.concatenate(got)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hypothesis_matches_ggml(node, ref, name):
+    check(node, ref, name, _drawn(hyp_blocks(256), 400))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hypothesis_gaussian_matches_ggml(node, ref, name):
+    check(node, ref, name, _drawn(hyp_scaled(256, 4), 400))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_numpy_codecs(node, name):
+    """The same bytes as the numpy codec (what the CLI writes) on 4 MB of weights."""
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal(1 << 20) * F32(0.02)).astype(F32)
+    ours = js_quantize(node, name, x)
+    assert_same_blocks(name, ours, C.quantize(C.CODECS[name], x), x)
+
+
+def test_blocks_are_independent_of_batching(node):
+    """A block's bytes do not depend on the blocks before it (module scratch is reset)."""
+    x = np.concatenate([adversarial_data()[:256 * 40], random_data(3)])
+    for name in NAMES:
+        ts = C.CODECS[name].type_size
+        whole = js_quantize(node, name, x)
+        rev = js_quantize(node, name, x.reshape(-1, 256)[::-1]).reshape(-1, ts)[::-1].reshape(-1)
+        assert np.array_equal(whole, rev)
+
+
+# ------------------------------------------------------------------------------ mutants
+
+# Each mutant changes the kernel a little; the comparisons above must notice.
+MUTANTS = {
+    "Q4_K": [
+        (r"if \(curError < bestError\)", "if (curError <= bestError)"),
+        (r"for \(let i = 0; i < 32; \+\+i\) xm\[i\] = fr\(x\[i\] - min\);", ""),    # no `min` reuse
+        (r"sumXL = fr\(sumXL \+ fr\(wl \* x\[i\]\)\);", "sumXL = sumXL + wl * x[i];"),  # f64 sum
+        (r"if \(d === 0\) continue;", "if (!d) continue;"),
+        (r"const avX = fr\(Math.sqrt\(fr\(sumX2 / 32\)\)\);", "const avX = Math.sqrt(sumX2 / 32);"),
+        (r"if \(same\) continue;", "if (same && false) continue;\n    if (is === 20) continue;"),
+        (r"if \(lb >= bestError\)", "if (lb >= bestError * 0.999)"),                # unsound pruning
+        (r"const PR_MARGIN = 2 \*\* -30;", "const PR_MARGIN = -(2 ** -14);"),
+    ],
+    "Q6_K": [
+        (r"fr\(sumlx \* sumlx\) > fr\(best \* suml2\)", "sumlx * sumlx > best * suml2"),
+        (r"if \(k === 9\) continue;", "if (k === 9 || k === 0) continue;"),
+        (r"l = l > 31 \? 31 : l < -32 \? -32 : l;\n        L6", "l = l > 31 ? 31 : l < -31 ? -31 : l;\n        L6"),
+        (r"if \(d === 0\) continue;\n      const o = xo \+ 16", "if (!d) continue;\n      const o = xo + 16"),
+        (r"if \(same\) continue;\n    sumlx = 0", "if (same || k === 10) continue;\n    sumlx = 0"),
+    ],
+    "both": [
+        (r"if \(v >= 8388608 && v < 16777216\) return \(v - 12582912\) \| 0;", "return Math.round(t);"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mutants_are_caught(node, ref, name, tmp_path):
+    src = KERNEL.read_text()
+    x = np.concatenate([random_data(40, 3), adversarial_data(), non_finite_data(),
+                        _drawn(hyp_scaled(256, 4), 150), _drawn(hyp_blocks(256), 150)])
+    want = ref.quantize(name, x)
+    assert np.array_equal(js_quantize(node, name, x), want)
+    for pat, repl in MUTANTS[name] + MUTANTS["both"]:
+        mutated, n = re.subn(pat, repl, src)
+        assert n >= 1, f"mutant pattern not found (kernel changed?): {pat}"
+        k = tmp_path / "kquants_mutant.js"
+        k.write_text(mutated)
+        assert not np.array_equal(js_quantize(node, name, x, kernel=k), want), \
+            f"{name}: the tests do not notice the mutant {pat!r} -> {repl!r}"
