@@ -270,6 +270,29 @@ def cold_starts(browser, url, n):
     return empty, cached, phases
 
 
+def browser_cpu_seconds():
+    """User + system CPU seconds of every Chromium process so far (Linux /proc; None
+    elsewhere): around a run, how many cores the browser kept busy."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            name = st[st.index("(") + 1: st.rindex(")")]
+            if "chrom" in name.lower():
+                fields = st[st.rindex(")") + 2:].split()
+                total += int(fields[11]) + int(fields[12])   # utime, stime
+        return total / tick
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def main_worker(page):
     for w in page.workers:
         try:
@@ -299,6 +322,7 @@ def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#f
         if profile:
             main_worker(page).evaluate("self.q4aprProfile = true")
         t0 = time.perf_counter()
+        cpu0 = browser_cpu_seconds()
         page.set_input_files(selector, str(path))
         page.wait_for_selector('body[data-describe="ready"], body[data-describe="failed"], '
                                'body[data-describe="none"]', state="attached",
@@ -316,6 +340,9 @@ def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#f
             page.wait_for_selector('body[data-state="done"], body[data-state="error"]', state="attached",
                                    timeout=timeout_s * 1000)
             seconds = time.perf_counter() - t0
+            cpu1 = browser_cpu_seconds()
+            cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+            cpu0 = cpu1
             if page.get_attribute("body", "data-state") != "done":
                 raise RuntimeError("the run failed: " + (page.text_content("#error-panel") or ""))
             heaps = worker_heaps(page)
@@ -334,7 +361,7 @@ def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#f
                          "out": str(out), "name": dl.suggested_filename,
                          "out_bytes": out.stat().st_size, "save_seconds": save_s,
                          "heaps": heaps, "pooled_chunks": int(pooled or 0),
-                         "pool_boot_seconds": pool_boot, "profile": prof})
+                         "pool_boot_seconds": pool_boot, "profile": prof, "cpu_seconds": cpu})
     finally:
         ctx.close()
     return dict(runs[0], runs=runs) if formats else runs[0]
@@ -618,6 +645,8 @@ def main():
                                       f" {r['seconds']:.1f} s = {size / r['seconds'] / 1e6:.0f} MB/s,"
                                       f" wasm heaps [{heaps}] MiB (main after boot {r['heap_boot'] / 2**20:.0f} MiB),"
                                       f" chunks to the pool {r['pooled_chunks']},"
+                                      + (f" browser CPU {r['cpu_seconds']:.1f} s ({r['cpu_seconds'] / r['seconds']:.2f} cores),"
+                                         if r.get("cpu_seconds") is not None else "") +
                                       f" output {r['out_bytes'] / 1e6:.0f} MB saved in {r['save_seconds']:.1f} s,"
                                       f" verify: {'ok' if ok else 'FAILED'} ({last[0]})", flush=True)
                                 if not args.keep:

@@ -12,7 +12,9 @@ a rotating order (interleaved), median reported:
     q4apr APR_Q4   codecs.quantize(codecs.AprQ4, a)
     q4apr Q4_0     codecs.quantize(codecs.Q4_0, a)
     q4apr Q5_0/Q4_K/Q6_K   codecs.quantize(codecs.<that>, a), on a third, smaller 1-D case
-                   (--kq-mi, 4 Mi values by default) where every other kernel runs too
+                   (--kq-mi, 4 Mi values by default) where every other kernel runs too;
+                   under Pyodide also "Q4_K js"/"Q6_K js": the page's JavaScript kernels
+                   (static/kquants.js, installed as the page does; same bytes)
     gguf-py Q4_0   gguf.quants.quantize(a, GGMLQuantizationType.Q4_0)   (the peer in the
                    same language: pure numpy; under Pyodide its constants/lazy/quants
                    modules are loaded on their own, the package needs PyYAML)
@@ -65,6 +67,19 @@ def make_data(n, seed=0):
     return x
 
 
+def _kernel(name, fn):
+    """codecs.quantize(name, a) with fn as its kernel (None: numpy's), for that call only."""
+    def go(a):
+        c = getattr(codecs, name)
+        saved = c.kernel
+        codecs.set_kernel(name, fn)
+        try:
+            return codecs.quantize(c, a)
+        finally:
+            codecs.set_kernel(name, saved)
+    return go
+
+
 def run(mi, side, reps, peer=True, kq_mi=4):
     gguf_quantize, Q4_0 = load_peer() if peer else (None, None)
     n = mi << 20
@@ -88,8 +103,14 @@ def run(mi, side, reps, peer=True, kq_mi=4):
     # The 256-block K-quants (and Q5_0, their fallback) are 10-30x slower: they run on a
     # smaller 1-D case only, beside the Q4_0 kernels timed on that same case.
     slow = [("q4apr Q5_0", lambda a: codecs.quantize(codecs.Q5_0, a)),
-            ("q4apr Q4_K", lambda a: codecs.quantize(codecs.Q4_K, a)),
-            ("q4apr Q6_K", lambda a: codecs.quantize(codecs.Q6_K, a))]
+            ("q4apr Q4_K", _kernel("Q4_K", None)),
+            ("q4apr Q6_K", _kernel("Q6_K", None))]
+    try:   # under Pyodide with the page's JavaScript kernels installed (static/kernels.js)
+        import q4apr_kernels
+        slow += [("q4apr Q4_K js", _kernel("Q4_K", q4apr_kernels.Q4_K)),
+                 ("q4apr Q6_K js", _kernel("Q6_K", q4apr_kernels.Q6_K))]
+    except ImportError:
+        pass
     if kq_mi:
         cases.append((f"1-D {kq_mi} Mi", x[: kq_mi << 20]))
 
@@ -131,7 +152,8 @@ def ratios(result):
         peer = by.get((case, "gguf-py Q4_0"))
         if peer:
             out[case] = {k: by[(case, k)] / peer for k in ("q4apr APR_Q4", "q4apr Q4_0",
-                         "q4apr Q5_0", "q4apr Q4_K", "q4apr Q6_K") if (case, k) in by}
+                         "q4apr Q5_0", "q4apr Q4_K", "q4apr Q6_K", "q4apr Q4_K js",
+                         "q4apr Q6_K js") if (case, k) in by}
     return out
 
 
@@ -139,7 +161,7 @@ def print_table(results):
     """One table: a row per (case, kernel), a column per platform."""
     plats = list(results)
     print()
-    head = f"{'case':<14} {'kernel':<14}" + "".join(f" {p + ' MB/s':>16}" for p in plats)
+    head = f"{'case':<14} {'kernel':<16}" + "".join(f" {p + ' MB/s':>16}" for p in plats)
     print(head)
     print("-" * len(head))
     keys = list(dict.fromkeys((r["case"], r["kernel"]) for res in results.values() for r in res["rows"]))
@@ -148,7 +170,7 @@ def print_table(results):
         for p in plats:
             m = {(r["case"], r["kernel"]): r for r in results[p]["rows"]}.get((case, kernel))
             cells.append(f" {m['mbps']:>16.0f}" if m else f" {'-':>16}")
-        print(f"{case:<14} {kernel:<14}" + "".join(cells))
+        print(f"{case:<14} {kernel:<16}" + "".join(cells))
     print()
     for p, res in results.items():
         for case, rs in ratios(res).items():

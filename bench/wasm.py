@@ -43,7 +43,7 @@ def run_node(script, args=(), mounts=(), timeout=3600):
     node = shutil.which("node")
     if node is None:
         raise SystemExit("node is not installed")
-    cmd = [node, str(RUN_CORE), "--dist", str(DIST)]
+    cmd = [node, str(RUN_CORE), "--dist", str(DIST), "--kernels", "js"]
     for m in mounts:
         cmd += ["--mount", str(Path(m).resolve())]
     cmd += [str(Path(script).resolve()), *map(str, args)]
@@ -73,6 +73,8 @@ try {
   await py.loadPackage("numpy", { messageCallback: () => {} });
   const zip = await (await fetch("./static/q4apr.zip")).arrayBuffer();
   py.unpackArchive(zip, "zip", { extractDir: "/lib/q4apr" });
+  py.runPython('import sys\nsys.path.insert(0, "/lib/q4apr")');
+  (await import("./static/kernels.js")).installKernels(py);   // as the page does
   py.FS.mkdirTree("/bench");
   for (const name of cfg.files) {
     const data = new Uint8Array(await (await fetch("./files/" + name)).arrayBuffer());
