@@ -73,7 +73,7 @@ try {
   await py.loadPackage("numpy", { messageCallback: () => {} });
   const zip = await (await fetch("./static/q4apr.zip")).arrayBuffer();
   py.unpackArchive(zip, "zip", { extractDir: "/lib/q4apr" });
-  py.runPython('import sys\nsys.path.insert(0, "/lib/q4apr")');
+  py.runPython("import sys; sys.path.insert(0, '/lib/q4apr')");
   (await import("./static/kernels.js")).installKernels(py);   // as the page does
   py.FS.mkdirTree("/bench");
   for (const name of cfg.files) {
