@@ -25,7 +25,7 @@ with Playwright, Chromium as the tests launch it (tests/conftest.py).
   imports numpy (BARE_PAGE), empty cache then HTTP cache, and the ratio of the medians.
 * --workers 1,2,4: each input run with Advanced › Workers set to each count (the
   conversion workers given time to boot first), interleaved; every Pyodide worker's heap;
-  --type Q4_K_M for that mixture.
+  --type Q4_0,Q4_K_M runs both mixtures, interleaved, with the ratio of each to Q4_0.
 * --folders (instead of the above): model folders.
     smollm2: tests/fixtures' SmolLM2-135M-Instruct folder (BF16, 269 MB of weights), hard-linked
       to DIR/folders/SmolLM2-135M-Instruct, chosen with the folder picker (#folder-input), vs
@@ -574,7 +574,8 @@ def main():
     ap.add_argument("--cold", type=int, default=5, help="cold starts of each kind (median)")
     ap.add_argument("--only", choices=sorted(INPUTS), action="append", help="just these inputs")
     ap.add_argument("--format", choices=("apr", "gguf"), default="apr")
-    ap.add_argument("--type", choices=("Q4_0", "Q4_K_M"), default="Q4_0", dest="qtype")
+    ap.add_argument("--type", default="Q4_0", dest="qtype",
+                    help="Q4_0, Q4_K_M, or both comma-separated (interleaved; ratios against Q4_0)")
     ap.add_argument("--profile", action="store_true",
                     help="split each run's time in the main worker (read, kernel, hand-off, waits)")
     ap.add_argument("--workers", default=None,
@@ -628,20 +629,26 @@ def main():
                         rates = read_rates(browser, path)
                         print("  read ceiling: " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in rates.items()))
                         counts = [int(w) for w in args.workers.split(",")] if args.workers else [None]
-                        runs = {w: [] for w in counts}
+                        types = args.qtype.split(",")
+                        configs = [(t, w) for t in types for w in counts]
+                        runs = {c: [] for c in configs}
+
+                        def label(c):
+                            return f"{c[0]}, {'workers ' + str(c[1]) if c[1] else 'Auto workers'}"
                         for _ in range(args.reps):
-                            for w in counts:   # interleaved: the machine's speed drifts
+                            for c in configs:   # interleaved: the machine's speed drifts
+                                qtype, w = c
                                 r = run_e2e(browser, url, path, args.dir, args.format, workers=w,
-                                            qtype=args.qtype, profile=args.profile)
-                                runs[w].append(r)
+                                            qtype=qtype, profile=args.profile)
+                                runs[c].append(r)
                                 ok, last = (True, ["not checked"]) if args.no_verify else verify(r["out"])
                                 r["verify_ok"], r["verify"] = ok, last[0]
                                 if args.compare:
-                                    ref = native_output(path, key, args.dir, args.format, args.qtype)
+                                    ref = native_output(path, key, args.dir, args.format, qtype)
                                     r["same_as_native"] = same_bytes(r["out"], ref)
                                     last[0] += ", same bytes as the native CLI: " + ("yes" if r["same_as_native"] else "NO")
                                 heaps = ", ".join(f"{h / 2**20:.0f}" for h in r["heaps"])
-                                print(f"  {'workers ' + str(w) + ': ' if w else ''}drop -> download ready:"
+                                print(f"  {label(c)}: drop -> download ready:"
                                       f" {r['seconds']:.1f} s = {size / r['seconds'] / 1e6:.0f} MB/s,"
                                       f" wasm heaps [{heaps}] MiB (main after boot {r['heap_boot'] / 2**20:.0f} MiB),"
                                       f" chunks to the pool {r['pooled_chunks']},"
@@ -652,20 +659,23 @@ def main():
                                 if not args.keep:
                                     os.unlink(r["out"])
                         if args.profile:
-                            print_profiles(runs, r["seconds"])
+                            print_profiles({label(c): rs for c, rs in runs.items()})
                         ceiling = max(rates.values())
-                        entry = {"file": path.name, "bytes": size, "read_mbps": rates, "by_workers": {}}
-                        base = None
-                        for w in counts:
-                            secs = statistics.median(r["seconds"] for r in runs[w])
-                            mbps = size / secs / 1e6
-                            base = base or mbps
-                            entry["by_workers"][str(w or "auto")] = {
-                                "runs": runs[w], "mbps": mbps,
-                                "heap_peak": max(max(r["heaps"] or [0]) for r in runs[w])}
-                            print(f"  {'workers ' + str(w) + ': ' if w else ''}median {mbps:.0f} MB/s"
-                                  f" = {mbps / ceiling:.2f} of the read ceiling ({ceiling:.0f} MB/s)"
-                                  f", {mbps / base:.2f}x the first count's", flush=True)
+                        entry = {"file": path.name, "bytes": size, "read_mbps": rates, "by_config": {}}
+                        mb = {}
+                        for c in configs:
+                            secs = statistics.median(r["seconds"] for r in runs[c])
+                            mb[c] = size / secs / 1e6
+                            entry["by_config"][label(c)] = {
+                                "runs": runs[c], "mbps": mb[c],
+                                "heap_peak": max(max(r["heaps"] or [0]) for r in runs[c])}
+                            first = mb[(c[0], counts[0])]
+                            q40 = mb.get(("Q4_0", c[1]))
+                            print(f"  {label(c)}: median {mb[c]:.0f} MB/s"
+                                  f" = {mb[c] / ceiling:.2f} of the read ceiling ({ceiling:.0f} MB/s)"
+                                  f", {mb[c]:.0f} / {first:.0f} = {mb[c] / first:.2f}x its first worker count"
+                                  + (f", {mb[c]:.0f} / {q40:.0f} = {mb[c] / q40:.2f}x Q4_0 with as many workers"
+                                     if q40 and c[0] != "Q4_0" else ""), flush=True)
                         results["inputs"][key] = entry
             finally:
                 browser.close()
@@ -688,9 +698,9 @@ PROFILE_PARTS = [
 ]
 
 
-def print_profiles(runs, _):
+def print_profiles(runs):
     """The main worker's split of each worker count's median run (--profile)."""
-    print("  | part | " + " | ".join(f"{w or 'auto'} worker(s) s (share)" for w in runs) + " |")
+    print("  | part | " + " | ".join(f"{name} s (share)" for name in runs) + " |")
     print("  |---|" + "---:|" * len(runs))
     meds = {}
     for w, rs in runs.items():
