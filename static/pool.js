@@ -41,9 +41,10 @@ export class Pool {
       }
       const m = { worker, ready: false, busy: 0, dead: false };
       worker.onmessage = (ev) => this.onReply(m, ev.data || {});
-      worker.onerror = (ev) => {
+      worker.onerror = (ev) => {   // before it was ready: it could not load (and would not later)
         ev.preventDefault?.();
-        this.stop(m, `a conversion worker stopped (${ev.message || "script error"})`);
+        this.stop(m, `a conversion worker ${m.ready ? "stopped" : "could not start"} (${ev.message || "script error"})`,
+          !m.ready);
       };
       worker.onmessageerror = () => this.stop(m, "a conversion worker's reply could not be read");
       this.members.push(m);
@@ -60,11 +61,7 @@ export class Pool {
 
   onReply(m, d) {
     if (d.ready) { m.ready = true; return; }
-    if (d.failed) {   // it would fail again: this page works with the workers it has
-      this.spawnFailed = true;
-      this.stop(m, `a conversion worker could not start: ${d.failed}`, true);
-      return;
-    }
+    if (d.failed) { this.stop(m, `a conversion worker could not start: ${d.failed}`, true); return; }
     if (m.busy === d.id) m.busy = 0;
     this.settle(d.id, d);
   }
@@ -81,6 +78,7 @@ export class Pool {
   stop(m, why, bootFailed = false) {
     if (m.dead) return;
     m.dead = true;
+    if (bootFailed) this.spawnFailed = true;   // it would fail again: work with those there are
     try { m.worker.terminate(); } catch (_) { /* gone */ }
     console.warn(why);
     if (m.busy) this.settle(m.busy, { fail: why });

@@ -257,6 +257,7 @@ async function boot() {
 self.q4aprHeapBytes = () => (py ? py._module.HEAPU8.length : 0);
 // ... and how many conversion workers are ready (they boot after this one).
 self.q4aprPoolReady = () => pool.readyCount;
+self.q4aprPoolState = () => ({ members: pool.size, gaveUp: pool.spawnFailed });   // tests
 
 const booted = boot().then(
   () => true,

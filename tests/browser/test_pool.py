@@ -128,3 +128,34 @@ def test_a_crashed_worker_fails_the_run_then_the_next_run_works(page, site_url, 
     total, pooled = run_page(page)
     assert total == 2 and pooled > 0
     assert download(page)[1] == native(lopsided, format="gguf", type="Q4_K_M", chunk_bytes=CHUNK)[0]
+
+
+def test_one_worker_still_works_where_conversion_workers_cannot_start(page, dist_dir, tmp_path,
+                                                                     lopsided):
+    """A conversion worker that cannot even load (as where nested module workers are not
+    supported): the page converts everything in its one worker and gives up on the pool
+    (no endless restarts)."""
+    from serve import start_server
+    site = tmp_path / "site"
+    (site / "static").mkdir(parents=True)
+    for p in dist_dir.iterdir():
+        if p.name != "static":
+            (site / p.name).symlink_to(p, target_is_directory=p.is_dir())
+    for p in (dist_dir / "static").iterdir():
+        if p.name != "converter.js":
+            (site / "static" / p.name).symlink_to(p, target_is_directory=p.is_dir())
+    (site / "static" / "converter.js").write_text('throw new Error("no nested module workers here");\n')
+    server, root = start_server(str(site))
+    try:
+        open_app(page, root)
+        set_options(page, chunk_bytes=CHUNK)
+        set_workers(page, 3)
+        wait_pool_ready(page, 3)
+        choose(page, *lopsided)
+        total, pooled = run_page(page)
+        assert pooled == 0 and total == 1
+        assert download(page)[1] == native(lopsided, chunk_bytes=CHUNK)[0]
+        main = [w for w in page.workers if w.evaluate("!!self.q4aprPoolReady")][0]
+        assert main.evaluate("self.q4aprPoolState()") == {"members": 0, "gaveUp": True}
+    finally:
+        server.shutdown()
