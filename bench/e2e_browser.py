@@ -652,6 +652,8 @@ def main():
                                       f" {r['seconds']:.1f} s = {size / r['seconds'] / 1e6:.0f} MB/s,"
                                       f" wasm heaps [{heaps}] MiB (main after boot {r['heap_boot'] / 2**20:.0f} MiB),"
                                       f" chunks to the pool {r['pooled_chunks']},"
+                                      + (f" pool ready {r['pool_boot_seconds']:.2f} s after asking,"
+                                         if r.get("pool_boot_seconds") else "")
                                       + (f" browser CPU {r['cpu_seconds']:.1f} s ({r['cpu_seconds'] / r['seconds']:.2f} cores),"
                                          if r.get("cpu_seconds") is not None else "") +
                                       f" output {r['out_bytes'] / 1e6:.0f} MB saved in {r['save_seconds']:.1f} s,"
