@@ -7,7 +7,9 @@
 // innocuous), constants are f32 (0.1f, 1e-15f), and C's expression order is kept.
 // nearest_int is C's bit trick (f32 + 12582912.f, low 23 bits - 0x400000), including its
 // garbage for |t| >= 2**22, Inf and NaN. GGML_FP32_TO_FP16 is ggml's software routine.
-// Tested against the C oracle by tests/test_kquants_js.py.
+// Work whose outcome provably cannot change the bytes is skipped (see "Pruning" and
+// "Incremental" below: trials that cannot win, l values that cannot move). Tested
+// against the C oracle by tests/test_kquants_js.py.
 //
 // ES module, no DOM, no imports: runs in a Web Worker and in Node. No allocation per
 // block: all scratch is module level.
@@ -101,11 +103,15 @@ let theMin = 0;
 // (s, m) whose minimum over all of R^2 (so whatever s, m C computes, clamped or not)
 // is (1-e) G - (1-e)^2 P / det with G = sum w x^2, det = A B Sl2 Sw - (1-e)^2 Sl^2,
 // P = B Sw Sxl^2 - 2(1-e) Sl Sxl Sx + A Sl2 Sx^2, A = 1-e-4K, B = 1-e-K (det > 0).
-// These are evaluated in f64 from f64 sums. Each f64 sum of 32 terms is within 2^-47
-// of the sum of the absolute terms, so with det >= 2^-8 A B Sl2 Sw (checked on the
-// computed det; then det's relative error is below 2^-34) the computed value is within
-// 2^-32 T of the exact one, T = (1-e) G + (1-e)^2 Pabs / det, Pabs being P with
-// |x| sums (Ax = sum w|x|, Axl = sum w l |x|) and + signs; 2^-30 T is subtracted.
+// These are evaluated in f64 from f64 sums. Each of Sl, Sl2, Sxl, Axl adds exact terms
+// (w l, w l^2, w x l, w |x| l; when kept incrementally, see QKX2_THR, also the changes
+// w dl, w d(l^2), w x dl, w |x| dl with dl > 0 as l only grows), at most
+// 32 + 32*15 = 512 of them, whose absolute values sum to the sum for the final l (resp.
+// to Axl for Sxl); so each computed sum is within 511 * 2^-53 < 2^-44 of the sum of the
+// absolute terms (Sw, Sx, G, Ax: 32 terms, 2^-47). With det >= 2^-8 A B Sl2 Sw (checked
+// on the computed det; then det's relative error is below 2^-34) the computed value is
+// within 2^-28 T of the exact one, T = (1-e) G + (1-e)^2 Pabs / det, Pabs being P with
+// |x| sums (Ax = sum w|x|, Axl = sum w l |x|) and + signs; 2^-24 T is subtracted.
 // No f64 overflow or underflow is possible from f32 data (degree <= 5, |x| <= 2^128,
 // 2^-149 <= |x| when nonzero) except through Inf/NaN, which fail the finite test (a
 // NaN comparison is false). The trial is skipped only when the resulting bound is
@@ -118,17 +124,45 @@ const PR_C1 = 1 - PR_E;
 const PR_C2 = PR_C1 * PR_C1;
 const PR_AB = PR_A * PR_B;
 const PR_DETMIN = 2 ** -8 * PR_AB;
-const PR_MARGIN = 2 ** -30;
+const PR_MARGIN = 2 ** -24;
 const PR_SHRINK = 1 - 2 ** -17;                // <= (1-u)^36, with room for f64 rounding
 const PR_ETA = 2 ** -140;                      // >= eta, generously
 const QAX = new Float64Array(32);              // |x|
+const QWX = new Float64Array(32);              // w x, exact
+const QWAX = new Float64Array(32);             // w |x|, exact
+const QTHR = new Float64Array(32);             // iscale below which Laux[i] cannot change
+// Incremental Laux (exact). While `min` is unchanged and range > 0, iscale = fr(C/range)
+// does not decrease from trial to trial (QKX2_C grows). incrementalOk checks
+// fr(fr(CMAX/range) S) < 2^21 with S = the f64 sum of |xm_i| (>= each |xm_i|; NaN and
+// Inf fail), so |t_i| = |fr(iscale xm_i)| < 2^21 in every trial, where C's nearest_int
+// is fr(t + 12582912) - 12582912 (the sum lies in [2^23, 2^24), f32 spacing 1). Then
+// l_i = clamp(nearest_int(t_i)) never decreases from trial to trial (fr and rounding are
+// monotone; xm_i <= 0 gives t_i <= 0, l_i = 0) and stays at 15 once there. It cannot
+// change either while iscale < thr_i = fl(fl((l + 1/2) / xm_i) (1 - 2^-20)) (two f64
+// roundings of 2^-53 each): then iscale xm_i < (l + 1/2)(1 - 2^-21), so
+// t_i < l + 1/2 (f32 rounding moves it by at most 2^-24 relative; l + 1/2 >= 1/2) and
+// nearest_int(t_i) <= l. Only elements with iscale >= thr_i are recomputed (exactly);
+// the f64 sums for the pruning bound are updated by the changes (exact terms, see above).
+const QKX2_THR = 1 - 2 ** -20;
+let QKX2_CMAX = 0;
+for (let is = 0; is <= 20; ++is) {
+  if (QKX2_C[is] < QKX2_CMAX || !(QKX2_C[is] > 0)) throw new Error("kquants: QKX2_C must grow");
+  QKX2_CMAX = QKX2_C[is];
+}
+/** The preconditions of the incremental Laux for the current QXM and range. */
+function incrementalOk(range) {
+  if (!(range > 0)) return false;
+  let sa = 0;                         // >= max |xm| (a rounded sum is >= each term), NaN, Inf
+  for (let i = 0; i < 32; ++i) sa += Math.abs(QXM[i]);
+  return fr(fr(QKX2_CMAX / range) * sa) < 2097152;
+}
 let prunedTrials = 0, evaluatedTrials = 0;
 /** [trials pruned, trials evaluated in f32] by quantizeQ4K so far (for tests/benchmarks). */
 export function pruneStats() { return [prunedTrials, evaluatedTrials]; }
 
 /** make_qkx2_quants(32, 15, QX, QW, L4 + off, &theMin, Laux, -1.f, 0.1f, 20, false). */
 function makeQkx2(off) {
-  const x = QX, w = QW, xm = QXM, laux = LAUX, lprev = LPREV, ax = QAX;
+  const x = QX, w = QW, xm = QXM, laux = LAUX, lprev = LPREV, ax = QAX, wx = QWX, wax = QWAX, thr = QTHR;
   let min = x[0];
   let max = x[0];
   let sumW = w[0];
@@ -164,6 +198,8 @@ function makeQkx2(off) {
     bestError = fr(bestError + fr(wi * diff));
     const axi = Math.abs(xi);
     ax[i] = axi;
+    wx[i] = wi * xi;                     // exact in f64 (24 + 24 bits)
+    wax[i] = wi * axi;
     sw64 += wi;
     sx64 += wi * xi;
     g64 += wi * xi * xi;
@@ -175,29 +211,64 @@ function makeQkx2(off) {
   // previous trial did not update), computes the very same sums, D, scale, min and
   // cur_error as that trial, which then did not update: it cannot update either.
   let prevValid = false;
+  // Incremental Laux (see the comment above QKX2_THR): valid for the current `min` when
+  // `incr`; `fresh` until the first trial with this `min` has computed Laux in full.
+  let incr = incrementalOk(range), fresh = true;
+  let sl = 0, sl2 = 0, sxl = 0, axl = 0;
   for (let is = 0; is <= 20; ++is) {
     iscale = fr(QKX2_C[is] / range);
-    let same = prevValid;
-    let sl = 0, sl2 = 0, sxl = 0, axl = 0;
-    for (let i = 0; i < 32; ++i) {
-      let l = nearestInt(fr(iscale * xm[i]));
-      l = l > 15 ? 15 : l < 0 ? 0 : l;
-      if (l !== lprev[i]) same = false;
-      laux[i] = l;
-      const wl = w[i] * l;
-      sl += wl;
-      sl2 += wl * l;
-      sxl += wl * x[i];
-      axl += wl * ax[i];
+    let same;
+    if (incr && !fresh) {
+      same = true;
+      for (let i = 0; i < 32; ++i) {
+        if (iscale < thr[i]) continue;
+        const xmi = xm[i];
+        let l = fr(fr(iscale * xmi) + 12582912) - 12582912;    // nearest_int: |t| < 2**21
+        if (l > 15) l = 15;
+        const lo = laux[i];
+        thr[i] = l >= 15 ? Infinity : (l + 0.5) / xmi * QKX2_THR;
+        if (l !== lo) {
+          same = false;
+          laux[i] = l;
+          const d = l - lo, wi = w[i];
+          sl += wi * d;
+          sl2 += wi * (l * l - lo * lo);
+          sxl += wx[i] * d;
+          axl += wax[i] * d;
+        }
+      }
+      if (same) continue;
+    } else {
+      same = prevValid;
+      sl = 0; sl2 = 0; sxl = 0; axl = 0;
+      for (let i = 0; i < 32; ++i) {
+        let l = nearestInt(fr(iscale * xm[i]));
+        l = l > 15 ? 15 : l < 0 ? 0 : l;
+        if (l !== lprev[i]) same = false;
+        laux[i] = l;
+        const wl = w[i] * l;
+        sl += wl;
+        sl2 += wl * l;
+        sxl += wx[i] * l;
+        axl += wax[i] * l;
+      }
+      if (same) continue;
+      for (let i = 0; i < 32; ++i) lprev[i] = laux[i];
+      prevValid = true;
+      if (incr) {
+        fresh = false;
+        for (let i = 0; i < 32; ++i) {
+          const l = laux[i], xmi = xm[i];
+          thr[i] = l >= 15 || !(xmi > 0) ? Infinity : (l + 0.5) / xmi * QKX2_THR;
+        }
+      }
     }
-    if (same) continue;
-    for (let i = 0; i < 32; ++i) lprev[i] = laux[i];
-    prevValid = true;
     const det = PR_AB * sl2 * sw64 - PR_C2 * sl * sl;
     if (det >= PR_DETMIN * sl2 * sw64) {
       const p = PR_B * sw64 * sxl * sxl - 2 * PR_C1 * sl * sxl * sx64 + PR_A * sl2 * sx64 * sx64;
       const pabs = PR_B * sw64 * axl * axl + 2 * PR_C1 * sl * axl * ax64 + PR_A * sl2 * ax64 * ax64;
-      const lb = (g1 - PR_C2 * p / det - PR_MARGIN * (g1 + PR_C2 * pabs / det)) * PR_SHRINK - eta;
+      const c2det = PR_C2 / det;
+      const lb = (g1 - c2det * p - PR_MARGIN * (g1 + c2det * pabs)) * PR_SHRINK - eta;
       if (lb >= bestError) { ++prunedTrials; continue; }
     }
     ++evaluatedTrials;
@@ -217,11 +288,14 @@ function makeQkx2(off) {
         thisMin = 0;
         thisScale = fr(sumXL / sumL2);
       }
+      // The terms w diff^2 are >= 0 or NaN, so the running f32 sum never decreases (or
+      // stays NaN): once it is not < best_error, the final one is not either.
       let curError = 0;
       for (let i = 0; i < 32; ++i) {
         let diff = fr(fr(fr(thisScale * laux[i]) + thisMin) - x[i]);
         diff = fr(diff * diff);
         curError = fr(curError + fr(w[i] * diff));
+        if (!(curError < bestError)) break;
       }
       if (curError < bestError) {
         for (let i = 0; i < 32; ++i) L4[off + i] = laux[i];
@@ -232,6 +306,8 @@ function makeQkx2(off) {
         range = fr(max - min);
         for (let i = 0; i < 32; ++i) xm[i] = fr(x[i] - min);
         prevValid = false;
+        incr = incrementalOk(range);
+        fresh = true;
       }
     }
   }
@@ -310,14 +386,47 @@ const Q8 = new Int32Array(16);
 const QX_C = new Float64Array(19);
 for (let is = -9; is <= 9; ++is) QX_C[is + 9] = -fr(32 + fr(P01 * is));
 
+// Pruning (exact): a trial updates only if fr(sumlx^2) > fr(best suml2). Every term
+// fr(wx l) of sumlx has the sign of iscale or is 0 (wx = fr(fr(x^2) x) has x's sign, l
+// has iscale x's), every term of suml2 is >= 0: so, with no overflow and no subnormal,
+// the f32 sums are within (1 +- u)^18 (u = 2^-24: one or two product roundings, 15 sums)
+// of the exact sums A = sum wx l, B = sum w l^2, and fr(sumlx^2) <= A^2 (1 + 2^-18),
+// fr(best suml2) >= best B (1 - 2^-18). A and B are summed in f64 from exact products
+// (l is an integer, |l| <= 32) and, incrementally, their changes (see Q6_THR), all of
+// one sign, at most 16 + 16*33 of them: within 2^-43 relative. So
+// A^2 (1 + 2^-16) < best B (1 - 2^-16) (f64, a few more 2^-53 roundings) implies no
+// update. Range (`safe`): sum |x| <= 2^14 bounds every term and product far below
+// 2^128; |max| >= 2^-20 makes every nonzero term normal (l != 0 needs
+// |x| >= |max| / 66, so w >= 2^-54, wx >= 2^-81), |sumlx| >= |wx_max| 31 and
+// best B > 2^-100 keeps fr(best suml2) normal; NaN/Inf fail the range test.
+//
+// Incremental L (exact), when `safe`: |t| = |fr(iscale x)| <= fr(fr(32.9/|max|) |max|)
+// < 2^21, so nearest_int is fr(t + 12582912) - 12582912. From trial k = 0 on, |iscale| =
+// fr(|C_k| / |max|) does not decrease (|QX_C| grows; trial 9 is skipped, the initial L
+// is not in the sequence), so |l| = min(nearest(|t|), 31 or 32 by the sign of t) does
+// not decrease (fr, rounding monotone; l keeps the sign of iscale x), and it cannot
+// change while |iscale| < thr = fl(fl((|l| + 1/2) / |x|) (1 - 2^-20)) (then
+// |iscale x| < (|l| + 1/2)(1 - 2^-21), |t| < |l| + 1/2). Trial 0 is computed in full;
+// later ones recompute (exactly) only the elements with |iscale| >= thr. The changes
+// wx dl and w d(l^2) have the signs of A's and B's terms.
+const Q6_UP = 1 + 2 ** -16;
+const Q6_DN = 1 - 2 ** -16;
+const Q6_TINY = 2 ** -100;
+const Q6_SAFE_MIN = 2 ** -20;
+const Q6_THR = 1 - 2 ** -20;
+const THR6 = new Float64Array(16);
+for (let k = 1; k < 19; ++k) if (!(QX_C[k] < QX_C[k - 1])) throw new Error("kquants: |QX_C| must grow");
+
 /** make_qx_quants(16, 32, XQ, L6 + off, 1, NULL). */
 function makeQx(off) {
-  const x = XQ, w = WQ, wx = WXQ, lt = LT;
-  let max = 0, amax = 0;
+  const x = XQ, w = WQ, wx = WXQ, lt = LT, thr = THR6;
+  let max = 0, amax = 0, sa = 0;
   for (let i = 0; i < 16; ++i) {
     const ax = Math.abs(x[i]);
+    sa += ax;                                                   // NaN, Inf propagate
     if (ax > amax) { amax = ax; max = x[i]; }
   }
+  const safe = sa <= 16384 && amax >= Q6_SAFE_MIN;              // see Q6_UP
   if (amax < GROUP_MAX_EPS) {
     for (let i = 0; i < 16; ++i) L6[off + i] = 0;
     return 0;
@@ -334,18 +443,52 @@ function makeQx(off) {
   }
   let scale = suml2 !== 0 ? fr(sumlx / suml2) : 0;           // C's `suml2 ?` (NaN is true)
   let best = fr(scale * sumlx);
+  let a = 0, b = 0;                                             // f64 A, B (see Q6_UP)
   for (let k = 0; k < 19; ++k) {
     if (k === 9) continue;
     iscale = fr(QX_C[k] / max);
     // A trial whose L equals the previous one's has the same sums: it either does not
     // update or rewrites the same L, scale and best, so skipping it changes nothing.
     let same = true;
-    for (let i = 0; i < 16; ++i) {
-      let l = nearestInt(fr(iscale * x[i]));
-      l = l > 31 ? 31 : l < -32 ? -32 : l;
-      if (l !== lt[i]) { same = false; lt[i] = l; }
+    if (!safe) {
+      for (let i = 0; i < 16; ++i) {
+        let l = nearestInt(fr(iscale * x[i]));
+        l = l > 31 ? 31 : l < -32 ? -32 : l;
+        if (l !== lt[i]) { same = false; lt[i] = l; }
+      }
+    } else if (k === 0) {
+      a = 0; b = 0;
+      for (let i = 0; i < 16; ++i) {
+        let l = fr(fr(iscale * x[i]) + 12582912) - 12582912;    // nearest_int: |t| < 2^21
+        l = l > 31 ? 31 : l < -32 ? -32 : l;
+        if (l !== lt[i]) { same = false; lt[i] = l; }
+        a += wx[i] * l;
+        b += w[i] * l * l;
+        const al = l < 0 ? -l : l, axi = Math.abs(x[i]);
+        thr[i] = al >= (l < 0 ? 32 : 31) || axi === 0 ? Infinity : (al + 0.5) / axi * Q6_THR;
+      }
+    } else {
+      const g = Math.abs(iscale);
+      for (let i = 0; i < 16; ++i) {
+        if (g < thr[i]) continue;
+        let l = fr(fr(iscale * x[i]) + 12582912) - 12582912;
+        l = l > 31 ? 31 : l < -32 ? -32 : l;
+        const al = l < 0 ? -l : l;
+        thr[i] = al >= (l < 0 ? 32 : 31) ? Infinity : (al + 0.5) / Math.abs(x[i]) * Q6_THR;
+        const lo = lt[i];
+        if (l !== lo) {
+          same = false;
+          lt[i] = l;
+          a += wx[i] * (l - lo);
+          b += w[i] * (l * l - lo * lo);
+        }
+      }
     }
     if (same) continue;
+    if (safe) {
+      const bb = best * b;
+      if (a * a * Q6_UP < bb * Q6_DN && bb > Q6_TINY) continue;
+    }
     sumlx = 0; suml2 = 0;
     for (let i = 0; i < 16; ++i) {
       const l = lt[i];

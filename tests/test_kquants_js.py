@@ -149,6 +149,31 @@ def test_matches_numpy_codecs(node, name):
     assert_same_blocks(name, ours, C.quantize(C.CODECS[name], x), x)
 
 
+def skip_path_data(seed=5):
+    """Blocks aimed at the kernels' exact shortcuts (incremental L, pruning): many trials
+    near rounding boundaries (grids at random scales), heavy tails, offsets, and scales at
+    the edges of Q6_K's `safe` range (|max| ~ 2^-20, sum |x| ~ 2^14)."""
+    rng = np.random.default_rng(seed)
+    n = 256 * 300
+    s = lambda: np.repeat(10.0 ** rng.uniform(-3, 3, n // 16), 16)  # noqa: E731
+    parts = [
+        rng.laplace(size=n) * s(),
+        rng.standard_t(2, size=n) * s(),
+        rng.uniform(-1, 1, n) * s(),
+        (rng.standard_normal(n) + 2.5) * s(),
+        rng.integers(-33, 34, n) / rng.choice([15.0, 31.0, 32.0, 33.0, 64.0], n // 32).repeat(32),
+        rng.integers(0, 31, n) * 0.5 - 7.25,
+        rng.standard_normal(n) * np.repeat(2.0 ** rng.uniform(-22, -18, n // 16), 16),
+        rng.standard_normal(n) * np.repeat(2.0 ** rng.uniform(9, 11.5, n // 16), 16),
+    ]
+    return np.concatenate(parts).astype(F32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_skip_paths_match_ggml(node, ref, name):
+    check(node, ref, name, skip_path_data())
+
+
 def test_blocks_are_independent_of_batching(node):
     """A block's bytes do not depend on the blocks before it (module scratch is reset)."""
     x = np.concatenate([adversarial_data()[:256 * 40], random_data(3)])
@@ -171,14 +196,20 @@ MUTANTS = {
         (r"const avX = fr\(Math.sqrt\(fr\(sumX2 / 32\)\)\);", "const avX = Math.sqrt(sumX2 / 32);"),
         (r"if \(same\) continue;", "if (same && false) continue;\n    if (is === 20) continue;"),
         (r"if \(lb >= bestError\)", "if (lb >= bestError * 0.999)"),                # unsound pruning
-        (r"const PR_MARGIN = 2 \*\* -30;", "const PR_MARGIN = -(2 ** -14);"),
+        (r"const PR_MARGIN = 2 \*\* -24;", "const PR_MARGIN = -(2 ** -14);"),
+        (r"const QKX2_THR = 1 - 2 \*\* -20;", "const QKX2_THR = 1 + 2 ** -9;"),      # unsound skip
+        (r"fr\(fr\(iscale \* xmi\) \+ 12582912\) - 12582912;", "Math.round(fr(iscale * xmi));"),
+        (r"sl2 \+= wi \* \(l \* l - lo \* lo\);", "sl2 += wi * (l * l);"),       # wrong incremental sum
     ],
     "Q6_K": [
         (r"fr\(sumlx \* sumlx\) > fr\(best \* suml2\)", "sumlx * sumlx > best * suml2"),
         (r"if \(k === 9\) continue;", "if (k === 9 || k === 0) continue;"),
         (r"l = l > 31 \? 31 : l < -32 \? -32 : l;\n        L6", "l = l > 31 ? 31 : l < -31 ? -31 : l;\n        L6"),
         (r"if \(d === 0\) continue;\n      const o = xo \+ 16", "if (!d) continue;\n      const o = xo + 16"),
-        (r"if \(same\) continue;\n    sumlx = 0", "if (same || k === 10) continue;\n    sumlx = 0"),
+        (r"if \(same\) continue;\n    if \(safe\)", "if (same || k === 10) continue;\n    if (safe)"),
+        (r"const Q6_THR = 1 - 2 \*\* -20;", "const Q6_THR = 1 + 2 ** -9;"),          # unsound skip
+        (r"const Q6_UP = 1 \+ 2 \*\* -16;", "const Q6_UP = 1 - 2 ** -10;"),         # unsound pruning
+        (r"b \+= w\[i\] \* \(l \* l - lo \* lo\);", "b += w[i] * (l * l);"),        # wrong incremental sum
     ],
     "both": [
         (r"if \(v >= 8388608 && v < 16777216\) return \(v - 12582912\) \| 0;", "return Math.round(t);"),
