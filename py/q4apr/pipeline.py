@@ -10,7 +10,7 @@ releases the GIL in its kernels) while this generator reads the next ones and wr
 finished ones strictly in order: at most N + 1 chunks are in flight, each with its own
 buffers, so the output, the report and the first error are those of threads=1.  Pyodide
 has no threads: there the page hands quantize_steps an `executor` instead, which sends
-chunks to other workers (the same _convert runs there, see convert_job) and converts a
+chunks to other workers (the same _convert runs there: ChunkConverter) and converts a
 chunk here when they are all busy; while the oldest chunk is still away the generator
 yields Wait(future), which the page's driver awaits.
 """
@@ -196,9 +196,10 @@ def quantize_steps(model, sink, options, executor=None):
     """Write model to sink in options.format; yield Progress per chunk; return the Report.
 
     executor (optional; the page's worker pool): .workers, the number of chunks it converts
-    at once, and .submit_chunk(job, raw) -> a future of convert_job's result, or None when
-    every worker is busy (the chunk is then converted here).  Its futures have done() and
-    result(); while the oldest is not done, Wait(future) is yielded."""
+    at once, and .submit_chunk(job, raw) -> a future of ChunkConverter.convert's result (in
+    the other worker), or None when every worker is busy (the chunk is then converted
+    here).  Its futures have done() and result(); while the oldest is not done,
+    Wait(future) is yielded."""
     t0 = time.perf_counter()
     decisions = plan(model, options)
     params = sum(numel(e.shape) for e in model.tensors)
@@ -445,7 +446,7 @@ class _Chunk:
         self.maxerr, self.low_scales = 0.0, 0
 
     def parts(self):
-        """Plain values and bytes, to send from the worker that converted it (convert_job)."""
+        """Plain values and bytes, to send from the worker that converted it (ChunkConverter)."""
         def raw(a):
             return None if a is None else memoryview(np.ascontiguousarray(a)).cast("B")
         nf = self.non_finite
