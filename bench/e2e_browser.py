@@ -149,15 +149,15 @@ def wait_ready(page, timeout=120_000):
 
 def worker_heaps(page):
     """The wasm heap of every Pyodide worker of the page (the main one first)."""
-    heaps = []
+    heaps = []   # (not the main worker, bytes)
     for w in page.workers:
         try:
             v = w.evaluate("self.q4aprHeapBytes ? [self.q4aprHeapBytes(), !!self.q4aprPoolReady] : null")
         except Exception:
             continue
         if v and v[0]:
-            heaps.insert(0, int(v[0])) if v[1] else heaps.append(int(v[0]))
-    return heaps
+            heaps.append((not v[1], int(v[0])))
+    return [b for _, b in sorted(heaps, key=lambda h: h[0])]
 
 
 def worker_heap(page):
@@ -171,14 +171,10 @@ def set_workers(page, n, timeout_s=120):
         page.click("details.advanced summary")
     page.select_option("#opt-workers", str(n))
     t0 = time.perf_counter()
+    main = main_worker(page)
     while time.perf_counter() - t0 < timeout_s:
-        for w in page.workers:
-            try:
-                k = w.evaluate("self.q4aprPoolReady ? self.q4aprPoolReady() : null")
-            except Exception:
-                continue
-            if k is not None and k >= n - 1:
-                return time.perf_counter() - t0
+        if main.evaluate("self.q4aprPoolReady()") >= n - 1:
+            return time.perf_counter() - t0
         time.sleep(0.1)
     raise RuntimeError(f"{n - 1} conversion workers were not ready after {timeout_s} s")
 

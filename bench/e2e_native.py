@@ -64,15 +64,15 @@ def verify(path):
     return r.returncode == 0
 
 
-class _Timers(dict):
-    def wrap(self, key, fn):
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                self[key] = self.get(key, 0.0) + time.perf_counter() - t0
-        return timed
+def _timers():
+    """q4apr.profiling.Timers of this tree, loaded by path: --py may profile an older
+    package that has no such module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_q4apr_profiling",
+                                                  REPO / "py" / "q4apr" / "profiling.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.Timers()
 
 
 def profile(path, out, fmt, threads, reps, py=None):
@@ -87,23 +87,19 @@ def profile(path, out, fmt, threads, reps, py=None):
         opts["threads"] = threads
     rows = []
     for _ in range(reps):
-        t = _Timers()
-        saved = (pipeline._read_chunk, codecs.quantize, codecs.dequantize, pipeline.zlib,
-                 sinks.FileSink.write, sinks.FileSink.finish)
-        pipeline._read_chunk = t.wrap("read", pipeline._read_chunk)
-        codecs.quantize = t.wrap("kernel", codecs.quantize)
-        codecs.dequantize = t.wrap("dequantize", codecs.dequantize)
+        t = _timers()
+        saved_zlib = pipeline.zlib   # the pipeline's crc32 alone, not every zlib user's
         pipeline.zlib = types.SimpleNamespace(crc32=t.wrap("crc", zlib.crc32))
-        sinks.FileSink.write = t.wrap("write", sinks.FileSink.write)
-        sinks.FileSink.finish = t.wrap("write", sinks.FileSink.finish)
         try:
-            t0 = time.perf_counter()
-            with open_model([str(path)]) as model:
-                pipeline.quantize(model, sinks.FileSink(str(out)), pipeline.Options(**opts))
-            t["total"] = time.perf_counter() - t0
+            with t.patched((pipeline, "_read_chunk", "read"), (codecs, "quantize", "kernel"),
+                           (codecs, "dequantize", "dequantize"), (sinks.FileSink, "write", "write"),
+                           (sinks.FileSink, "finish", "write")):
+                t0 = time.perf_counter()
+                with open_model([str(path)]) as model:
+                    pipeline.quantize(model, sinks.FileSink(str(out)), pipeline.Options(**opts))
+                t["total"] = time.perf_counter() - t0
         finally:
-            (pipeline._read_chunk, codecs.quantize, codecs.dequantize, pipeline.zlib,
-             sinks.FileSink.write, sinks.FileSink.finish) = saved
+            pipeline.zlib = saved_zlib
         t["kernel"] -= t.get("fused", 0.0)
         t["rest"] = t["total"] - sum(v for k, v in t.items() if k != "total")
         rows.append(dict(t))

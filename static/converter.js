@@ -12,10 +12,7 @@
 import { bootPython, describe } from "./runtime.js";
 
 const DRIVER_PY = String.raw`
-import sys, json
-if "/lib/q4apr" not in sys.path:
-    sys.path.insert(0, "/lib/q4apr")
-import numpy
+import json
 import q4apr
 from q4apr.pipeline import ChunkConverter
 import js

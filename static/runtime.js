@@ -68,7 +68,7 @@ async function bootRuntime(snapshot, core, driver, stage, makeSnapshot) {
   stage("core", 0.85);
   py.unpackArchive(await core, "zip", { extractDir: "/lib/q4apr" });
   py.runPython('import sys\nif "/lib/q4apr" not in sys.path: sys.path.insert(0, "/lib/q4apr")');
-  installKernels(py);
+  installKernels(py);   // the drivers below find the core on sys.path from here
 
   const dict = py.globals.get("dict");
   const ns = dict();

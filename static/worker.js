@@ -12,9 +12,7 @@ const MAX_WORKERS = 64;
 // steps so that "cancel" messages are seen.  Results go back through callbacks and
 // a small JSON status string (never the whole output: chunks are posted as they come).
 const DRIVER_PY = String.raw`
-import sys, json, time, asyncio
-if "/lib/q4apr" not in sys.path:
-    sys.path.insert(0, "/lib/q4apr")
+import json, time, asyncio
 import numpy
 import q4apr
 from q4apr.pipeline import Wait
@@ -59,11 +57,7 @@ class _PageFuture:
             raise q4apr.Q4Error(f"{getattr(r, 'fail', None) or 'a conversion worker failed'}; "
                                 "nothing was written (with Advanced › Workers set to 1 the page "
                                 "uses no conversion workers)")
-        d = parts.to_py()
-        for k in ("out", "signal", "noise"):
-            if d[k] is not None:
-                d[k] = memoryview(d[k]).cast("B")
-        return d
+        return parts.to_py()   # its ArrayBuffers come as memoryviews of bytes
 
 
 class _PageExecutor:
@@ -83,47 +77,22 @@ def _status(status, message=None):
         d["message"] = message
     return json.dumps(d)
 
-class _Profile(dict):
-    """For bench/e2e_browser.py --profile: seconds spent in each part of a run (read, kernel
-    with its fused round trip, output hand-off, awaiting reads or pool workers)."""
 
-    def wrap(self, key, fn):
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                self[key] = self.get(key, 0.0) + time.perf_counter() - t0
-        return timed
-
-    def __enter__(self):
-        from q4apr import codecs, pipeline, sinks
-        self._saved = (pipeline._read_chunk, codecs.quantize, sinks.CallbackSink.write)
-        pipeline._read_chunk = self.wrap("read", pipeline._read_chunk)
-        codecs.quantize = self.wrap("kernel", codecs.quantize)
-        sinks.CallbackSink.write = self.wrap("handoff", sinks.CallbackSink.write)
-        return self
-
-    def __exit__(self, *exc):
-        from q4apr import codecs, pipeline, sinks
-        pipeline._read_chunk, codecs.quantize, sinks.CallbackSink.write = self._saved
-
-
-async def _timed(prof, key, awaitable):
-    t0 = time.perf_counter()
-    try:
-        return await awaitable
-    finally:
-        if prof is not None:
-            prof[key] = prof.get(key, 0.0) + time.perf_counter() - t0
+def _timed(prof, key, awaitable):
+    """awaitable, its wait timed under key when profiling."""
+    return awaitable if prof is None else prof.awaited(key, awaitable)
 
 
 async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done, is_cancelled,
                        read_hint=None, read_pending=None, pool=None, profile=False):
     import contextlib
-    prof = _Profile() if profile else None
+    from q4apr import codecs, pipeline, sinks
+    from q4apr.profiling import Timers
+    prof = Timers() if profile else None   # for bench/e2e_browser.py --profile
     t_start = time.perf_counter()
-    with prof if prof is not None else contextlib.nullcontext():
+    with prof.patched((pipeline, "_read_chunk", "read"), (codecs, "quantize", "kernel"),
+                      (sinks.CallbackSink, "write", "handoff")) if prof is not None \
+            else contextlib.nullcontext():
         status = await _run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done,
                                      is_cancelled, read_hint, read_pending, pool, prof)
     if prof is not None:

@@ -504,12 +504,8 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
         # is Inf or NaN, below 0x0400 (2^-14) a subnormal or zero
         mag = np.bitwise_and(scales.view(np.uint16), np.uint16(0x7FFF))
         if mag.max(initial=0) >= 0x7C00:
-            bad = np.flatnonzero(~np.isfinite(x))
-            if bad.size:
-                r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
-                r.overflow = "non-finite values cannot be quantized"
-            else:
-                r.overflow = "a Q4 scale overflows f16"
+            r.overflow = "non-finite values cannot be quantized" if _find_non_finite(r, x) \
+                else "a Q4 scale overflows f16"
             return r
         if dtype_out is APR_Q4:
             r.low_scales = int(np.count_nonzero(mag < np.uint16(0x0400)))   # APRENDER_MIN_SCALE
@@ -519,9 +515,7 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
         if not (np.isfinite(r.signal).all() and np.isfinite(r.noise).all()):
             # a NaN/Inf weight whose block kept finite scales (the K-quants' max scans, as
             # ggml's `>`, pass NaN by) shows here; or only huge values whose squares overflow
-            bad = np.flatnonzero(~np.isfinite(x))
-            if bad.size:
-                r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
+            if _find_non_finite(r, x):
                 r.overflow = "non-finite values cannot be quantized"
                 return r
         # max|y| on the f32 bits with the sign cleared: they order like the values
@@ -537,15 +531,21 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
         with np.errstate(over="ignore"):
             np.copyto(out, x, casting="same_kind")
         if not np.isfinite(out).all():
-            bad = np.flatnonzero(~np.isfinite(x))
-            if bad.size:
-                r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
+            _find_non_finite(r, x)
             if (np.isfinite(x) & ~np.isfinite(out)).any():
                 r.overflow = "a value is beyond F16's range"
         return r
     r = _Chunk(x)   # F32
     r.non_finite = nonfinite.scan(F32, memoryview(x).cast("B"), bufs.y)
     return r
+
+
+def _find_non_finite(r, x):
+    """Note x's non-finite values in r (count, first index, what) if there are any."""
+    bad = np.flatnonzero(~np.isfinite(x))
+    if bad.size:
+        r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
+    return bool(bad.size)
 
 
 def _unit_squares(v):

@@ -90,44 +90,45 @@ def big(tmp_path):
     return p
 
 
-def test_cancel_with_three_workers_then_the_next_run_works(page, site_url, big, lopsided):
+def start_big_run(page, site_url, big, workers):
+    """A Q4_K_M run of `big` with `workers` workers, visibly under way."""
     open_app(page, site_url)
     set_options(page, chunk_bytes=CHUNK, type="Q4_K_M", format="gguf")
-    set_workers(page, 3)
-    wait_pool_ready(page, 3)
+    set_workers(page, workers)
+    wait_pool_ready(page, workers)
     choose(page, big)
     page.click("#quantize-btn")
     page.wait_for_selector('#work-tensor:text-matches("layer")', timeout=30_000)
+
+
+def assert_next_run_right(page, lopsided, workers):
+    """The next run uses the pool again and downloads the CLI's bytes."""
+    choose(page, *lopsided)
+    total, pooled = run_page(page)
+    assert total == workers and pooled > 0
+    assert download(page)[1] == native(lopsided, format="gguf", type="Q4_K_M", chunk_bytes=CHUNK)[0]
+
+
+def test_cancel_with_three_workers_then_the_next_run_works(page, site_url, big, lopsided):
+    start_big_run(page, site_url, big, 3)
     t0 = time.monotonic()
     page.click("#cancel-btn")
     assert wait_state(page, "cancelled", "done", "error", timeout=5_000) == "cancelled"
     assert time.monotonic() - t0 < 2.5
     assert page.get_attribute("body", "data-boot") == "ready"   # answered without a restart
     assert page.get_attribute("#download-link", "href") is None
-    choose(page, *lopsided)
-    total, pooled = run_page(page)
-    assert total == 3 and pooled > 0
-    assert download(page)[1] == native(lopsided, format="gguf", type="Q4_K_M", chunk_bytes=CHUNK)[0]
+    assert_next_run_right(page, lopsided, 3)
 
 
 def test_a_crashed_worker_fails_the_run_then_the_next_run_works(page, site_url, big, lopsided):
-    open_app(page, site_url)
-    set_options(page, chunk_bytes=CHUNK, type="Q4_K_M", format="gguf")
-    set_workers(page, 2)
-    wait_pool_ready(page, 2)
-    choose(page, big)
-    page.click("#quantize-btn")
-    page.wait_for_selector('#work-tensor:text-matches("layer")', timeout=30_000)
+    start_big_run(page, site_url, big, 2)
     page.evaluate("() => window.q4aprWorker.postMessage({type: 'kill-converter'})")
     assert wait_state(page, "error", "done", timeout=RUN_MS) == "error"
     assert "conversion worker stopped" in page.text_content("#error-panel")
     assert page.get_attribute("#download-link", "href") is None
     # the pool is made whole again for the next run, which is right
     wait_pool_ready(page, 2)
-    choose(page, *lopsided)
-    total, pooled = run_page(page)
-    assert total == 2 and pooled > 0
-    assert download(page)[1] == native(lopsided, format="gguf", type="Q4_K_M", chunk_bytes=CHUNK)[0]
+    assert_next_run_right(page, lopsided, 2)
 
 
 def test_one_worker_still_works_where_conversion_workers_cannot_start(page, dist_dir, tmp_path,
