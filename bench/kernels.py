@@ -13,8 +13,9 @@ a rotating order (interleaved), median reported:
     q4apr Q4_0     codecs.quantize(codecs.Q4_0, a)
     q4apr Q5_0/Q4_K/Q6_K   codecs.quantize(codecs.<that>, a), on a third, smaller 1-D case
                    (--kq-mi, 4 Mi values by default) where every other kernel runs too;
-                   under Pyodide also "Q4_K js"/"Q6_K js": the page's JavaScript kernels
-                   (static/kquants.js, installed as the page does; same bytes)
+                   under Pyodide also "Q4_K wasm"/"Q6_K wasm": the page's kernels
+                   (kquants.wasm, installed as the page does) and "Q4_K js"/"Q6_K js":
+                   their plain JavaScript fallback (static/kquants.js); same bytes
     gguf-py Q4_0   gguf.quants.quantize(a, GGMLQuantizationType.Q4_0)   (the peer in the
                    same language: pure numpy; under Pyodide its constants/lazy/quants
                    modules are loaded on their own, the package needs PyYAML)
@@ -105,12 +106,13 @@ def run(mi, side, reps, peer=True, kq_mi=4):
     slow = [("q4apr Q5_0", lambda a: codecs.quantize(codecs.Q5_0, a)),
             ("q4apr Q4_K", _kernel("Q4_K", None)),
             ("q4apr Q6_K", _kernel("Q6_K", None))]
-    try:   # under Pyodide with the page's JavaScript kernels installed (static/kernels.js)
-        import q4apr_kernels
-        slow += [("q4apr Q4_K js", _kernel("Q4_K", q4apr_kernels.Q4_K)),
-                 ("q4apr Q6_K js", _kernel("Q6_K", q4apr_kernels.Q6_K))]
-    except ImportError:
-        pass
+    for module in ("q4apr_kernels", "q4apr_kernels_js"):   # under Pyodide: the page's kernels
+        try:
+            page = __import__(module)
+        except ImportError:
+            continue
+        slow += [(f"q4apr Q4_K {page.name}", _kernel("Q4_K", page.Q4_K)),
+                 (f"q4apr Q6_K {page.name}", _kernel("Q6_K", page.Q6_K))]
     if kq_mi:
         cases.append((f"1-D {kq_mi} Mi", x[: kq_mi << 20]))
 
@@ -152,8 +154,8 @@ def ratios(result):
         peer = by.get((case, "gguf-py Q4_0"))
         if peer:
             out[case] = {k: by[(case, k)] / peer for k in ("q4apr APR_Q4", "q4apr Q4_0",
-                         "q4apr Q5_0", "q4apr Q4_K", "q4apr Q6_K", "q4apr Q4_K js",
-                         "q4apr Q6_K js") if (case, k) in by}
+                         "q4apr Q5_0", "q4apr Q4_K", "q4apr Q6_K", "q4apr Q4_K wasm",
+                         "q4apr Q6_K wasm", "q4apr Q4_K js", "q4apr Q6_K js") if (case, k) in by}
     return out
 
 

@@ -43,7 +43,7 @@ def run_node(script, args=(), mounts=(), timeout=3600):
     node = shutil.which("node")
     if node is None:
         raise SystemExit("node is not installed")
-    cmd = [node, str(RUN_CORE), "--dist", str(DIST), "--kernels", "js"]
+    cmd = [node, str(RUN_CORE), "--dist", str(DIST), "--kernels", "wasm"]
     for m in mounts:
         cmd += ["--mount", str(Path(m).resolve())]
     cmd += [str(Path(script).resolve()), *map(str, args)]
@@ -74,7 +74,9 @@ try {
   const zip = await (await fetch("./static/q4apr.zip")).arrayBuffer();
   py.unpackArchive(zip, "zip", { extractDir: "/lib/q4apr" });
   py.runPython("import sys; sys.path.insert(0, '/lib/q4apr')");
-  (await import("./static/kernels.js")).installKernels(py);   // as the page does
+  const k = await import("./static/kernels.js");
+  k.installKernels(py, await k.loadKernels());   // as the page does
+  py.registerJsModule("q4apr_kernels_js", k.kernelModule(k.JS_KERNELS));   // the fallback, to compare
   py.FS.mkdirTree("/bench");
   for (const name of cfg.files) {
     const data = new Uint8Array(await (await fetch("./files/" + name)).arrayBuffer());

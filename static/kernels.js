@@ -1,9 +1,26 @@
-// The core's K-quant kernels in JavaScript (kquants.js: ggml's quantize_row_q4_K_ref and
-// quantize_row_q6_K_ref, byte for byte), handed to the Python core with codecs.set_kernel:
-// numpy's exact transcription runs ~4 MB/s under Pyodide, these many times faster.  The
-// kernels read the numpy arrays' memory in the wasm heap and write the blocks in place.
+// The core's K-quant kernels for Pyodide, handed to the Python core with
+// codecs.set_kernel: numpy's exact transcription runs ~4 MB/s under Pyodide. First
+// choice: kquants.wasm (WebAssembly SIMD, static/kquants.ts); where it cannot load (no
+// SIMD, a build without it), kquants.js (plain JavaScript, several times slower). Both
+// give ggml's bytes. The kernels read the numpy arrays' memory in the wasm heap and write
+// the blocks in place.
 
-import { quantizeQ4K, quantizeQ6K } from "./kquants.js";
+import * as plainJs from "./kquants.js";
+import { loadKquantsWasm } from "./kquants_wasm.js";
+
+export const JS_KERNELS = { name: "js", quantizeQ4K: plainJs.quantizeQ4K, quantizeQ6K: plainJs.quantizeQ6K };
+
+// Start fetching and compiling early (workers call this before booting Pyodide).
+// source: kquants.wasm's URL or bytes. Resolves to {name: "wasm" | "js", quantizeQ4K,
+// quantizeQ6K}; never rejects.
+export function loadKernels(source = new URL("./kquants.wasm", import.meta.url)) {
+  return loadKquantsWasm(source).then(
+    (k) => ({ name: "wasm", quantizeQ4K: k.quantizeQ4K, quantizeQ6K: k.quantizeQ6K }),
+    (err) => {
+      console.warn(`kquants.wasm unavailable, K-quants run in JavaScript: ${err && err.message || err}`);
+      return JS_KERNELS;
+    });
+}
 
 function onHeap(fn) {
   return (flat, out2d) => {
@@ -19,9 +36,14 @@ function onHeap(fn) {
   };
 }
 
-// Register the kernels in a Pyodide that has the q4apr core on sys.path.
-export function installKernels(py) {
-  py.registerJsModule("q4apr_kernels", { Q4_K: onHeap(quantizeQ4K), Q6_K: onHeap(quantizeQ6K) });
+// A module for Pyodide's registerJsModule: {name, Q4_K, Q6_K}, kernels on numpy arrays.
+export function kernelModule(kernels) {
+  return { name: kernels.name, Q4_K: onHeap(kernels.quantizeQ4K), Q6_K: onHeap(kernels.quantizeQ6K) };
+}
+
+// Register `kernels` (from loadKernels) in a Pyodide that has the q4apr core on sys.path.
+export function installKernels(py, kernels) {
+  py.registerJsModule("q4apr_kernels", kernelModule(kernels));
   py.runPython([
     "import q4apr_kernels",
     "from q4apr import codecs",

@@ -2,7 +2,7 @@
 // (worker.js) and the conversion workers of its pool (converter.js).
 
 import { loadPyodide, version as pyodideVersion } from "./pyodide/pyodide.mjs";
-import { installKernels } from "./kernels.js";
+import { installKernels, loadKernels } from "./kernels.js";
 
 export function describe(err) {
   if (!err) return "unknown error";
@@ -22,19 +22,20 @@ export async function bootPython(driver, { stage = () => {}, makeSnapshot = true
     return res.arrayBuffer();
   });
   core.catch(() => {});   // reported where it is awaited
+  const kernels = loadKernels();   // never rejects (falls back to JavaScript)
   const snapshot = await snapshotGet();
   if (snapshot) {
     try {
-      return await bootRuntime(snapshot, core, driver, stage, false);
+      return await bootRuntime(snapshot, core, kernels, driver, stage, false);
     } catch (err) {
       console.warn(`starting from the stored runtime snapshot failed, starting afresh: ${describe(err)}`);
       if (makeSnapshot) await snapshotDrop();
     }
   }
-  return bootRuntime(null, core, driver, stage, makeSnapshot);
+  return bootRuntime(null, core, kernels, driver, stage, makeSnapshot);
 }
 
-async function bootRuntime(snapshot, core, driver, stage, makeSnapshot) {
+async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot) {
   const options = {
     indexURL: new URL("./pyodide/", import.meta.url).href,
     stdout: (s) => console.log("[py]", s),
@@ -68,7 +69,9 @@ async function bootRuntime(snapshot, core, driver, stage, makeSnapshot) {
   stage("core", 0.85);
   py.unpackArchive(await core, "zip", { extractDir: "/lib/q4apr" });
   py.runPython('import sys\nif "/lib/q4apr" not in sys.path: sys.path.insert(0, "/lib/q4apr")');
-  installKernels(py);   // the drivers below find the core on sys.path from here
+  const chosen = await kernels;
+  installKernels(py, chosen);   // the drivers below find the core on sys.path from here
+  self.q4aprKernels = chosen.name;   // "wasm" or "js" (tests, benchmarks)
 
   const dict = py.globals.get("dict");
   const ns = dict();

@@ -59,8 +59,8 @@ def run_in_pyodide(script_text, *files, args=(), mounts=(), timeout=600, check=T
 
     The script sees sys.argv[1:] = [*files, *args]; each file's folder is mounted at the
     same path, so the script opens them by the paths given (writing beside them works
-    too); each folder in `mounts` is mounted at its own path as well; kernels="js" installs
-    the page's JavaScript K-quant kernels. On a non-zero exit (an exception: traceback on stderr) this fails the test,
+    too); each folder in `mounts` is mounted at its own path as well; kernels="wasm" or "js"
+    installs the page's K-quant kernels (kquants.wasm, kquants.js). On a non-zero exit (an exception: traceback on stderr) this fails the test,
     unless check=False, which returns the CompletedProcess instead.
     """
     node = shutil.which("node")

@@ -1,11 +1,13 @@
-"""static/kquants.js (the browser's Q4_K/Q6_K kernels) against ggml's own C code.
+"""The browser's Q4_K/Q6_K kernels against ggml's own C code: kquants.wasm (static/kquants.ts,
+WebAssembly SIMD, what the page uses) and static/kquants.js (plain JavaScript, its fallback).
 
 Byte identity with the C oracle of tests/test_kquants.py (quantize_row_q4_K_ref and
 quantize_row_q6_K_ref, no importance matrix) on random data at many scales, on its
 adversarial blocks, on non-finite blocks (NaN with any payload, +-Inf) and on
 hypothesis-drawn blocks; and with the numpy codecs on a few MB. The kernels run in Node
-through tests/node/kquants_cli.mjs, many blocks per process. A mutation test checks
-that these comparisons catch a kernel that is wrong in a small way.
+through tests/node/kquants_cli.mjs, many blocks per process. Mutation tests check that
+these comparisons catch a kernel that is wrong in a small way (the wasm mutants are
+compiled with build.sh's AssemblyScript).
 """
 
 import os
@@ -30,8 +32,10 @@ from test_kquants import (adversarial, assert_same_blocks, hyp_blocks, hyp_scale
 F32 = np.float32
 CLI = REPO / "tests" / "node" / "kquants_cli.mjs"
 KERNEL = REPO / "static" / "kquants.js"
+KERNEL_TS = REPO / "static" / "kquants.ts"
 MODES = {"Q4_K": "q4k", "Q6_K": "q6k"}
 NAMES = list(MODES)
+IMPLS = ["wasm", "js"]
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +46,18 @@ def node():
     return exe
 
 
-def js_quantize(node, name, x, kernel=None):
+@pytest.fixture(scope="session")
+def wasm_module(dist_dir):
+    return dist_dir / "static" / "kquants.wasm"
+
+
+def js_quantize(node, name, x, kernel=None, impl="js"):
+    """The blocks from kquants.js (impl "js"; kernel: another copy of it) or from a
+    kquants.wasm (impl "wasm"; kernel: the module's path)."""
     x = np.ascontiguousarray(x, F32).reshape(-1)
-    env = dict(os.environ)
+    env = dict(os.environ, KQUANTS_IMPL=impl)
     if kernel is not None:
-        env["KQUANTS_JS"] = str(kernel)
+        env["KQUANTS_WASM" if impl == "wasm" else "KQUANTS_JS"] = str(kernel)
     p = subprocess.run([node, str(CLI), MODES[name], str(x.size)], input=x.tobytes(),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=600)
     if p.returncode != 0:
@@ -56,8 +67,16 @@ def js_quantize(node, name, x, kernel=None):
     return out
 
 
-def check(node, ref, name, x):
-    assert_same_blocks(name, js_quantize(node, name, x), ref.quantize(name, x), x)
+@pytest.fixture(params=IMPLS)
+def kq(request, node):
+    """quantize(name, x) with one of the page's kernels (wasm: dist's kquants.wasm)."""
+    impl = request.param
+    module = request.getfixturevalue("wasm_module") if impl == "wasm" else None
+    return lambda name, x: js_quantize(node, name, x, kernel=module, impl=impl)
+
+
+def check(kq, ref, name, x):
+    assert_same_blocks(name, kq(name, x), ref.quantize(name, x), x)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -102,20 +121,20 @@ def non_finite_data():
 # ------------------------------------------------------------------------------ tests
 
 @pytest.mark.parametrize("name", NAMES)
-def test_random_matches_ggml(node, ref, name):
-    check(node, ref, name, random_data())
+def test_random_matches_ggml(kq, ref, name):
+    check(kq, ref, name, random_data())
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_adversarial_matches_ggml(node, ref, name):
-    check(node, ref, name, adversarial_data())
+def test_adversarial_matches_ggml(kq, ref, name):
+    check(kq, ref, name, adversarial_data())
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_non_finite_matches_ggml(node, ref, name):
+def test_non_finite_matches_ggml(kq, ref, name):
     """ggml's bytes for NaN/Inf blocks too (its `>` scans skip NaN, so a NaN block may
     even get finite scales); the pipeline refuses such input before quantizing."""
-    check(node, ref, name, non_finite_data())
+    check(kq, ref, name, non_finite_data())
 
 
 def _drawn(strategy, n):
@@ -131,21 +150,21 @@ def _drawn(strategy, n):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_hypothesis_matches_ggml(node, ref, name):
-    check(node, ref, name, _drawn(hyp_blocks(256), 400))
+def test_hypothesis_matches_ggml(kq, ref, name):
+    check(kq, ref, name, _drawn(hyp_blocks(256), 400))
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_hypothesis_gaussian_matches_ggml(node, ref, name):
-    check(node, ref, name, _drawn(hyp_scaled(256, 4), 400))
+def test_hypothesis_gaussian_matches_ggml(kq, ref, name):
+    check(kq, ref, name, _drawn(hyp_scaled(256, 4), 400))
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_matches_numpy_codecs(node, name):
+def test_matches_numpy_codecs(kq, name):
     """The same bytes as the numpy codec (what the CLI writes) on 4 MB of weights."""
     rng = np.random.default_rng(21)
     x = (rng.standard_normal(1 << 20) * F32(0.02)).astype(F32)
-    ours = js_quantize(node, name, x)
+    ours = kq(name, x)
     assert_same_blocks(name, ours, C.quantize(C.CODECS[name], x), x)
 
 
@@ -170,18 +189,21 @@ def skip_path_data(seed=5):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_skip_paths_match_ggml(node, ref, name):
-    check(node, ref, name, skip_path_data())
+def test_skip_paths_match_ggml(kq, ref, name):
+    check(kq, ref, name, skip_path_data())
 
 
-def test_blocks_are_independent_of_batching(node):
-    """A block's bytes do not depend on the blocks before it (module scratch is reset)."""
-    x = np.concatenate([adversarial_data()[:256 * 40], random_data(3)])
+def test_blocks_are_independent_of_batching(kq):
+    """A block's bytes do not depend on the blocks before it (module scratch is reset),
+    nor on where the wasm wrapper's 1024-block slices fall."""
+    x = np.concatenate([adversarial_data()[:256 * 40], random_data(3),
+                        np.random.default_rng(4).standard_normal(256 * 2100).astype(F32)])
     for name in NAMES:
         ts = C.CODECS[name].type_size
-        whole = js_quantize(node, name, x)
-        rev = js_quantize(node, name, x.reshape(-1, 256)[::-1]).reshape(-1, ts)[::-1].reshape(-1)
+        whole = kq(name, x)
+        rev = kq(name, x.reshape(-1, 256)[::-1]).reshape(-1, ts)[::-1].reshape(-1)
         assert np.array_equal(whole, rev)
+        assert np.array_equal(whole[-ts * 1500:], kq(name, x[-256 * 1500:]))
 
 
 # ------------------------------------------------------------------------------ mutants
@@ -231,3 +253,59 @@ def test_mutants_are_caught(node, ref, name, tmp_path):
         k.write_text(mutated)
         assert not np.array_equal(js_quantize(node, name, x, kernel=k), want), \
             f"{name}: the tests do not notice the mutant {pat!r} -> {repl!r}"
+
+
+# Mutants of static/kquants.ts, compiled as build.sh compiles it.
+WASM_MUTANTS = {
+    "Q4_K": [
+        (r"const upd = v128.and\(dPos, f32x4.lt\(cur, best\)\);", "const upd = v128.and(dPos, f32x4.le(cur, best));"),
+        (r"    range = f32x4.sub\(max, min\);\n", "\n"),                                  # no `min` reuse
+        (r"thisScale = v128.bitselect\(f32x4.div\(sxl, sl2\), thisScale, minPos\);", ""),
+        (r"const flat = f32x4.eq\(max, min\);", "const flat = f32x4.ne(max, max);"),
+        (r"if \(d == 0\) continue;                                        // C's",
+         "if (d == 0 || d != d) continue;                                 // C's"),
+        (r"sl2 = f32x4.add\(sl2, f32x4.mul\(wl, lf\)\);", "sl2 = f32x4.add(sl2, f32x4.mul(f32x4.mul(lf, lf), v128.load(pw + i)));"),
+        (r"for \(let is = 0; is <= 20; \+\+is\) \{\n    iscale", "for (let is = 0; is < 20; ++is) {\n    iscale"),
+        # C's nearest_int garbage for NaN (kept: the bytes of NaN blocks are ggml's too);
+        # in Q6_K the block's final pass overwrites the L where it would show
+        (r"return i32x4.sub\(v128.and\(f32x4.add\(t, f32x4.splat\(MAGIC\)\), i32x4.splat\(0x007fffff\)\), i32x4.splat\(0x00400000\)\);",
+         "return i32x4.trunc_sat_f32x4_s(f32x4.nearest(t));"),
+    ],
+    "Q6_K": [
+        (r"f32x4.gt\(f32x4.mul\(sumlx, sumlx\), f32x4.mul\(best, suml2\)\)", "f32x4.ge(f32x4.mul(sumlx, sumlx), f32x4.mul(best, suml2))"),
+        (r"if \(k == 9\) continue;", "if (k == 9 || k == 0) continue;"),
+        (r"-32, 31\);\n      v128.store\(dst", "-31, 31);\n      v128.store(dst"),
+        (r"v128.bitselect\(i32x4.splat\(0\), i32x4.add\(v128.load\(pl \+ i\), off\), tiny\)", "i32x4.add(v128.load(pl + i), off)"),
+        (r"const wi = f32x4.mul\(xi, xi\);", "const wi = f32x4.abs(xi);"),
+    ],
+    "both": [],
+}
+
+
+def asc_command():
+    """build.sh's AssemblyScript compiler and flags (it fetched the compiler when it built dist)."""
+    text = (REPO / "build.sh").read_text()
+    version = re.search(r"^ASC_VERSION=(\S+)", text, re.M).group(1)
+    flags = re.search(r"^ASC_FLAGS=\(([^)]*)\)", text, re.M).group(1).split()
+    asc = REPO / ".cache" / f"assemblyscript-{version}" / "node_modules" / "assemblyscript" / "bin" / "asc.js"
+    if not asc.exists():
+        pytest.fail(f"{asc} is missing: ./build.sh build fetches it", pytrace=False)
+    return [str(asc)], flags
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wasm_mutants_are_caught(node, ref, wasm_module, name, tmp_path):
+    src = KERNEL_TS.read_text()
+    asc, flags = asc_command()
+    x = np.concatenate([random_data(40, 3), adversarial_data(), non_finite_data(),
+                        _drawn(hyp_scaled(256, 4), 150), _drawn(hyp_blocks(256), 150)])
+    want = ref.quantize(name, x)
+    assert np.array_equal(js_quantize(node, name, x, kernel=wasm_module, impl="wasm"), want)
+    for pat, repl in WASM_MUTANTS[name] + WASM_MUTANTS["both"]:
+        mutated, n = re.subn(pat, repl, src)
+        assert n >= 1, f"mutant pattern not found (kernel changed?): {pat}"
+        ts, wasm = tmp_path / "kquants_mutant.ts", tmp_path / "kquants_mutant.wasm"
+        ts.write_text(mutated)
+        subprocess.run([node, *asc, str(ts), *flags, "-o", str(wasm)], check=True, timeout=300)
+        assert not np.array_equal(js_quantize(node, name, x, kernel=wasm, impl="wasm"), want), \
+            f"{name}: the tests do not notice the wasm mutant {pat!r} -> {repl!r}"

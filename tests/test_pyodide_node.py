@@ -394,9 +394,9 @@ print(json.dumps(out))
 '''
 
 
-def test_k_quants_same_bytes_under_pyodide_with_numpy_and_js_kernels(tmp_path):
-    """Q4_K/Q6_K under Pyodide: numpy's kernels and the page's JavaScript ones
-    (static/kquants.js, installed as worker.js does) give the native bytes, on random and
+def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_path):
+    """Q4_K/Q6_K under Pyodide: numpy's kernels and the page's (kquants.wasm and its
+    fallback kquants.js, installed as the workers do) give the native bytes, on random and
     adversarial blocks and through the pipeline (a Q4_K_M GGUF)."""
     core_ready()
     import numpy as np
@@ -414,9 +414,9 @@ def test_k_quants_same_bytes_under_pyodide_with_numpy_and_js_kernels(tmp_path):
     save_file(t, str(tmp_path / "m.safetensors"))
     files = (tmp_path / "x.npy", tmp_path / "m.safetensors")
     native = json.loads(run_native(KQUANTS, *files, tmp_path=tmp_path))
-    for kernels in ("numpy", "js"):
+    for kernels in ("numpy", "wasm", "js"):
         got = json.loads(run_in_pyodide(KQUANTS, *files, kernels=kernels))
-        assert got["kernels"] == [kernels == "js"] * 2
+        assert got["kernels"] == [kernels != "numpy"] * 2
         for k in ("Q4_K", "Q6_K", "gguf"):
             assert got[k] == native[k], (kernels, k)
 

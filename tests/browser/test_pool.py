@@ -55,6 +55,21 @@ def lopsided(tmp_path):
     return [p1, p2, idx]
 
 
+def site_with(dist_dir, tmp_path, name, text=None):
+    """A copy of dist/ (symlinks) whose static/<name> says `text`, or is missing (None)."""
+    site = tmp_path / "site"
+    (site / "static").mkdir(parents=True)
+    for p in dist_dir.iterdir():
+        if p.name != "static":
+            (site / p.name).symlink_to(p, target_is_directory=p.is_dir())
+    for p in (dist_dir / "static").iterdir():
+        if p.name != name:
+            (site / "static" / p.name).symlink_to(p, target_is_directory=p.is_dir())
+    if text is not None:
+        (site / "static" / name).write_text(text)
+    return site
+
+
 @pytest.mark.parametrize("fmt,qtype", [("apr", "Q4_0"), ("gguf", "Q4_K_M")])
 def test_one_two_three_workers_same_bytes_as_the_cli(page, site_url, lopsided, fmt, qtype):
     want, _ = native(lopsided, format=fmt, type=qtype, chunk_bytes=CHUNK)
@@ -68,6 +83,9 @@ def test_one_two_three_workers_same_bytes_as_the_cli(page, site_url, lopsided, f
         assert download(page)[1] == want, f"{workers} workers"
         assert total == workers
         assert (pooled > 0) == (workers > 1), (workers, pooled)
+        # every booted worker (a resized pool's old ones may still be listed) runs kquants.wasm
+        kernels = [w.evaluate("self.q4aprKernels") for w in page.workers]
+        assert "wasm" in kernels and set(kernels) <= {"wasm", None}, kernels
 
 
 def test_the_setting_persists_and_auto_is_the_default(page, site_url):
@@ -137,15 +155,7 @@ def test_one_worker_still_works_where_conversion_workers_cannot_start(page, dist
     supported): the page converts everything in its one worker and gives up on the pool
     (no endless restarts)."""
     from serve import start_server
-    site = tmp_path / "site"
-    (site / "static").mkdir(parents=True)
-    for p in dist_dir.iterdir():
-        if p.name != "static":
-            (site / p.name).symlink_to(p, target_is_directory=p.is_dir())
-    for p in (dist_dir / "static").iterdir():
-        if p.name != "converter.js":
-            (site / "static" / p.name).symlink_to(p, target_is_directory=p.is_dir())
-    (site / "static" / "converter.js").write_text('throw new Error("no nested module workers here");\n')
+    site = site_with(dist_dir, tmp_path, "converter.js", 'throw new Error("no nested module workers here");\n')
     server, root = start_server(str(site))
     try:
         open_app(page, root)
@@ -158,5 +168,27 @@ def test_one_worker_still_works_where_conversion_workers_cannot_start(page, dist
         assert download(page)[1] == native(lopsided, chunk_bytes=CHUNK)[0]
         main = [w for w in page.workers if w.evaluate("!!self.q4aprPoolReady")][0]
         assert main.evaluate("self.q4aprPoolState()") == {"members": 0, "gaveUp": True}
+    finally:
+        server.shutdown()
+
+
+def test_k_quants_fall_back_to_javascript_where_the_wasm_kernels_cannot_load(page, dist_dir, tmp_path,
+                                                                            lopsided):
+    """A site without kquants.wasm (or a browser without WebAssembly SIMD): every worker
+    quantizes K-quants with kquants.js instead, same bytes."""
+    from serve import start_server
+    site = site_with(dist_dir, tmp_path, "kquants.wasm", "not a WebAssembly module")
+    server, root = start_server(str(site))
+    try:
+        open_app(page, root)
+        set_options(page, format="gguf", type="Q4_K_M", chunk_bytes=CHUNK)
+        set_workers(page, 2)
+        wait_pool_ready(page, 2)
+        choose(page, *lopsided)
+        total, pooled = run_page(page)
+        assert total == 2 and pooled > 0
+        assert download(page)[1] == native(lopsided, format="gguf", type="Q4_K_M", chunk_bytes=CHUNK)[0]
+        kernels = [w.evaluate("self.q4aprKernels") for w in page.workers]
+        assert "js" in kernels and set(kernels) <= {"js", None}, kernels
     finally:
         server.shutdown()

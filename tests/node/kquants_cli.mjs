@@ -1,18 +1,32 @@
-// static/kquants.js from the command line, for tests/test_kquants_js.py and timing.
+// The page's K-quant kernels from the command line, for tests/test_kquants_js.py and timing:
+// static/kquants.js (plain JavaScript) or kquants.wasm (static/kquants.ts, WebAssembly SIMD)
+// through static/kquants_wasm.js.
 //
 //   node tests/node/kquants_cli.mjs q4k|q6k N  < N little-endian f32  > the blocks
 //   node tests/node/kquants_cli.mjs bench [MB]  MB/s of f32 input, both kernels, on
 //                                               gaussian data (default 64 MB)
-// KQUANTS_JS=path runs another copy of the kernel (tests/test_kquants_js.py's mutants).
-// Exit 0 ok, 1 short input, 2 usage.
+// KQUANTS_IMPL=js (default) | wasm chooses the kernel; KQUANTS_JS=path runs another copy of
+// kquants.js, KQUANTS_WASM=path another module than dist/static/kquants.wasm (the tests'
+// mutants). Exit 0 ok, 1 short input, 2 usage.
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-// KQUANTS_JS: another kernel file (the tests' mutants)
-const kernel = process.env.KQUANTS_JS || path.resolve(here, "..", "..", "static", "kquants.js");
-const { quantizeQ4K, quantizeQ6K } = await import(pathToFileURL(path.resolve(kernel)).href);
+const repo = path.resolve(here, "..", "..");
+const impl = process.env.KQUANTS_IMPL || "js";
+let quantizeQ4K, quantizeQ6K;
+if (impl === "wasm") {
+  const wasm = process.env.KQUANTS_WASM || path.join(process.env.Q4APR_DIST || path.join(repo, "dist"), "static", "kquants.wasm");
+  const { loadKquantsWasm } = await import(pathToFileURL(path.join(repo, "static", "kquants_wasm.js")).href);
+  ({ quantizeQ4K, quantizeQ6K } = await loadKquantsWasm(fs.readFileSync(wasm)));
+} else if (impl === "js") {
+  const kernel = process.env.KQUANTS_JS || path.join(repo, "static", "kquants.js");
+  ({ quantizeQ4K, quantizeQ6K } = await import(pathToFileURL(path.resolve(kernel)).href));
+} else {
+  process.stderr.write(`kquants_cli.mjs: KQUANTS_IMPL must be js or wasm, not ${impl}\n`);
+  process.exit(2);
+}
 
 const KERNELS = { q4k: [quantizeQ4K, 144], q6k: [quantizeQ6K, 210] };
 
@@ -80,7 +94,7 @@ if (mode === "bench") {
     const c = process.cpuUsage(c0);
     const cpu = (c.user + c.system) / 1e6;
     const mb = nb * 1024 / 1048576;
-    console.log(`${name}: ${(mb / s).toFixed(1)} MB/s of f32 input (${nb} blocks, ${s.toFixed(2)} s; ` +
+    console.log(`${name} ${impl}: ${(mb / s).toFixed(1)} MB/s of f32 input (${nb} blocks, ${s.toFixed(2)} s; ` +
                 `${(mb / cpu).toFixed(1)} MB/s of CPU time)`);
   }
 } else if (KERNELS[mode]) {

@@ -1,10 +1,11 @@
 // Run a Python file under Pyodide in Node, loaded the same way the browser worker does:
 // the runtime and numpy from dist/static/pyodide/, the core from dist/static/q4apr.zip.
 //
-//   node tests/node/run_core.mjs [--dist DIR] [--mount HOSTDIR]... [--kernels js|numpy] SCRIPT.py [ARGS...]
+//   node tests/node/run_core.mjs [--dist DIR] [--mount HOSTDIR]... [--kernels wasm|js|numpy] SCRIPT.py [ARGS...]
 //
-// --kernels js: the page's JavaScript K-quant kernels (dist/static/kernels.js) are
-// installed in the core, as worker.js does; the default (numpy) leaves numpy's.
+// --kernels wasm | js: the page's K-quant kernels (dist/static/kernels.js: kquants.wasm,
+// or the plain JavaScript ones) are installed in the core, as the workers do; the
+// default (numpy) leaves numpy's.
 // SCRIPT.py sees sys.argv = [SCRIPT.py, ARGS...]. The script's own folder and every
 // --mount folder are mounted (NODEFS) at the same absolute path inside Pyodide, so host
 // paths work unchanged there. Python's stdout/stderr go to ours byte for byte. Exit code:
@@ -18,7 +19,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 
 function usage(msg) {
   if (msg) process.stderr.write(`run_core.mjs: ${msg}\n`);
-  process.stderr.write("usage: node run_core.mjs [--dist DIR] [--mount HOSTDIR]... [--kernels js|numpy] SCRIPT.py [ARGS...]\n");
+  process.stderr.write("usage: node run_core.mjs [--dist DIR] [--mount HOSTDIR]... [--kernels wasm|js|numpy] SCRIPT.py [ARGS...]\n");
   process.exit(2);
 }
 
@@ -33,7 +34,7 @@ while (argv.length && argv[0].startsWith("--")) {
   if (val === undefined) usage(`${opt} needs a value`);
   if (opt === "--dist") dist = path.resolve(val);
   else if (opt === "--mount") mounts.push(path.resolve(val));
-  else if (opt === "--kernels" && (val === "js" || val === "numpy")) kernels = val;
+  else if (opt === "--kernels" && ["js", "wasm", "numpy"].includes(val)) kernels = val;
   else usage(`unknown option ${opt}`);
 }
 if (!argv.length) usage("no script given");
@@ -74,10 +75,14 @@ try {
 
 // The core, as the worker gets it: fetch the zip, unpack, put its folder on sys.path.
 pyodide.unpackArchive(new Uint8Array(fs.readFileSync(coreZip)), "zip", { extractDir: "/lib/q4apr" });
-if (kernels === "js") {
+if (kernels !== "numpy") {
   pyodide.runPython('import sys\nsys.path.insert(0, "/lib/q4apr")');
-  const { installKernels } = await import(pathToFileURL(path.join(dist, "static", "kernels.js")).href);
-  installKernels(pyodide);
+  const k = await import(pathToFileURL(path.join(dist, "static", "kernels.js")).href);
+  const chosen = kernels === "js" ? k.JS_KERNELS
+    : await k.loadKernels(fs.readFileSync(path.join(dist, "static", "kquants.wasm")));
+  if (chosen.name !== kernels) fail(`--kernels ${kernels}: got ${chosen.name} (see the warning above)`);
+  k.installKernels(pyodide, chosen);
+  pyodide.registerJsModule("q4apr_kernels_js", k.kernelModule(k.JS_KERNELS));   // benches compare
 }
 
 // Mount host folders at the same path (outermost first; skip ones inside another mount).

@@ -1,0 +1,369 @@
+// ggml's reference K-quant quantizers (quantize_row_q4_K_ref, quantize_row_q6_K_ref, no
+// importance matrix) in AssemblyScript with WebAssembly SIMD, compiled to
+// static/kquants.wasm by build.sh; static/kquants_wasm.js loads it.
+//
+// Why it is exact: C's make_qkx2_quants (Q4_K, one call per sub-block of 32) and
+// make_qx_quants (Q6_K, sub-blocks of 16) are run on four sub-blocks at once, one per
+// f32x4 lane. WebAssembly's f32 arithmetic, scalar or per lane, is IEEE single with
+// round-to-nearest, no fused multiply-add and no excess precision, so each lane performs
+// C's f32 operations in C's order and gets C's values; C's `if`s become per-lane
+// selects (both sides computed, NaN comparisons false as in C), and every trial is
+// evaluated (no shortcuts: unlike kquants.js, nothing needs a proof). The block level
+// (scales of scales, fp16, final quants, packing) is scalar f32, as in C.
+// tests/test_kquants_js.py compares this kernel with ggml's C functions byte for byte.
+//
+// Interface (no imports, no allocation after start): the caller writes up to
+// capacity() blocks of f32 at inPtr(), calls quantizeQ4K(n) or quantizeQ6K(n) and reads
+// n*144 or n*210 bytes at outPtr().
+
+const CAPACITY: i32 = 1024;                       // blocks per call: 1 MiB of f32 in
+const IN = new StaticArray<f32>(CAPACITY * 256);
+const OUT = new StaticArray<u8>(CAPACITY * 210);
+
+export function capacity(): i32 { return CAPACITY; }
+export function inPtr(): usize { return changetype<usize>(IN); }
+export function outPtr(): usize { return changetype<usize>(OUT); }
+
+const GROUP_MAX_EPS: f32 = 1e-15;
+const P01: f32 = 0.1;
+const MAGIC: f32 = 12582912.0;                    // 1.5 * 2**23
+
+// ---------------------------------------------------------------------------- helpers
+
+/** C's nearest_int: the bit trick, including its garbage for |t| >= 2**22, Inf, NaN. */
+// @ts-ignore: decorator
+@inline function nearestInt(t: f32): i32 {
+  return (reinterpret<i32>(t + MAGIC) & 0x007fffff) - 0x00400000;
+}
+
+/** ggml_compute_fp32_to_fp16, transcribed. */
+function fp32ToFp16(f: f32): u32 {
+  let base: f32 = (Mathf.abs(f) * reinterpret<f32>(0x77800000)) * reinterpret<f32>(0x08800000);
+  const w = reinterpret<u32>(f);
+  const shl1w: u32 = w + w;
+  const sign: u32 = w & 0x80000000;
+  let bias: u32 = shl1w & 0xFF000000;
+  if (bias < 0x71000000) bias = 0x71000000;
+  base = reinterpret<f32>((bias >> 1) + 0x07800000) + base;
+  const bits = reinterpret<u32>(base);
+  const expBits: u32 = (bits >> 13) & 0x7C00;
+  const mantBits: u32 = bits & 0x0FFF;
+  const nonsign: u32 = expBits + mantBits;
+  return ((sign >> 16) | (shl1w > 0xFF000000 ? 0x7E00 : nonsign)) & 0xFFFF;
+}
+
+/** GGML_FP16_TO_FP32 (exact; NaN payloads do not matter here). */
+function fp16ToFp32(h: u32): f32 {
+  const e = (h >> 10) & 0x1F;
+  const m = h & 0x3FF;
+  if (e == 0) {
+    const v: f32 = <f32>m * <f32>5.960464477539063e-8;      // 2**-24, exact
+    return h & 0x8000 ? -v : v;
+  }
+  if (e == 31) return m ? NaN : (h & 0x8000 ? -Infinity : Infinity);
+  return reinterpret<f32>(((h & 0x8000) << 16) | ((e + 112) << 23) | (m << 13));
+}
+
+// @ts-ignore: decorator
+@inline function putU8(o: i32, v: i32): void { unchecked(OUT[o] = <u8>v); }
+
+// @ts-ignore: decorator
+@inline function clampX4(l: v128, lo: i32, hi: i32): v128 {
+  return i32x4.max_s(i32x4.splat(lo), i32x4.min_s(i32x4.splat(hi), l));
+}
+
+// @ts-ignore: decorator
+@inline function nearestIntX4(t: v128): v128 {
+  return i32x4.sub(v128.and(f32x4.add(t, f32x4.splat(MAGIC)), i32x4.splat(0x007fffff)), i32x4.splat(0x00400000));
+}
+
+// Scratch, 16-byte aligned. Q4_K: two groups (sub-blocks 0-3, 4-7) of 32 vectors;
+// Q6_K: four groups of 16 vectors (the same bytes). Lane j of group g is sub-block 4g + j.
+const GX: usize = memory.data(1024, 16);          // x
+const GW: usize = memory.data(1024, 16);          // weights
+const GWX: usize = memory.data(1024, 16);         // Q6_K: weight * x
+const GL: usize = memory.data(1024, 16);          // best L (i32)
+const GLA: usize = memory.data(1024, 16);         // the trial's L (i32)
+const GSC: usize = memory.data(64, 16);           // scale per sub-block
+const GMN: usize = memory.data(64, 16);           // Q4_K: the_min per sub-block
+
+// ---------------------------------------------------------------------------- Q4_K
+
+const L4 = new StaticArray<i32>(256);
+const SC4 = new StaticArray<f32>(8);
+const MN4 = new StaticArray<f32>(8);
+const LS4 = new StaticArray<i32>(8);
+const LM4 = new StaticArray<i32>(8);
+const QKX2_C = new StaticArray<f32>(21);  // rmin + rdelta*is + nmax (-1.f, 0.1f, 15), in f32
+for (let is = 0; is <= 20; ++is) unchecked(QKX2_C[is] = (<f32>-1 + P01 * <f32>is) + <f32>15);
+
+/** The block's scales, mins and quants from SC4, MN4, L4 (quantize_row_q4_K_ref's tail). */
+function packQ4K(b: i32, maxScale: f32, maxMin: f32): void {
+  const xo = b * 256, yo = b * 144;
+  const invScale: f32 = maxScale > 0 ? <f32>63 / maxScale : 0;
+  const invMin: f32 = maxMin > 0 ? <f32>63 / maxMin : 0;
+  for (let j = 0; j < 8; ++j) {
+    const ls = nearestInt(invScale * unchecked(SC4[j])) & 0xFF;    // uint8_t
+    const lm = nearestInt(invMin * unchecked(MN4[j])) & 0xFF;
+    unchecked(LS4[j] = ls < 63 ? ls : 63);
+    unchecked(LM4[j] = lm < 63 ? lm : 63);
+  }
+  const d16 = fp32ToFp16(maxScale / <f32>63);
+  const dmin16 = fp32ToFp16(maxMin / <f32>63);
+  putU8(yo, d16 & 0xFF); putU8(yo + 1, d16 >> 8);
+  putU8(yo + 2, dmin16 & 0xFF); putU8(yo + 3, dmin16 >> 8);
+  for (let j = 0; j < 4; ++j) {
+    const s = unchecked(LS4[j]), m = unchecked(LM4[j]), s4 = unchecked(LS4[j + 4]), m4 = unchecked(LM4[j + 4]);
+    putU8(yo + 4 + j, s | ((s4 >> 4) << 6));
+    putU8(yo + 8 + j, m | ((m4 >> 4) << 6));
+    putU8(yo + 12 + j, (s4 & 0xF) | ((m4 & 0xF) << 4));
+  }
+  const dh = fp16ToFp32(d16), dmh = fp16ToFp32(dmin16);
+  for (let j = 0; j < 8; ++j) {
+    const d: f32 = dh * <f32>unchecked(LS4[j]);
+    if (d == 0) continue;                                        // C's `!d` (NaN goes on)
+    const dm: f32 = dmh * <f32>unchecked(LM4[j]);
+    const o = xo + 32 * j;
+    for (let ii = 0; ii < 32; ++ii) {
+      const l = nearestInt((unchecked(IN[o + ii]) + dm) / d);
+      unchecked(L4[32 * j + ii] = l > 15 ? 15 : l < 0 ? 0 : l);
+    }
+  }
+  let q = yo + 16;
+  for (let j = 0; j < 256; j += 64) {
+    for (let l = 0; l < 32; ++l) putU8(q + l, unchecked(L4[j + l]) | (unchecked(L4[j + l + 32]) << 4));
+    q += 32;
+  }
+}
+
+/** make_qkx2_quants(32, 15, x, w, L, &the_min, Laux, -1.f, 0.1f, 20, false) for the
+ *  four sub-blocks of group g: L in GL, scale in GSC, the_min in GMN. */
+function makeQkx2X4(g: i32): void {
+  const px = GX + g * 512, pw = GW + g * 512, pl = GL + g * 512, pla = GLA + g * 512;
+  const zero = f32x4.splat(0);
+  let min = v128.load(px);
+  let max = min;
+  let sumW = v128.load(pw);
+  let sumX = f32x4.mul(sumW, min);
+  for (let i = 16; i < 512; i += 16) {
+    const xi = v128.load(px + i), wi = v128.load(pw + i);
+    min = v128.bitselect(xi, min, f32x4.lt(xi, min));
+    max = v128.bitselect(xi, max, f32x4.gt(xi, max));
+    sumW = f32x4.add(sumW, wi);
+    sumX = f32x4.add(sumX, f32x4.mul(wi, xi));
+  }
+  min = v128.bitselect(zero, min, f32x4.gt(min, zero));
+  const flat = f32x4.eq(max, min);                // C returns at once: L = 0, the_min = -min, 0
+  const flatMin = min;
+  let range = f32x4.sub(max, min);
+  let iscale = f32x4.div(f32x4.splat(15), range);
+  let scale = f32x4.div(f32x4.splat(1), iscale);
+  let best = zero;
+  for (let i = 0; i < 512; i += 16) {
+    const xi = v128.load(px + i);
+    const l = clampX4(nearestIntX4(f32x4.mul(iscale, f32x4.sub(xi, min))), 0, 15);
+    v128.store(pl + i, l);
+    let diff = f32x4.sub(f32x4.add(f32x4.mul(scale, f32x4.convert_i32x4_s(l)), min), xi);
+    diff = f32x4.mul(diff, diff);
+    best = f32x4.add(best, f32x4.mul(v128.load(pw + i), diff));
+  }
+  for (let is = 0; is <= 20; ++is) {
+    iscale = f32x4.div(f32x4.splat(unchecked(QKX2_C[is])), range);
+    let sl = zero, sl2 = zero, sxl = zero;
+    for (let i = 0; i < 512; i += 16) {
+      const xi = v128.load(px + i);
+      const l = clampX4(nearestIntX4(f32x4.mul(iscale, f32x4.sub(xi, min))), 0, 15);
+      v128.store(pla + i, l);
+      const lf = f32x4.convert_i32x4_s(l);
+      const wl = f32x4.mul(v128.load(pw + i), lf);
+      sl = f32x4.add(sl, wl);
+      sl2 = f32x4.add(sl2, f32x4.mul(wl, lf));
+      sxl = f32x4.add(sxl, f32x4.mul(wl, xi));
+    }
+    const D = f32x4.sub(f32x4.mul(sumW, sl2), f32x4.mul(sl, sl));
+    const dPos = f32x4.gt(D, zero);
+    if (!v128.any_true(dPos)) continue;
+    let thisScale = f32x4.div(f32x4.sub(f32x4.mul(sumW, sxl), f32x4.mul(sumX, sl)), D);
+    let thisMin = f32x4.div(f32x4.sub(f32x4.mul(sl2, sumX), f32x4.mul(sl, sxl)), D);
+    const minPos = f32x4.gt(thisMin, zero);
+    thisMin = v128.bitselect(zero, thisMin, minPos);
+    thisScale = v128.bitselect(f32x4.div(sxl, sl2), thisScale, minPos);
+    let cur = zero;
+    for (let i = 0; i < 512; i += 16) {
+      let diff = f32x4.sub(f32x4.add(f32x4.mul(thisScale, f32x4.convert_i32x4_s(v128.load(pla + i))), thisMin),
+                           v128.load(px + i));
+      diff = f32x4.mul(diff, diff);
+      cur = f32x4.add(cur, f32x4.mul(v128.load(pw + i), diff));
+    }
+    const upd = v128.and(dPos, f32x4.lt(cur, best));
+    if (!v128.any_true(upd)) continue;
+    for (let i = 0; i < 512; i += 16) v128.store(pl + i, v128.bitselect(v128.load(pla + i), v128.load(pl + i), upd));
+    best = v128.bitselect(cur, best, upd);
+    scale = v128.bitselect(thisScale, scale, upd);
+    min = v128.bitselect(thisMin, min, upd);
+    range = f32x4.sub(max, min);
+  }
+  if (v128.any_true(flat)) {
+    for (let i = 0; i < 512; i += 16) v128.store(pl + i, v128.bitselect(zero, v128.load(pl + i), flat));
+    scale = v128.bitselect(zero, scale, flat);
+    min = v128.bitselect(flatMin, min, flat);
+  }
+  v128.store(GSC + g * 16, scale);
+  v128.store(GMN + g * 16, f32x4.neg(min));
+}
+
+/** quantize_row_q4_K_ref over n blocks of IN into OUT (144 bytes a block). */
+export function quantizeQ4K(nBlocks: i32): void {
+  for (let b = 0; b < nBlocks; ++b) {
+    const xo = b * 256, yo = b * 144;
+    // x, transposed: element i of sub-block j at GX + (j >> 2) * 512 + i * 16 + (j & 3) * 4
+    for (let j = 0; j < 8; ++j) {
+      const p = GX + (j >> 2) * 512 + (j & 3) * 4;
+      for (let i = 0; i < 32; ++i) store<f32>(p + i * 16, unchecked(IN[xo + 32 * j + i]));
+    }
+    for (let g = 0; g < 2; ++g) {
+      const px = GX + g * 512, pw = GW + g * 512;
+      let sumX2 = f32x4.splat(0);
+      for (let i = 0; i < 512; i += 16) {
+        const xi = v128.load(px + i);
+        sumX2 = f32x4.add(sumX2, f32x4.mul(xi, xi));
+      }
+      const avX = f32x4.sqrt(f32x4.div(sumX2, f32x4.splat(32)));
+      for (let i = 0; i < 512; i += 16) v128.store(pw + i, f32x4.add(avX, f32x4.abs(v128.load(px + i))));
+      makeQkx2X4(g);
+    }
+    let maxScale: f32 = 0, maxMin: f32 = 0;
+    for (let j = 0; j < 8; ++j) {
+      const scale = load<f32>(GSC + j * 4), mn = load<f32>(GMN + j * 4);
+      unchecked(SC4[j] = scale);
+      unchecked(MN4[j] = mn);
+      if (scale > maxScale) maxScale = scale;
+      if (mn > maxMin) maxMin = mn;
+      const p = GL + (j >> 2) * 512 + (j & 3) * 4;
+      for (let i = 0; i < 32; ++i) unchecked(L4[32 * j + i] = load<i32>(p + i * 16));
+    }
+    packQ4K(b, maxScale, maxMin);
+  }
+}
+
+// ---------------------------------------------------------------------------- Q6_K
+
+const L6 = new StaticArray<i32>(256);     // L + 32
+const SC6 = new StaticArray<f32>(16);
+const Q8 = new StaticArray<i32>(16);
+const QX_C = new StaticArray<f32>(19);    // -(nmax + 0.1f*is), is = -9..9, nmax 32, in f32
+for (let is = -9; is <= 9; ++is) unchecked(QX_C[is + 9] = -(<f32>32 + P01 * <f32>is));
+
+/** quantize_row_q6_K_ref's tail: the block's scales and quants from SC6 and L6. */
+function packQ6K(b: i32): void {
+  const xo = b * 256, yo = b * 210;
+  let maxScale: f32 = 0, maxAbsScale: f32 = 0;
+  for (let ib = 0; ib < 16; ++ib) {
+    const scale = unchecked(SC6[ib]);
+    const a = Mathf.abs(scale);
+    if (a > maxAbsScale) { maxAbsScale = a; maxScale = scale; }
+  }
+  if (maxAbsScale < GROUP_MAX_EPS) {
+    for (let i = 0; i < 210; ++i) putU8(yo + i, 0);              // fp16(0.f) is 0 too
+    return;
+  }
+  const iscale: f32 = <f32>-128 / maxScale;
+  const d16 = fp32ToFp16(<f32>1 / iscale);
+  for (let ib = 0; ib < 16; ++ib) {
+    const q = nearestInt(iscale * unchecked(SC6[ib]));
+    const q8 = ((q < 127 ? q : 127) << 24) >> 24;                // int8_t
+    unchecked(Q8[ib] = q8);
+    putU8(yo + 192 + ib, q8 & 0xFF);
+  }
+  putU8(yo + 208, d16 & 0xFF); putU8(yo + 209, d16 >> 8);
+  const dh = fp16ToFp32(d16);
+  for (let j = 0; j < 16; ++j) {
+    const d: f32 = dh * <f32>unchecked(Q8[j]);
+    if (d == 0) continue;
+    const o = xo + 16 * j;
+    for (let ii = 0; ii < 16; ++ii) {
+      let l = nearestInt(unchecked(IN[o + ii]) / d);
+      l = l > 31 ? 31 : l < -32 ? -32 : l;
+      unchecked(L6[16 * j + ii] = l + 32);
+    }
+  }
+  for (let j = 0, ql = yo, qh = yo + 128; j < 256; j += 128, ql += 64, qh += 32) {
+    for (let l = 0; l < 32; ++l) {
+      const a = unchecked(L6[j + l]), bb = unchecked(L6[j + l + 32]);
+      const c = unchecked(L6[j + l + 64]), e = unchecked(L6[j + l + 96]);
+      putU8(ql + l, (a & 0xF) | ((c & 0xF) << 4));
+      putU8(ql + l + 32, (bb & 0xF) | ((e & 0xF) << 4));
+      putU8(qh + l, (a >> 4) | ((bb >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6));
+    }
+  }
+}
+
+/** make_qx_quants(16, 32, x, L, 1, NULL) for the four sub-blocks of group g: L + 32 in
+ *  GL (0 where C returns early), the scale in GSC. */
+function makeQxX4(g: i32): void {
+  const px = GX + g * 256, pw = GW + g * 256, pwx = GWX + g * 256, pl = GL + g * 256, pla = GLA + g * 256;
+  const zero = f32x4.splat(0);
+  let max = zero, amax = zero;
+  for (let i = 0; i < 256; i += 16) {
+    const xi = v128.load(px + i);
+    const ax = f32x4.abs(xi);
+    const bigger = f32x4.gt(ax, amax);
+    amax = v128.bitselect(ax, amax, bigger);
+    max = v128.bitselect(xi, max, bigger);
+  }
+  const tiny = f32x4.lt(amax, f32x4.splat(GROUP_MAX_EPS));   // C returns at once: L = 0, 0
+  let scale = zero, best = zero;
+  // k = -1: C's first pass (iscale = -nmax/max, its L kept); then the trials is = -9..9, not 0
+  for (let k = -1; k < 19; ++k) {
+    if (k == 9) continue;
+    const iscale = f32x4.div(f32x4.splat(k < 0 ? <f32>-32 : unchecked(QX_C[k])), max);
+    const dst = k < 0 ? pl : pla;
+    let sumlx = zero, suml2 = zero;
+    for (let i = 0; i < 256; i += 16) {
+      const l = clampX4(nearestIntX4(f32x4.mul(iscale, v128.load(px + i))), -32, 31);
+      v128.store(dst + i, l);
+      const lf = f32x4.convert_i32x4_s(l);
+      sumlx = f32x4.add(sumlx, f32x4.mul(v128.load(pwx + i), lf));
+      suml2 = f32x4.add(suml2, f32x4.mul(f32x4.mul(v128.load(pw + i), lf), lf));
+    }
+    if (k < 0) {
+      scale = v128.bitselect(f32x4.div(sumlx, suml2), zero, f32x4.ne(suml2, zero));   // C's `suml2 ?`
+      best = f32x4.mul(scale, sumlx);
+      continue;
+    }
+    const upd = v128.and(f32x4.gt(suml2, zero), f32x4.gt(f32x4.mul(sumlx, sumlx), f32x4.mul(best, suml2)));
+    if (!v128.any_true(upd)) continue;
+    for (let i = 0; i < 256; i += 16) v128.store(pl + i, v128.bitselect(v128.load(pla + i), v128.load(pl + i), upd));
+    const newScale = f32x4.div(sumlx, suml2);
+    scale = v128.bitselect(newScale, scale, upd);
+    best = v128.bitselect(f32x4.mul(newScale, sumlx), best, upd);
+  }
+  const off = i32x4.splat(32);
+  for (let i = 0; i < 256; i += 16) v128.store(pl + i, v128.bitselect(i32x4.splat(0), i32x4.add(v128.load(pl + i), off), tiny));
+  v128.store(GSC + g * 16, v128.bitselect(zero, scale, tiny));
+}
+
+/** quantize_row_q6_K_ref over n blocks of IN into OUT (210 bytes a block). */
+export function quantizeQ6K(nBlocks: i32): void {
+  for (let b = 0; b < nBlocks; ++b) {
+    const xo = b * 256;
+    // element i of sub-block ib at GX + (ib >> 2) * 256 + i * 16 + (ib & 3) * 4
+    for (let ib = 0; ib < 16; ++ib) {
+      const p = GX + (ib >> 2) * 256 + (ib & 3) * 4;
+      for (let i = 0; i < 16; ++i) store<f32>(p + i * 16, unchecked(IN[xo + 16 * ib + i]));
+    }
+    for (let i = 0; i < 1024; i += 16) {
+      const xi = v128.load(GX + i);
+      const wi = f32x4.mul(xi, xi);
+      v128.store(GW + i, wi);
+      v128.store(GWX + i, f32x4.mul(wi, xi));
+    }
+    for (let g = 0; g < 4; ++g) makeQxX4(g);
+    for (let ib = 0; ib < 16; ++ib) {
+      unchecked(SC6[ib] = load<f32>(GSC + ib * 4));
+      const p = GL + (ib >> 2) * 256 + (ib & 3) * 4;
+      for (let i = 0; i < 16; ++i) unchecked(L6[16 * ib + i] = load<i32>(p + i * 16));
+    }
+    packQ6K(b);
+  }
+}
