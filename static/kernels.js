@@ -1,9 +1,9 @@
-// The core's K-quant kernels for Pyodide, handed to the Python core with
-// codecs.set_kernel: numpy's exact transcription runs ~4 MB/s under Pyodide. First
-// choice: kquants.wasm (WebAssembly SIMD, static/kquants.ts); where it cannot load (no
-// SIMD, a build without it), kquants.js (plain JavaScript, several times slower). Both
-// give ggml's bytes. The kernels read the numpy arrays' memory in the wasm heap and write
-// the blocks in place.
+// Block kernels for the core under Pyodide, handed to it with codecs.set_kernel (numpy's
+// exact K-quant transcription runs ~4 MB/s under Pyodide, its Q4_0 ~450 MB/s). First
+// choice: kquants.wasm (WebAssembly SIMD, static/kquants.ts): Q4_K, Q6_K, Q4_0, APR Q4.
+// Where it cannot load (no SIMD, a build without it): kquants.js (plain JavaScript, the
+// K-quants only, several times slower); numpy keeps the rest. All give numpy's bytes. The
+// kernels read the numpy arrays' memory in the wasm heap and write the results in place.
 
 import * as plainJs from "./kquants.js";
 import { loadKquantsWasm } from "./kquants_wasm.js";
@@ -12,10 +12,10 @@ export const JS_KERNELS = { name: "js", quantizeQ4K: plainJs.quantizeQ4K, quanti
 
 // Start fetching and compiling early (workers call this before booting Pyodide).
 // source: kquants.wasm's URL or bytes. Resolves to {name: "wasm" | "js", quantizeQ4K,
-// quantizeQ6K}; never rejects.
+// quantizeQ6K, and with wasm quantizeQ4_0, quantizeAprQ4}; never rejects.
 export function loadKernels(source = new URL("./kquants.wasm", import.meta.url)) {
   return loadKquantsWasm(source).then(
-    (k) => ({ name: "wasm", quantizeQ4K: k.quantizeQ4K, quantizeQ6K: k.quantizeQ6K }),
+    (k) => ({ name: "wasm", ...k }),
     (err) => {
       console.warn(`kquants.wasm unavailable, K-quants run in JavaScript: ${err && err.message || err}`);
       return JS_KERNELS;
@@ -36,9 +36,29 @@ function onHeap(fn) {
   };
 }
 
-// A module for Pyodide's registerJsModule: {name, Q4_K, Q6_K}, kernels on numpy arrays.
+// The same for the 32-value formats, whose kernels also write the decoded values y (or get
+// None) and list the blocks they leave to numpy in bad (int32): their count is returned.
+function onHeap32(fn) {
+  return (flat, out2d, y, bad) => {
+    const arrays = [flat.getBuffer("f32"), out2d.getBuffer("u8"), bad.getBuffer("i32")];
+    if (y) arrays.push(y.getBuffer("f32"));
+    try {
+      if (!arrays.every((a) => a.c_contiguous)) throw new Error("kernel arrays must be contiguous");
+      const [src, dst, badb, yb] = arrays;
+      return fn(src.data, dst.data, dst.shape[0], yb ? yb.data : null, badb.data);
+    } finally {
+      for (const a of arrays) a.release();
+    }
+  };
+}
+
+// A module for Pyodide's registerJsModule: {name, Q4_K, Q6_K[, Q4_0, APR_Q4]}, kernels on
+// numpy arrays, named as the core's codecs.
 export function kernelModule(kernels) {
-  return { name: kernels.name, Q4_K: onHeap(kernels.quantizeQ4K), Q6_K: onHeap(kernels.quantizeQ6K) };
+  const m = { name: kernels.name, Q4_K: onHeap(kernels.quantizeQ4K), Q6_K: onHeap(kernels.quantizeQ6K) };
+  if (kernels.quantizeQ4_0) m.Q4_0 = onHeap32(kernels.quantizeQ4_0);
+  if (kernels.quantizeAprQ4) m.APR_Q4 = onHeap32(kernels.quantizeAprQ4);
+  return m;
 }
 
 // Register `kernels` (from loadKernels) in a Pyodide that has the q4apr core on sys.path.
@@ -47,7 +67,8 @@ export function installKernels(py, kernels) {
   py.runPython([
     "import q4apr_kernels",
     "from q4apr import codecs",
-    "codecs.set_kernel('Q4_K', q4apr_kernels.Q4_K)",
-    "codecs.set_kernel('Q6_K', q4apr_kernels.Q6_K)",
+    "for _name in ('Q4_K', 'Q6_K', 'Q4_0', 'APR_Q4'):",
+    "    if hasattr(q4apr_kernels, _name):",
+    "        codecs.set_kernel(_name, getattr(q4apr_kernels, _name))",
   ].join("\n"));
 }

@@ -1,6 +1,8 @@
-// ggml's reference K-quant quantizers (quantize_row_q4_K_ref, quantize_row_q6_K_ref, no
-// importance matrix) in AssemblyScript with WebAssembly SIMD, compiled to
-// static/kquants.wasm by build.sh; static/kquants_wasm.js loads it.
+// The page's block kernels in AssemblyScript with WebAssembly SIMD, compiled to
+// static/kquants.wasm by build.sh; static/kquants_wasm.js loads it, static/kernels.js hands
+// it to the core (codecs.set_kernel). K-quants: ggml's reference quantizers
+// (quantize_row_q4_K_ref, quantize_row_q6_K_ref, no importance matrix); and the 32-value
+// formats Q4_0 and APR Q4 with their round trip, as the core's numpy fast paths.
 //
 // Why it is exact: C's make_qkx2_quants (Q4_K, one call per sub-block of 32) and
 // make_qx_quants (Q6_K, sub-blocks of 16) are run on four sub-blocks at once, one per
@@ -9,12 +11,16 @@
 // C's f32 operations in C's order and gets C's values; C's `if`s become per-lane
 // selects (both sides computed, NaN comparisons false as in C), and every trial is
 // evaluated (no shortcuts: unlike kquants.js, nothing needs a proof). The block level
-// (scales of scales, fp16, final quants, packing) is scalar f32, as in C.
-// tests/test_kquants_js.py compares this kernel with ggml's C functions byte for byte.
+// (scales of scales, fp16, final quants, packing) is scalar f32, as in C. Q4_0 and APR Q4
+// take four values of a block per lane, with the numpy codecs' operations and integer
+// max/min on the f32 bit patterns. tests/test_kquants_js.py compares every kernel with
+// ggml's C functions or the numpy codecs, byte for byte, and kills mutants of this file.
 //
 // Interface (no imports, no allocation after start): the caller writes up to
-// capacity() blocks of f32 at inPtr(), calls quantizeQ4K(n) or quantizeQ6K(n) and reads
-// n*144 or n*210 bytes at outPtr().
+// capacity() blocks of 256 f32 at inPtr(), calls quantizeQ4K(n) or quantizeQ6K(n) and
+// reads n*144 or n*210 bytes at outPtr(); or writes up to 8*capacity() blocks of 32, calls
+// quantizeQ4_0(n, wantY) or quantizeAprQ4(n, wantY), reads n*18 bytes at outPtr(), the
+// decoded values at yPtr() and the indices of the blocks left to numpy at badPtr().
 
 const CAPACITY: i32 = 1024;                       // blocks per call: 1 MiB of f32 in
 const IN = new StaticArray<f32>(CAPACITY * 256);
@@ -366,4 +372,123 @@ export function quantizeQ6K(nBlocks: i32): void {
     }
     packQ6K(b);
   }
+}
+
+// ---------------------------------------------------------------------------- Q4_0, APR Q4
+
+// The two 32-value formats with their round trip (the decoded values the report's
+// statistics need), as py/q4apr/codecs.py's fast paths compute them, so the same bytes
+// and the same f32 values: Q4_0 (ggml's quantize_row_q4_0_ref) and APR Q4 (Aprender's
+// dtype 128). Blocks outside those fast paths (NaN, Inf, ties, scales out of range) are
+// listed in BAD and left undone: the caller has numpy do them.
+const Y = new StaticArray<f32>(CAPACITY * 256);   // the round trip (values)
+const BAD = new StaticArray<i32>(CAPACITY * 8);   // indices of the blocks left undone
+export function yPtr(): usize { return changetype<usize>(Y); }
+export function badPtr(): usize { return changetype<usize>(BAD); }
+
+const MAX32: f32 = 3.4028234663852886e38;
+
+// @ts-ignore: decorator
+@inline function orderKeys(s: v128): v128 {         // int32 keys ordered like the f32 values
+  return v128.xor(v128.and(i32x4.shr_s(s, 31), i32x4.splat(0x7FFFFFFF)), s);
+}
+
+// @ts-ignore: decorator
+@inline function hmax(v: v128): i32 {
+  const a = i32x4.max_s(v, i8x16.shuffle(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  return max(i32x4.extract_lane(a, 0), i32x4.extract_lane(a, 1));
+}
+
+// @ts-ignore: decorator
+@inline function hmin(v: v128): i32 {
+  const a = i32x4.min_s(v, i8x16.shuffle(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  return min(i32x4.extract_lane(a, 0), i32x4.extract_lane(a, 1));
+}
+
+// @ts-ignore: decorator
+@inline function keyToF32(k: i32): f32 { return reinterpret<f32>(k ^ ((k >> 31) & 0x7FFFFFFF)); }
+
+/** 32 codes (eight i32x4 at GL) as 16 bytes: byte j = q[j] | q[j + 16] << 4 (Q4_0), or
+ *  byte j = q[2j] | q[2j + 1] << 4 (APR Q4). */
+// @ts-ignore: decorator
+@inline function narrow(p: usize): v128 {
+  return i8x16.narrow_i16x8_u(i16x8.narrow_i32x4_u(v128.load(p), v128.load(p, 16)),
+                              i16x8.narrow_i32x4_u(v128.load(p, 32), v128.load(p, 48)));
+}
+
+// @ts-ignore: decorator
+@inline function storeY(yo: usize, d16: u32): void {
+  const d = f32x4.splat(fp16ToFp32(d16));
+  for (let i = 0; i < 128; i += 16) {
+    v128.store(yo + i, f32x4.mul(f32x4.convert_i32x4_s(i32x4.sub(v128.load(GL + i), i32x4.splat(8))), d));
+  }
+}
+
+/** Q4_0 over n blocks of 32 at IN into OUT (18 bytes a block) and, if wantY, the decoded
+ *  values into Y. Returns the number of blocks left to numpy, listed in BAD. */
+export function quantizeQ4_0(nBlocks: i32, wantY: i32): i32 {
+  let bad = 0;
+  const x0 = changetype<usize>(IN), o0 = changetype<usize>(OUT), y0 = changetype<usize>(Y);
+  for (let b = 0; b < nBlocks; ++b) {
+    const px = x0 + <usize>b * 128;
+    let kmax = orderKeys(v128.load(px)), kmin = kmax;
+    for (let i = 16; i < 128; i += 16) {
+      const k = orderKeys(v128.load(px + i));
+      kmax = i32x4.max_s(kmax, k);
+      kmin = i32x4.min_s(kmin, k);
+    }
+    const mx = keyToF32(hmax(kmax)), mn = keyToF32(hmin(kmin));
+    const negMn = -mn;
+    const pos = mx > negMn;
+    const smax = pos ? mx : mn;
+    const mag = Mathf.abs(smax);
+    // the element of largest |x| is mx or mn, without ties, NaN, or a scale out of range
+    if (!((pos || negMn > mx) && mag >= <f32>9.4039548065783e-38 && mag <= MAX32)) { unchecked(BAD[bad++] = b); continue; }  // 2**-123
+    const d: f32 = smax / <f32>-8;
+    const id = f32x4.splat(<f32>1 / d);
+    for (let i = 0; i < 128; i += 16) {
+      const q = i32x4.trunc_sat_f32x4_s(f32x4.add(f32x4.mul(v128.load(px + i), id), f32x4.splat(8.5)));
+      v128.store(GL + i, i32x4.sub(q, i32x4.shr_s(q, 4)));       // min(q, 15) for q <= 16
+    }
+    const d16 = fp32ToFp16(d);
+    const po = o0 + <usize>b * 18;
+    store<u16>(po, <u16>d16);
+    const lo = narrow(GL), hi = narrow(GL + 64);
+    v128.store(po + 2, v128.or(lo, i8x16.shl(hi, 4)));
+    if (wantY) storeY(y0 + <usize>b * 128, d16);
+  }
+  return bad;
+}
+
+/** APR Q4 over n blocks of 32 at IN into OUT (18 bytes a block) and, if wantY, the
+ *  decoded values into Y. Returns the number of blocks left to numpy, listed in BAD. */
+export function quantizeAprQ4(nBlocks: i32, wantY: i32): i32 {
+  let bad = 0;
+  const x0 = changetype<usize>(IN), o0 = changetype<usize>(OUT), y0 = changetype<usize>(Y);
+  const absMask = i32x4.splat(0x7FFFFFFF);
+  for (let b = 0; b < nBlocks; ++b) {
+    const px = x0 + <usize>b * 128;
+    let m = v128.and(v128.load(px), absMask);
+    for (let i = 16; i < 128; i += 16) m = i32x4.max_s(m, v128.and(v128.load(px + i), absMask));
+    const amax = reinterpret<f32>(hmax(m));                    // NaN sorts above Inf
+    let d: f32 = amax / <f32>7;
+    if (amax == 0) d = 1;
+    if (!(d >= <f32>2.350988701644575e-38 && d <= MAX32)) { unchecked(BAD[bad++] = b); continue; }   // 2**-125
+    const h = f32x4.splat(d * <f32>0.5);
+    for (let i = 0; i < 128; i += 16) {
+      // m2 = trunc(x / (d/2)) = trunc(2x/d); round_half_away(x/d) + 8 = (m2 + (m2 >> 31) + 17) >> 1
+      const m2 = i32x4.trunc_sat_f32x4_s(f32x4.div(v128.load(px + i), h));
+      v128.store(GL + i, i32x4.shr_s(i32x4.add(i32x4.add(m2, i32x4.shr_s(m2, 31)), i32x4.splat(17)), 1));
+    }
+    const d16 = fp32ToFp16(d);
+    const po = o0 + <usize>b * 18;
+    store<u16>(po, <u16>d16);
+    // pairs of codes: the low byte of (w | w >> 4) for w = q[2j] | q[2j + 1] << 8
+    const v0 = narrow(GL), v1 = narrow(GL + 64);
+    const w0 = v128.and(v128.or(v0, i16x8.shr_u(v0, 4)), i16x8.splat(0xFF));
+    const w1 = v128.and(v128.or(v1, i16x8.shr_u(v1, 4)), i16x8.splat(0xFF));
+    v128.store(po + 2, i8x16.narrow_i16x8_u(w0, w1));
+    if (wantY) storeY(y0 + <usize>b * 128, d16);
+  }
+  return bad;
 }

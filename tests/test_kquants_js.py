@@ -293,19 +293,167 @@ def asc_command():
     return [str(asc)], flags
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_wasm_mutants_are_caught(node, ref, wasm_module, name, tmp_path):
+def compiled_mutants(node, mutants, tmp_path):
+    """(pattern, replacement, path of kquants.ts so mutated, compiled) for each mutant."""
     src = KERNEL_TS.read_text()
     asc, flags = asc_command()
-    x = np.concatenate([random_data(40, 3), adversarial_data(), non_finite_data(),
-                        _drawn(hyp_scaled(256, 4), 150), _drawn(hyp_blocks(256), 150)])
-    want = ref.quantize(name, x)
-    assert np.array_equal(js_quantize(node, name, x, kernel=wasm_module, impl="wasm"), want)
-    for pat, repl in WASM_MUTANTS[name] + WASM_MUTANTS["both"]:
+    for pat, repl in mutants:
         mutated, n = re.subn(pat, repl, src)
         assert n >= 1, f"mutant pattern not found (kernel changed?): {pat}"
         ts, wasm = tmp_path / "kquants_mutant.ts", tmp_path / "kquants_mutant.wasm"
         ts.write_text(mutated)
         subprocess.run([node, *asc, str(ts), *flags, "-o", str(wasm)], check=True, timeout=300)
+        yield pat, repl, wasm
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wasm_mutants_are_caught(node, ref, wasm_module, name, tmp_path):
+    x = np.concatenate([random_data(40, 3), adversarial_data(), non_finite_data(),
+                        _drawn(hyp_scaled(256, 4), 150), _drawn(hyp_blocks(256), 150)])
+    want = ref.quantize(name, x)
+    assert np.array_equal(js_quantize(node, name, x, kernel=wasm_module, impl="wasm"), want)
+    for pat, repl, wasm in compiled_mutants(node, WASM_MUTANTS[name] + WASM_MUTANTS["both"], tmp_path):
         assert not np.array_equal(js_quantize(node, name, x, kernel=wasm, impl="wasm"), want), \
             f"{name}: the tests do not notice the wasm mutant {pat!r} -> {repl!r}"
+
+
+# ------------------------------------------------------------------------------ Q4_0, APR Q4
+
+# kquants.wasm also quantizes the 32-value formats (the page's Q4_0 and APR Q4): the same
+# bytes and the same decoded values (the report's statistics) as the numpy codecs, which
+# tests/test_codecs.py holds to gguf-py, ggml and Aprender; blocks outside its fast path
+# (NaN, Inf, ties, scales out of range) make it decline, and numpy does those.
+MODES32 = {"Q4_0": "q4_0", "APR_Q4": "aprq4"}
+
+
+def wasm_quantize32(node, module, name, x):
+    """(blocks, y, indices of the blocks left to numpy) from kquants.wasm."""
+    x = np.ascontiguousarray(x, F32).reshape(-1)
+    env = dict(os.environ, KQUANTS_IMPL="wasm", KQUANTS_WASM=str(module))
+    p = subprocess.run([node, str(CLI), MODES32[name], str(x.size)], input=x.tobytes(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=600)
+    if p.returncode != 0:
+        pytest.fail(f"kquants_cli.mjs failed:\n{p.stderr.decode(errors='replace')[-3000:]}", pytrace=False)
+    nb = x.size // 32
+    assert (len(p.stdout) - 18 * nb - 4 * x.size) % 4 == 0
+    return (np.frombuffer(p.stdout, np.uint8, 18 * nb).reshape(nb, 18),
+            np.frombuffer(p.stdout, np.float32, x.size, 18 * nb).reshape(nb, 32),
+            np.frombuffer(p.stdout, np.int32, offset=18 * nb + 4 * x.size))
+
+
+def numpy32(name, x):
+    y = np.empty(x.size, F32)
+    return C.quantize(name, x, dequantized=y).reshape(-1, 18), y.reshape(-1, 32)
+
+
+def scaled32(seed=0):
+    """Blocks at scales across f32 (f16 subnormal and overflowing scales included), skewed,
+    one outlier, half-way ties of the rounding, zeros."""
+    rng = np.random.default_rng(seed)
+    parts = [(rng.standard_normal(32 * 500) * F32(s)).astype(F32)
+             for s in (1, 0.02, 1e-4, 3e-6, 6e-5, 1e-8, 1e-30, 1e-36, 1e4, 6e4, 7e4, 1e30, 4e37)]
+    g = rng.standard_normal(32 * 500).astype(F32)
+    parts += [np.abs(g), -np.abs(g), g + F32(3), np.zeros(32 * 20, F32)]
+    spike = np.zeros((500, 32), F32) + rng.standard_normal((500, 32)).astype(F32) * F32(1e-3)
+    spike[np.arange(500), rng.integers(0, 32, 500)] = rng.choice([-7.0, 8.0, 1e3], 500)
+    parts.append(spike.reshape(-1))
+    ties = rng.integers(-16, 17, (500, 32)).astype(F32) * F32(0.5)
+    ties[:, 0] = 7                                    # APR: d = 1, x/d on half-way points
+    parts.append(ties.reshape(-1))
+    return np.concatenate(parts)
+
+
+def check32(node, module, name, x, expect_left=None):
+    """The kernel's blocks and decoded values equal numpy's for every block it did; the
+    ones it left are exactly those off numpy's fast path (when given)."""
+    blocks, y, left = wasm_quantize32(node, module, name, x)
+    want, want_y = numpy32(name, x)
+    done = np.ones(len(want), bool)
+    done[left] = False
+    diff = np.flatnonzero(done & (blocks != want).any(axis=1))
+    assert diff.size == 0, f"{name}: {diff.size} blocks differ, first {diff[0]}: x = {x.reshape(-1, 32)[diff[0]]}"
+    assert np.array_equal(y[done].view(np.uint32), want_y[done].view(np.uint32))
+    if expect_left is not None:
+        assert sorted(left.tolist()) == sorted(expect_left)
+    return left
+
+
+@pytest.mark.parametrize("name", list(MODES32))
+def test_32_value_formats_match_numpy_with_their_round_trip(node, wasm_module, name):
+    x = np.concatenate([scaled32(), _drawn(hyp_scaled(32, 4), 300), _drawn(hyp_blocks(32), 300)])
+    left = check32(node, wasm_module, name, x)
+    assert len(left) < len(x) // 32 // 10           # the fast path does most blocks
+
+
+@pytest.mark.parametrize("name", list(MODES32))
+def test_32_value_formats_leave_the_blocks_numpy_does_slowly(node, wasm_module, name):
+    """Exactly the blocks off the fast path (zeros and |max| ties for Q4_0, NaN, Inf, tiny
+    or huge scales) are left, wherever they fall in the kernel's 8192-block slices."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9000, 32)).astype(F32)
+    odd = [np.full(32, np.nan, F32), np.full(32, -np.inf, F32), np.full(32, 1e-44, F32)]
+    if name == "Q4_0":
+        odd += [np.r_[np.float32(3e38), np.full(31, -3e38, F32)], np.zeros(32, F32),
+                np.r_[np.float32(2), np.float32(-2), np.zeros(30, F32)]]
+    at = [0, 17, 8191, 8192, 8999, 100][: len(odd)]
+    for i, b in zip(at, odd):
+        x[i] = b
+    check32(node, wasm_module, name, x.reshape(-1), expect_left=at)
+
+
+def test_the_core_patches_the_blocks_a_kernel_leaves(monkeypatch):
+    """codecs.quantize with a kernel that leaves some blocks: numpy does those (gathered),
+    bytes and decoded values equal numpy's alone."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(32 * 1000 + 7).astype(F32)
+    x[32 * 5:32 * 6] = 0
+    for name in MODES32:
+        c = C.CODECS[name]
+        want_y = np.empty(x.size if name == "APR_Q4" else 32 * 1000, F32)
+        xs = x if name == "APR_Q4" else x[: 32 * 1000]
+        want = C.quantize(name, xs, dequantized=want_y)
+
+        def half(flat, out2d, y, bad, c=c):          # does the odd blocks, leaves the even ones
+            n = out2d.shape[0]
+            tmp_y = None if y is None else np.empty_like(y)
+            c._numpy_rows(flat, out2d, tmp_y)
+            out2d[::2] = 0xAA
+            if y is not None:
+                y[:] = tmp_y
+                y.reshape(n, 32)[::2] = np.nan
+            bad[: (n + 1) // 2] = np.arange(0, n, 2)
+            return (n + 1) // 2
+        monkeypatch.setattr(c, "kernel", half)
+        y = np.empty_like(want_y)
+        got = C.quantize(name, xs, dequantized=y)
+        assert np.array_equal(got, want) and np.array_equal(y.view(np.uint32), want_y.view(np.uint32))
+        assert np.array_equal(C.quantize(name, xs), want)
+        monkeypatch.setattr(c, "kernel", None)
+
+
+WASM_MUTANTS_32 = {
+    "Q4_0": [
+        (r"f32x4.splat\(8.5\)", "f32x4.splat(8.499)"),
+        (r"v128.store\(GL \+ i, i32x4.sub\(q, i32x4.shr_s\(q, 4\)\)\);", "v128.store(GL + i, q);"),
+        (r"if \(!\(\(pos \|\| negMn > mx\) &&", "if (!((true) &&"),
+        (r"v128.store\(po \+ 2, v128.or\(lo, i8x16.shl\(hi, 4\)\)\);", "v128.store(po + 2, v128.or(hi, i8x16.shl(lo, 4)));"),
+    ],
+    "APR_Q4": [
+        (r"i32x4.splat\(17\)", "i32x4.splat(16)"),
+        (r"const h = f32x4.splat\(d \* <f32>0.5\);", "const h = f32x4.splat(d * <f32>0.5000001);"),
+        (r"<f32>2.350988701644575e-38 && d <= MAX32", "<f32>0 && d <= MAX32"),
+    ],
+    "both": [
+        (r"i32x4.sub\(v128.load\(GL \+ i\), i32x4.splat\(8\)\)", "i32x4.sub(v128.load(GL + i), i32x4.splat(7))"),
+        (r"store<u16>\(po, <u16>d16\);", "store<u16>(po, <u16>(d16 ^ 1));"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(MODES32))
+def test_wasm_32_value_mutants_are_caught(node, wasm_module, name, tmp_path):
+    x = np.concatenate([scaled32(), _drawn(hyp_blocks(32), 200)])
+    check32(node, wasm_module, name, x)
+    for pat, repl, wasm in compiled_mutants(node, WASM_MUTANTS_32[name] + WASM_MUTANTS_32["both"], tmp_path):
+        with pytest.raises(AssertionError):
+            check32(node, wasm, name, x)

@@ -383,21 +383,31 @@ import q4apr
 from q4apr import codecs
 
 x = np.load(sys.argv[1])
-out = {"kernels": [codecs.Q4_K.kernel is not None, codecs.Q6_K.kernel is not None]}
+out = {"kernels": [c.kernel is not None for c in (codecs.Q4_K, codecs.Q6_K, codecs.Q4_0, codecs.AprQ4)]}
 for name in ("Q4_K", "Q6_K"):
     out[name] = hashlib.sha256(codecs.quantize(name, x).tobytes()).hexdigest()
-with q4apr.open_model(sys.argv[2]) as m:   # the Q4_K_M mixture, small chunks
-    mem = q4apr.MemorySink()
-    q4apr.quantize(m, mem, q4apr.Options(format="gguf", type="Q4_K_M", chunk_bytes=16384))
-out["gguf"] = hashlib.sha256(mem.getvalue()).hexdigest()
+x32 = np.concatenate([np.zeros(64, np.float32), np.full(32, np.nan, np.float32), x])
+for name in ("Q4_0", "APR_Q4"):              # with the round trip, some blocks left to numpy
+    xs = x32[: x32.size // 32 * 32] if name == "Q4_0" else x32
+    y = np.empty_like(xs)
+    b = codecs.quantize(name, xs, dequantized=y)
+    out[name] = hashlib.sha256(b.tobytes() + y.tobytes()).hexdigest()
+for fmt, qtype in (("gguf", "Q4_K_M"), ("apr", "Q4_0")):   # small chunks
+    with q4apr.open_model(sys.argv[2]) as m:
+        mem = q4apr.MemorySink()
+        report = q4apr.quantize(m, mem, q4apr.Options(format=fmt, type=qtype, chunk_bytes=16384))
+    out[fmt] = hashlib.sha256(mem.getvalue()).hexdigest()
+    # the statistics of the 4-bit block tensors (K-quant figures may differ in the last digits)
+    out[fmt + " report"] = [t for t in report.to_dict()["tensors"] if t["dtype_out"] in ("APR_Q4", "Q4_0")]
 print(json.dumps(out))
 '''
 
 
 def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_path):
-    """Q4_K/Q6_K under Pyodide: numpy's kernels and the page's (kquants.wasm and its
-    fallback kquants.js, installed as the workers do) give the native bytes, on random and
-    adversarial blocks and through the pipeline (a Q4_K_M GGUF)."""
+    """Under Pyodide, numpy's kernels and the page's (kquants.wasm: Q4_K, Q6_K, Q4_0, APR Q4;
+    its fallback kquants.js: the K-quants) give the native bytes and decoded values, on
+    random and adversarial blocks (zeros and NaN among them: blocks the wasm kernel leaves to
+    numpy) and through the pipeline (a Q4_K_M GGUF, an APR with the report's statistics)."""
     core_ready()
     import numpy as np
     from safetensors.numpy import save_file
@@ -414,11 +424,17 @@ def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_pa
     save_file(t, str(tmp_path / "m.safetensors"))
     files = (tmp_path / "x.npy", tmp_path / "m.safetensors")
     native = json.loads(run_native(KQUANTS, *files, tmp_path=tmp_path))
+    under = {}
     for kernels in ("numpy", "wasm", "js"):
-        got = json.loads(run_in_pyodide(KQUANTS, *files, kernels=kernels))
-        assert got["kernels"] == [kernels != "numpy"] * 2
-        for k in ("Q4_K", "Q6_K", "gguf"):
+        got = under[kernels] = json.loads(run_in_pyodide(KQUANTS, *files, kernels=kernels))
+        assert got["kernels"] == {"numpy": [False] * 4, "js": [True, True, False, False],
+                                  "wasm": [True] * 4}[kernels]
+        for k in ("Q4_K", "Q6_K", "Q4_0", "APR_Q4", "gguf", "apr"):
             assert got[k] == native[k], (kernels, k)
+    # the report's figures: equal to numpy's on the same platform (einsum's summation order
+    # is numpy's own business: native figures may differ in the last digits)
+    assert len(under["numpy"]["apr report"]) >= 2
+    assert under["wasm"]["apr report"] == under["numpy"]["apr report"]
 
 
 def test_module_worker_loads_runtime_numpy_and_core_in_chromium(dist_dir, page, tmp_path):

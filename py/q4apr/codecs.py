@@ -180,6 +180,9 @@ class _Codec:
     allows_partial_block: bool = False
     f16_scales: tuple = (0, 1)           # (byte offset, count) of the f16 scales in a block
     fuses_dequantize: bool = False       # _quantize_chunk fills work["y"] (the decoded values)
+    # A faster implementation of the same bytes, if one is set (set_kernel): the page sets
+    # WebAssembly ones (static/kquants.ts), tested byte for byte as these numpy kernels are.
+    kernel = None
 
     def __init__(self):
         raise TypeError("codec classes are used through their classmethods")
@@ -234,6 +237,24 @@ class _Codec:
         n = out2d.shape[0]
         if n == 0:
             return
+        if cls.kernel is not None:
+            bad = np.empty(n, np.int32)
+            k = cls.kernel(flat[: n * 32], out2d, y, bad)
+            if k:           # the blocks the kernel left: numpy does them, gathered
+                idx = bad[:k]
+                xs = np.ascontiguousarray(flat[: n * 32].reshape(n, 32)[idx]).reshape(-1)
+                outs = np.empty((k, cls.type_size), np.uint8)
+                ys = None if y is None else np.empty(k * 32, np.float32)
+                cls._numpy_rows(xs, outs, ys)
+                out2d[idx] = outs
+                if y is not None:
+                    y.reshape(n, 32)[idx] = ys.reshape(k, 32)
+            return
+        cls._numpy_rows(flat, out2d, y)
+
+    @classmethod
+    def _numpy_rows(cls, flat: np.ndarray, out2d: np.ndarray, y: np.ndarray | None) -> None:
+        n = out2d.shape[0]
         cb = min(n, _CHUNK_BLOCKS)
         work = {                                         # reused by every chunk
             "a": np.empty(cb * 32, np.float32),
@@ -531,10 +552,14 @@ CODECS: dict[str, type[_Codec]] = {c.name: c for c in (AprQ4, Q4_0, Q8_0)}
 
 
 def set_kernel(codec, fn) -> None:
-    """Quantize `codec` (Q4_K, Q6_K) with fn(flat float32 (n*256,), out uint8 (n, type_size))
-    instead of numpy; None restores numpy.  fn must write exactly the bytes numpy would."""
+    """Quantize `codec` with fn instead of numpy; None restores numpy.  fn must write
+    exactly the bytes (and values) numpy would.
+    Q4_K, Q6_K: fn(flat float32 (n*256,), out uint8 (n, type_size)).
+    APR_Q4, Q4_0: fn(flat float32 (n*32,), out uint8 (n, 18), y, bad) -> k, y float32 (n*32,)
+    for the decoded values or None; the k blocks it leaves (off its fast path) are listed
+    in bad (int32 (n,)) and done by numpy."""
     c = get_codec(codec)
-    if not issubclass(c, _SuperBlock) or c is Q5_0:
+    if c not in (Q4_K, Q6_K, AprQ4, Q4_0):
         raise ValueError(f"{c.name} takes no kernel")
     c.kernel = fn
 
@@ -779,11 +804,6 @@ class _SuperBlock(_Codec):
     # Blocks per inner chunk: 64K values, so each (32, n_sub) temporary is 256 KiB
     # and the half dozen of them stay near the core's L2 (measured best, 256-512).
     _chunk = 256
-    # A faster implementation of the same bytes, if one is set (set_kernel): the page
-    # sets JavaScript ports of ggml's K-quant quantizers (static/kquants.js), tested
-    # byte for byte against the C reference as these numpy kernels are.
-    kernel = None
-
     @classmethod
     def _quantize_rows(cls, flat, out2d):
         n = out2d.shape[0]

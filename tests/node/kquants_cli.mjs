@@ -3,6 +3,9 @@
 // through static/kquants_wasm.js.
 //
 //   node tests/node/kquants_cli.mjs q4k|q6k N  < N little-endian f32  > the blocks
+//   node tests/node/kquants_cli.mjs q4_0|aprq4 N  (wasm only) > the blocks, the decoded
+//                                               values (N f32), then the indices (int32) of
+//                                               the blocks left to numpy
 //   node tests/node/kquants_cli.mjs bench [MB]  MB/s of f32 input, both kernels, on
 //                                               gaussian data (default 64 MB)
 // KQUANTS_IMPL=js (default) | wasm chooses the kernel; KQUANTS_JS=path runs another copy of
@@ -15,11 +18,11 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, "..", "..");
 const impl = process.env.KQUANTS_IMPL || "js";
-let quantizeQ4K, quantizeQ6K;
+let quantizeQ4K, quantizeQ6K, quantizeQ4_0, quantizeAprQ4;
 if (impl === "wasm") {
   const wasm = process.env.KQUANTS_WASM || path.join(process.env.Q4APR_DIST || path.join(repo, "dist"), "static", "kquants.wasm");
   const { loadKquantsWasm } = await import(pathToFileURL(path.join(repo, "static", "kquants_wasm.js")).href);
-  ({ quantizeQ4K, quantizeQ6K } = await loadKquantsWasm(fs.readFileSync(wasm)));
+  ({ quantizeQ4K, quantizeQ6K, quantizeQ4_0, quantizeAprQ4 } = await loadKquantsWasm(fs.readFileSync(wasm)));
 } else if (impl === "js") {
   const kernel = process.env.KQUANTS_JS || path.join(repo, "static", "kquants.js");
   ({ quantizeQ4K, quantizeQ6K } = await import(pathToFileURL(path.resolve(kernel)).href));
@@ -29,6 +32,7 @@ if (impl === "wasm") {
 }
 
 const KERNELS = { q4k: [quantizeQ4K, 144], q6k: [quantizeQ6K, 210] };
+const KERNELS32 = { q4_0: quantizeQ4_0, aprq4: quantizeAprQ4 };
 
 function usage(msg) {
   process.stderr.write(`kquants_cli.mjs: ${msg}\nusage: node kquants_cli.mjs q4k|q6k N <f32 >blocks | bench [MB]\n`);
@@ -106,6 +110,19 @@ if (mode === "bench") {
   const [fn, ts] = KERNELS[mode];
   const out = new Uint8Array((n / 256) * ts);
   fn(x, out, n / 256);
+  writeStdout(out);
+} else if (mode in KERNELS32 && KERNELS32[mode]) {
+  const n = Number(arg);
+  if (!Number.isInteger(n) || n <= 0 || n % 32) usage("N must be a positive multiple of 32");
+  const buf = readStdin(4 * n);
+  if (!buf) { process.stderr.write("kquants_cli.mjs: short input\n"); process.exit(1); }
+  const x = new Float32Array(buf.buffer, buf.byteOffset, n);
+  const blocks = new Uint8Array((n / 32) * 18), y = new Float32Array(n), bad = new Int32Array(n / 32);
+  const nBad = KERNELS32[mode](x, blocks, n / 32, y, bad);
+  const out = new Uint8Array(blocks.length + 4 * n + 4 * nBad);
+  out.set(blocks);
+  out.set(new Uint8Array(y.buffer), blocks.length);
+  out.set(new Uint8Array(bad.buffer, 0, 4 * nBad), blocks.length + 4 * n);
   writeStdout(out);
 } else {
   usage(`unknown mode ${mode}`);
