@@ -36,18 +36,19 @@ function onHeap(fn) {
   };
 }
 
-// The same for the 32-value formats, whose kernels also write the decoded values y (or get
-// None) and list the blocks they leave to numpy in bad (int32): their count is returned.
+// The same for the 32-value formats, whose kernels also give the round trip (decoded values
+// into y, statistics into stats: None or float32 arrays) and list the blocks they leave to
+// numpy in bad (int32): their count is returned.
 function onHeap32(fn) {
-  return (flat, out2d, y, bad) => {
-    const arrays = [flat.getBuffer("f32"), out2d.getBuffer("u8"), bad.getBuffer("i32")];
-    if (y) arrays.push(y.getBuffer("f32"));
+  return (flat, out2d, y, bad, stats) => {
+    const arrays = [flat.getBuffer("f32"), out2d.getBuffer("u8"), bad.getBuffer("i32"),
+                    y ? y.getBuffer("f32") : null, stats ? stats.getBuffer("f32") : null];
     try {
-      if (!arrays.every((a) => a.c_contiguous)) throw new Error("kernel arrays must be contiguous");
-      const [src, dst, badb, yb] = arrays;
-      return fn(src.data, dst.data, dst.shape[0], yb ? yb.data : null, badb.data);
+      if (!arrays.every((a) => !a || a.c_contiguous)) throw new Error("kernel arrays must be contiguous");
+      const [src, dst, badb, yb, sb] = arrays;
+      return fn(src.data, dst.data, dst.shape[0], yb && yb.data, badb.data, sb && sb.data);
     } finally {
-      for (const a of arrays) a.release();
+      for (const a of arrays) if (a) a.release();
     }
   };
 }

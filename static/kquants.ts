@@ -19,8 +19,9 @@
 // Interface (no imports, no allocation after start): the caller writes up to
 // capacity() blocks of 256 f32 at inPtr(), calls quantizeQ4K(n) or quantizeQ6K(n) and
 // reads n*144 or n*210 bytes at outPtr(); or writes up to 8*capacity() blocks of 32, calls
-// quantizeQ4_0(n, wantY) or quantizeAprQ4(n, wantY), reads n*18 bytes at outPtr(), the
-// decoded values at yPtr() and the indices of the blocks left to numpy at badPtr().
+// quantizeQ4_0(n, mode) or quantizeAprQ4(n, mode), reads n*18 bytes at outPtr(), the
+// decoded values at yPtr() or the statistics at statsPtr() and maxErr(), and the indices
+// of the blocks left to numpy at badPtr().
 
 const CAPACITY: i32 = 1024;                       // blocks per call: 1 MiB of f32 in
 const IN = new StaticArray<f32>(CAPACITY * 256);
@@ -416,19 +417,61 @@ const MAX32: f32 = 3.4028234663852886e38;
                               i16x8.narrow_i32x4_u(v128.load(p, 32), v128.load(p, 48)));
 }
 
+// The round trip's statistics, as codecs.quantize_measured: per unit of 256 values (8
+// blocks) the sums of squares of x and of the error e = decoded - x, each in f32 by halving
+// (codecs.unit_squares' order), and max |e| (integer max on the bits, sign cleared).
+const STATS = new StaticArray<f32>(CAPACITY * 2);  // a slice's signal units, then noise units
+const SQX: usize = memory.data(1024, 16);         // the current unit's x*x
+const SQE: usize = memory.data(1024, 16);         // and e*e
+let maxErrBits: i32 = 0;
+export function statsPtr(): usize { return changetype<usize>(STATS); }
+export function maxErr(): f32 { return reinterpret<f32>(maxErrBits); }
+
+/** The sum of 256 f32 at p by halving: p[i] + p[i + 128], then 64 apart, ..., 1 (p is
+ *  overwritten). */
+function halve(p: usize): f32 {
+  for (let w: usize = 512; w >= 16; w >>= 1) {     // half widths in bytes: 128 .. 4 values
+    for (let i: usize = 0; i < w; i += 16) v128.store(p + i, f32x4.add(v128.load(p + i), v128.load(p + w + i)));
+  }
+  return (load<f32>(p) + load<f32>(p, 8)) + (load<f32>(p, 4) + load<f32>(p, 12));
+}
+
+const WANT_Y = 1, WANT_STATS = 2;
+
+/** Block b's decoded values (codes at GL, scale d16): into Y (WANT_Y) and into the
+ *  statistics (WANT_STATS; units of nBlocks / 8). */
 // @ts-ignore: decorator
-@inline function storeY(yo: usize, d16: u32): void {
+@inline function roundTrip(px: usize, b: i32, d16: u32, mode: i32, nUnits: i32): void {
   const d = f32x4.splat(fp16ToFp32(d16));
-  for (let i = 0; i < 128; i += 16) {
-    v128.store(yo + i, f32x4.mul(f32x4.convert_i32x4_s(i32x4.sub(v128.load(GL + i), i32x4.splat(8))), d));
+  const y0 = changetype<usize>(Y) + <usize>b * 128, u = <usize>(b & 7) * 128;
+  let m = i32x4.splat(0);
+  for (let i: usize = 0; i < 128; i += 16) {
+    const y = f32x4.mul(f32x4.convert_i32x4_s(i32x4.sub(v128.load(GL + i), i32x4.splat(8))), d);
+    if (mode & WANT_Y) v128.store(y0 + i, y);
+    if (mode & WANT_STATS) {
+      const xv = v128.load(px + i);
+      const e = f32x4.sub(y, xv);
+      v128.store(SQX + u + i, f32x4.mul(xv, xv));
+      v128.store(SQE + u + i, f32x4.mul(e, e));
+      m = i32x4.max_s(m, v128.and(e, i32x4.splat(0x7FFFFFFF)));
+    }
+  }
+  if (mode & WANT_STATS) {
+    maxErrBits = max(maxErrBits, hmax(m));
+    if ((b & 7) == 7) {
+      unchecked(STATS[b >> 3] = halve(SQX));
+      unchecked(STATS[nUnits + (b >> 3)] = halve(SQE));
+    }
   }
 }
 
-/** Q4_0 over n blocks of 32 at IN into OUT (18 bytes a block) and, if wantY, the decoded
- *  values into Y. Returns the number of blocks left to numpy, listed in BAD. */
-export function quantizeQ4_0(nBlocks: i32, wantY: i32): i32 {
+/** Q4_0 over n blocks of 32 at IN into OUT (18 bytes a block), with the round trip as
+ *  mode asks (WANT_Y: the decoded values into Y; WANT_STATS, n a multiple of 8: STATS and
+ *  maxErr). Returns the number of blocks left to numpy, listed in BAD. */
+export function quantizeQ4_0(nBlocks: i32, mode: i32): i32 {
   let bad = 0;
-  const x0 = changetype<usize>(IN), o0 = changetype<usize>(OUT), y0 = changetype<usize>(Y);
+  maxErrBits = 0;
+  const x0 = changetype<usize>(IN), o0 = changetype<usize>(OUT);
   for (let b = 0; b < nBlocks; ++b) {
     const px = x0 + <usize>b * 128;
     let kmax = orderKeys(v128.load(px)), kmin = kmax;
@@ -455,16 +498,16 @@ export function quantizeQ4_0(nBlocks: i32, wantY: i32): i32 {
     store<u16>(po, <u16>d16);
     const lo = narrow(GL), hi = narrow(GL + 64);
     v128.store(po + 2, v128.or(lo, i8x16.shl(hi, 4)));
-    if (wantY) storeY(y0 + <usize>b * 128, d16);
+    if (mode) roundTrip(px, b, d16, mode, nBlocks >> 3);
   }
   return bad;
 }
 
-/** APR Q4 over n blocks of 32 at IN into OUT (18 bytes a block) and, if wantY, the
- *  decoded values into Y. Returns the number of blocks left to numpy, listed in BAD. */
-export function quantizeAprQ4(nBlocks: i32, wantY: i32): i32 {
+/** APR Q4 as quantizeQ4_0 (the same modes and results). */
+export function quantizeAprQ4(nBlocks: i32, mode: i32): i32 {
   let bad = 0;
-  const x0 = changetype<usize>(IN), o0 = changetype<usize>(OUT), y0 = changetype<usize>(Y);
+  maxErrBits = 0;
+  const x0 = changetype<usize>(IN), o0 = changetype<usize>(OUT);
   const absMask = i32x4.splat(0x7FFFFFFF);
   for (let b = 0; b < nBlocks; ++b) {
     const px = x0 + <usize>b * 128;
@@ -488,7 +531,7 @@ export function quantizeAprQ4(nBlocks: i32, wantY: i32): i32 {
     const w0 = v128.and(v128.or(v0, i16x8.shr_u(v0, 4)), i16x8.splat(0xFF));
     const w1 = v128.and(v128.or(v1, i16x8.shr_u(v1, 4)), i16x8.splat(0xFF));
     v128.store(po + 2, i8x16.narrow_i16x8_u(w0, w1));
-    if (wantY) storeY(y0 + <usize>b * 128, d16);
+    if (mode) roundTrip(px, b, d16, mode, nBlocks >> 3);
   }
   return bad;
 }

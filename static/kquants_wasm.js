@@ -32,27 +32,38 @@ export async function loadKquantsWasm(source) {
       }
     };
   }
-  // Q4_0 and APR Q4, 32-value blocks with their round trip y (a Float32Array, or null).
-  // Blocks off the kernel's fast path are left undone: their indices go to bad (an
-  // Int32Array of nBlocks) and their count is returned.
+  // Q4_0 and APR Q4, 32-value blocks with their round trip: y (a Float32Array, or null)
+  // gets the decoded values; stats (a Float32Array of 2 * units + 1, or null; nBlocks a
+  // multiple of 8) the statistics of codecs.quantize_measured: the units' sums of squares
+  // of x, of the error, then max |error|. Blocks off the kernel's fast path are left
+  // undone: their indices go to bad (an Int32Array of nBlocks), their count is returned.
   function slices32(name, run) {
-    const cap32 = cap * 8, yPtr = ex.yPtr(), badPtr = ex.badPtr();
-    return (src, dst, nBlocks, y, bad) => {
+    const cap32 = cap * 8, yPtr = ex.yPtr(), badPtr = ex.badPtr(), statsPtr = ex.statsPtr();
+    return (src, dst, nBlocks, y, bad, stats = null) => {
+      const units = nBlocks / 8;
       if (src.length < nBlocks * 32 || dst.length < nBlocks * 18 || (y && y.length < nBlocks * 32)
-          || bad.length < nBlocks) {
+          || bad.length < nBlocks || (stats && (nBlocks % 8 || stats.length < 2 * units + 1))) {
         throw new RangeError(`${name}: buffers too short`);
       }
-      let nBad = 0;
+      const mode = (y ? 1 : 0) | (stats ? 2 : 0);
+      let nBad = 0, maxErr = 0;
       for (let b = 0; b < nBlocks; b += cap32) {
         const k = Math.min(cap32, nBlocks - b);
         const mem = ex.memory.buffer;
         new Float32Array(mem, inPtr, k * 32).set(src.subarray(b * 32, (b + k) * 32));
-        const kBad = run(k, y ? 1 : 0);
+        const kBad = run(k, mode);
         dst.set(new Uint8Array(mem, outPtr, k * 18), b * 18);
         if (y) y.set(new Float32Array(mem, yPtr, k * 32), b * 32);
+        if (stats) {
+          const ku = k / 8, s = new Float32Array(mem, statsPtr, 2 * ku);
+          stats.set(s.subarray(0, ku), b / 8);
+          stats.set(s.subarray(ku), units + b / 8);
+          maxErr = Math.max(maxErr, ex.maxErr());
+        }
         const idx = new Int32Array(mem, badPtr, kBad);
         for (let i = 0; i < kBad; ++i) bad[nBad++] = b + idx[i];
       }
+      if (stats) stats[2 * units] = maxErr;
       return nBad;
     };
   }

@@ -326,19 +326,21 @@ def test_wasm_mutants_are_caught(node, ref, wasm_module, name, tmp_path):
 MODES32 = {"Q4_0": "q4_0", "APR_Q4": "aprq4"}
 
 
-def wasm_quantize32(node, module, name, x):
-    """(blocks, y, indices of the blocks left to numpy) from kquants.wasm."""
+def wasm_quantize32(node, module, name, x, stats=False):
+    """(blocks, y, indices of the blocks left to numpy) from kquants.wasm; with stats, y is
+    the statistics of codecs.quantize_measured (signal units, noise units, max error)."""
     x = np.ascontiguousarray(x, F32).reshape(-1)
     env = dict(os.environ, KQUANTS_IMPL="wasm", KQUANTS_WASM=str(module))
-    p = subprocess.run([node, str(CLI), MODES32[name], str(x.size)], input=x.tobytes(),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=600)
+    p = subprocess.run([node, str(CLI), MODES32[name], str(x.size)] + (["stats"] if stats else []),
+                       input=x.tobytes(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=600)
     if p.returncode != 0:
         pytest.fail(f"kquants_cli.mjs failed:\n{p.stderr.decode(errors='replace')[-3000:]}", pytrace=False)
-    nb = x.size // 32
-    assert (len(p.stdout) - 18 * nb - 4 * x.size) % 4 == 0
+    nb, ny = x.size // 32, (x.size // 128 + 1 if stats else x.size)
+    assert (len(p.stdout) - 18 * nb - 4 * ny) % 4 == 0
+    y = np.frombuffer(p.stdout, np.float32, ny, 18 * nb)
     return (np.frombuffer(p.stdout, np.uint8, 18 * nb).reshape(nb, 18),
-            np.frombuffer(p.stdout, np.float32, x.size, 18 * nb).reshape(nb, 32),
-            np.frombuffer(p.stdout, np.int32, offset=18 * nb + 4 * x.size))
+            y if stats else y.reshape(nb, 32),
+            np.frombuffer(p.stdout, np.int32, offset=18 * nb + 4 * ny))
 
 
 def numpy32(name, x):
@@ -351,9 +353,11 @@ def scaled32(seed=0):
     one outlier, half-way ties of the rounding, zeros."""
     rng = np.random.default_rng(seed)
     parts = [(rng.standard_normal(32 * 500) * F32(s)).astype(F32)
-             for s in (1, 0.02, 1e-4, 3e-6, 6e-5, 1e-8, 1e-30, 1e-36, 1e4, 6e4, 7e4, 1e30, 4e37)]
+             for s in (1, 0.02, 1e-4, 3e-6, 6e-5, 1e-8, 1e-30, 1e-36, 1e-38, 1e-40, 1e4, 6e4, 7e4, 1e30, 4e37)]
     g = rng.standard_normal(32 * 500).astype(F32)
-    parts += [np.abs(g), -np.abs(g), g + F32(3), np.zeros(32 * 20, F32)]
+    tiny = np.zeros(32 * 4, F32)                      # max|x| = 2^-149: APR's d rounds to 0
+    tiny[::3], tiny[1::3] = F32(1e-45), F32(-1e-45)
+    parts += [np.abs(g), -np.abs(g), g + F32(3), np.zeros(32 * 20, F32), tiny]
     spike = np.zeros((500, 32), F32) + rng.standard_normal((500, 32)).astype(F32) * F32(1e-3)
     spike[np.arange(500), rng.integers(0, 32, 500)] = rng.choice([-7.0, 8.0, 1e3], 500)
     parts.append(spike.reshape(-1))
@@ -382,7 +386,7 @@ def check32(node, module, name, x, expect_left=None):
 def test_32_value_formats_match_numpy_with_their_round_trip(node, wasm_module, name):
     x = np.concatenate([scaled32(), _drawn(hyp_scaled(32, 4), 300), _drawn(hyp_blocks(32), 300)])
     left = check32(node, wasm_module, name, x)
-    assert len(left) < len(x) // 32 // 10           # the fast path does most blocks
+    assert len(left) < len(x) // 32 // 5            # the fast path does most blocks
 
 
 @pytest.mark.parametrize("name", list(MODES32))
@@ -401,6 +405,56 @@ def test_32_value_formats_leave_the_blocks_numpy_does_slowly(node, wasm_module, 
     check32(node, wasm_module, name, x.reshape(-1), expect_left=at)
 
 
+def stats_data():
+    rng = np.random.default_rng(12)
+    exact = (rng.integers(0, 8, 256) * 1e4).astype(F32)   # d = 1e4 (APR), no error...
+    exact[0], exact[1] = 7e4, 4.9e3                       # ...but here: the largest, negative
+    return np.concatenate([exact] + [(rng.standard_normal(256 * 40) * F32(s)).astype(F32)
+                                     for s in (1, 0.02, 1e-5, 300)]
+                          + [rng.standard_normal(256 * 9000).astype(F32)])   # > one 8192-block slice
+
+
+def check_stats(node, module, name, x):
+    blocks, stats, left = wasm_quantize32(node, module, name, x, stats=True)
+    assert left.size == 0
+    c = C.CODECS[name]
+    want, signal, noise, maxerr = C.quantize_measured(c, x, np.empty(C.nbytes(c, x.size), np.uint8),
+                                                      np.empty_like(x))
+    u = x.size // 256
+    assert np.array_equal(blocks.reshape(-1), want)
+    assert np.array_equal(stats[:u].view(np.uint32), signal.view(np.uint32))
+    assert np.array_equal(stats[u:2 * u].view(np.uint32), noise.view(np.uint32))
+    assert stats[-1] == np.float32(maxerr) and maxerr > 0
+
+
+@pytest.mark.parametrize("name", list(MODES32))
+def test_32_value_formats_give_the_report_statistics_bit_for_bit(node, wasm_module, name):
+    """The fused statistics (codecs.quantize_measured: unit sums of squares of x and of the
+    error in unit_squares' order, max |error|) equal numpy's to the bit; a slice with a
+    block left to numpy is reported as such (numpy then redoes it all)."""
+    x = stats_data()
+    check_stats(node, wasm_module, name, x)
+    x[256 * 50 + 3] = np.nan
+    assert wasm_quantize32(node, wasm_module, name, x, stats=True)[2].tolist() == [50 * 8]
+
+
+def test_unit_squares_is_its_halving_order():
+    """unit_squares: zero padded units of 256, summed by halving in f32 (a plain loop here)."""
+    rng = np.random.default_rng(2)
+    v = (rng.standard_normal(256 * 3 + 77) * np.exp(rng.uniform(-20, 20, 256 * 3 + 77))).astype(F32)
+    want = []
+    for s in range(0, v.size, 256):
+        a = np.zeros(256, F32)
+        a[: min(256, v.size - s)] = v[s:s + 256]
+        a = a * a
+        w = 128
+        while w >= 1:
+            a[:w] = a[:w] + a[w:2 * w]
+            w //= 2
+        want.append(a[0])
+    assert np.array_equal(C.unit_squares(v).view(np.uint32), np.array(want, F32).view(np.uint32))
+
+
 def test_the_core_patches_the_blocks_a_kernel_leaves(monkeypatch):
     """codecs.quantize with a kernel that leaves some blocks: numpy does those (gathered),
     bytes and decoded values equal numpy's alone."""
@@ -413,8 +467,10 @@ def test_the_core_patches_the_blocks_a_kernel_leaves(monkeypatch):
         xs = x if name == "APR_Q4" else x[: 32 * 1000]
         want = C.quantize(name, xs, dequantized=want_y)
 
-        def half(flat, out2d, y, bad, c=c):          # does the odd blocks, leaves the even ones
+        def half(flat, out2d, y, bad, stats=None, c=c):   # does the odd blocks, leaves the even ones
             n = out2d.shape[0]
+            if stats is not None:
+                stats[:] = np.nan
             tmp_y = None if y is None else np.empty_like(y)
             c._numpy_rows(flat, out2d, tmp_y)
             out2d[::2] = 0xAA
@@ -428,7 +484,13 @@ def test_the_core_patches_the_blocks_a_kernel_leaves(monkeypatch):
         got = C.quantize(name, xs, dequantized=y)
         assert np.array_equal(got, want) and np.array_equal(y.view(np.uint32), want_y.view(np.uint32))
         assert np.array_equal(C.quantize(name, xs), want)
+        # the fused statistics too: a kernel that leaves blocks leaves them all to numpy
+        x256 = x[: 32 * 1000 // 256 * 256]
+        got_m = C.quantize_measured(c, x256, np.empty(C.nbytes(c, x256.size), np.uint8), np.empty_like(x256))
         monkeypatch.setattr(c, "kernel", None)
+        want_m = C.quantize_measured(c, x256, np.empty(C.nbytes(c, x256.size), np.uint8), np.empty_like(x256))
+        assert np.array_equal(got_m[0], want_m[0]) and got_m[3] == want_m[3]
+        assert np.array_equal(got_m[1], want_m[1]) and np.array_equal(got_m[2], want_m[2])
 
 
 WASM_MUTANTS_32 = {
@@ -457,3 +519,20 @@ def test_wasm_32_value_mutants_are_caught(node, wasm_module, name, tmp_path):
     for pat, repl, wasm in compiled_mutants(node, WASM_MUTANTS_32[name] + WASM_MUTANTS_32["both"], tmp_path):
         with pytest.raises(AssertionError):
             check32(node, wasm, name, x)
+
+
+STATS_MUTANTS = [
+    (r"return \(load<f32>\(p\) \+ load<f32>\(p, 8\)\) \+ \(load<f32>\(p, 4\) \+ load<f32>\(p, 12\)\);",
+     "return ((load<f32>(p) + load<f32>(p, 4)) + load<f32>(p, 8)) + load<f32>(p, 12);"),
+    (r"m = i32x4.max_s\(m, v128.and\(e, i32x4.splat\(0x7FFFFFFF\)\)\);", "m = i32x4.max_s(m, e);"),
+    (r"v128.store\(SQX \+ u \+ i, f32x4.mul\(xv, xv\)\);", "v128.store(SQX + u + i, f32x4.mul(y, y));"),
+    (r"for \(let w: usize = 512; w >= 16; w >>= 1\)", "for (let w: usize = 512; w >= 32; w >>= 1)"),
+]
+
+
+def test_wasm_statistics_mutants_are_caught(node, wasm_module, tmp_path):
+    x = stats_data()[: 256 * 1200]
+    check_stats(node, wasm_module, "APR_Q4", x)
+    for pat, repl, wasm in compiled_mutants(node, STATS_MUTANTS, tmp_path):
+        with pytest.raises(AssertionError):
+            check_stats(node, wasm, "APR_Q4", x)

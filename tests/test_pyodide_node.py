@@ -397,7 +397,8 @@ for fmt, qtype in (("gguf", "Q4_K_M"), ("apr", "Q4_0")):   # small chunks
         mem = q4apr.MemorySink()
         report = q4apr.quantize(m, mem, q4apr.Options(format=fmt, type=qtype, chunk_bytes=16384))
     out[fmt] = hashlib.sha256(mem.getvalue()).hexdigest()
-    # the statistics of the 4-bit block tensors (K-quant figures may differ in the last digits)
+    # the 4-bit block tensors' statistics (K-quants decode through more numpy ops whose
+    # results may differ in the last bit between numpy builds)
     out[fmt + " report"] = [t for t in report.to_dict()["tensors"] if t["dtype_out"] in ("APR_Q4", "Q4_0")]
 print(json.dumps(out))
 '''
@@ -424,17 +425,14 @@ def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_pa
     save_file(t, str(tmp_path / "m.safetensors"))
     files = (tmp_path / "x.npy", tmp_path / "m.safetensors")
     native = json.loads(run_native(KQUANTS, *files, tmp_path=tmp_path))
-    under = {}
     for kernels in ("numpy", "wasm", "js"):
-        got = under[kernels] = json.loads(run_in_pyodide(KQUANTS, *files, kernels=kernels))
+        got = json.loads(run_in_pyodide(KQUANTS, *files, kernels=kernels))
         assert got["kernels"] == {"numpy": [False] * 4, "js": [True, True, False, False],
                                   "wasm": [True] * 4}[kernels]
-        for k in ("Q4_K", "Q6_K", "Q4_0", "APR_Q4", "gguf", "apr"):
+        # the report's figures too: codecs.unit_squares sums in one order everywhere
+        for k in ("Q4_K", "Q6_K", "Q4_0", "APR_Q4", "gguf", "apr", "apr report"):
             assert got[k] == native[k], (kernels, k)
-    # the report's figures: equal to numpy's on the same platform (einsum's summation order
-    # is numpy's own business: native figures may differ in the last digits)
-    assert len(under["numpy"]["apr report"]) >= 2
-    assert under["wasm"]["apr report"] == under["numpy"]["apr report"]
+    assert len(native["apr report"]) >= 2 and native["apr report"][0]["mse"] > 0
 
 
 def test_module_worker_loads_runtime_numpy_and_core_in_chromium(dist_dir, page, tmp_path):

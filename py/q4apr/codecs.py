@@ -555,9 +555,11 @@ def set_kernel(codec, fn) -> None:
     """Quantize `codec` with fn instead of numpy; None restores numpy.  fn must write
     exactly the bytes (and values) numpy would.
     Q4_K, Q6_K: fn(flat float32 (n*256,), out uint8 (n, type_size)).
-    APR_Q4, Q4_0: fn(flat float32 (n*32,), out uint8 (n, 18), y, bad) -> k, y float32 (n*32,)
-    for the decoded values or None; the k blocks it leaves (off its fast path) are listed
-    in bad (int32 (n,)) and done by numpy."""
+    APR_Q4, Q4_0: fn(flat float32 (n*32,), out uint8 (n, 18), y, bad, stats=None) -> k,
+    y float32 (n*32,) for the decoded values or None; the k blocks it leaves (off its fast
+    path) are listed in bad (int32 (n,)) and done by numpy.  With stats (float32
+    (2*units + 1,), whole units only): unit_squares(x), unit_squares(decoded - x) and
+    max |decoded - x| (quantize_measured); all or nothing: if k, numpy redoes it all."""
     c = get_codec(codec)
     if c not in (Q4_K, Q6_K, AprQ4, Q4_0):
         raise ValueError(f"{c.name} takes no kernel")
@@ -639,6 +641,55 @@ def quantize(codec, x_flat, out: np.ndarray | None = None,
     if dequantized is not None and not fused:
         dequantize(c, out, n, out=dequantized)
     return out
+
+
+# The report's error statistics come in units of SUM_UNIT values from a tensor's start
+# (chunks start at a multiple of it), so they do not depend on the chunking.
+SUM_UNIT = 256
+
+
+def unit_squares(v: np.ndarray) -> np.ndarray:
+    """Sums of squares of v's SUM_UNIT-value units (a short last unit zero padded), in f32
+    in one fixed order: v*v, then halving (element i + element i + 128, then i + 64 apart,
+    ..., 1), so numpy natively, numpy under Pyodide and the page's kernels
+    (static/kquants.ts) all give the same bits."""
+    units = -(-v.size // SUM_UNIT)
+    a = np.zeros((units, SUM_UNIT), np.float32)
+    np.multiply(v, v, out=a.reshape(-1)[: v.size])
+    w = SUM_UNIT // 2
+    while w >= 32:                          # wide rows: contiguous halves
+        np.add(a[:, :w], a[:, w:2 * w], out=a[:, :w])
+        w //= 2
+    t = np.ascontiguousarray(a[:, :2 * w].T)  # (64, units): the narrow levels on long rows
+    while w >= 1:
+        np.add(t[:w], t[w:2 * w], out=t[:w])
+        w //= 2
+    return t[0].copy()
+
+
+def quantize_measured(codec, x: np.ndarray, out: np.ndarray, y: np.ndarray):
+    """quantize(codec, x, out) and the error statistics of the round trip:
+    (out, unit_squares(x), unit_squares(dequantized - x), max |dequantized - x|).
+    y: float32 scratch of x's size (left holding dequantized - x when numpy did the
+    work).  A kernel set for APR_Q4/Q4_0 may do it all at once (x of whole units)."""
+    c = get_codec(codec)
+    n = x.size
+    if c.kernel is not None and n and n % SUM_UNIT == 0:
+        units = n // SUM_UNIT
+        stats = np.empty(2 * units + 1, np.float32)
+        bad = np.empty(n // 32, np.int32)
+        if c.kernel(x, out.reshape(-1, c.type_size), None, bad, stats) == 0:
+            return out, stats[:units], stats[units:2 * units], float(stats[-1])
+    quantize(c, x, out=out, dequantized=y)
+    signal = unit_squares(x)
+    np.subtract(y, x, out=y)
+    noise = unit_squares(y)
+    # max|y - x| on the f32 bits with the sign cleared: they order like the values (a NaN
+    # sorts above them all).  Under Pyodide np.abs on mixed signs costs ~10x this.
+    yi = y.view(np.int32)
+    np.bitwise_and(yi, np.int32(0x7FFFFFFF), out=yi)
+    maxerr = float(yi.max().view(np.float32)) if n else 0.0
+    return out, signal, noise, maxerr
 
 
 def dequantize(codec, data, n_elements: int, out: np.ndarray | None = None, aprender: bool = False) -> np.ndarray:

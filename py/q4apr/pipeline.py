@@ -36,8 +36,6 @@ FORMATS = ("apr", "gguf")
 APRENDER_MIN_SCALE = 2.0 ** -14  # Aprender reads smaller scales as 0
 MAX_CHUNK = 256 << 20
 MAX_THREADS = 256
-_ABS_BITS = np.int32(0x7FFFFFFF)
-_SUM_UNIT = 256   # sums of squares: f32 sums of 256 values from the tensor's start, added in f64
 
 
 @dataclass
@@ -205,7 +203,7 @@ def quantize_steps(model, sink, options, executor=None):
     params = sum(numel(e.shape) for e in model.tensors)
     layout = make_layout(model, options, decisions, params)
     total = sum(e.nbytes for e, _ in decisions)
-    chunk_elems = max(256, options.chunk_bytes // 4 // 256 * 256)   # whole Q4_K/Q6_K blocks
+    chunk_elems = max(256, options.chunk_bytes // 4 // 256 * 256)   # whole Q4_K/Q6_K blocks, SUM_UNITs
     raw = max([chunk_elems * 4] + [e.dtype.nbytes(chunk_elems) for e, _ in decisions
                                    if not e.dtype.quantized])
     pool = None
@@ -496,8 +494,9 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
         if src is F16:
             x[:] = x.astype(np.float16)
     if q4 is not None:
-        y = bufs.y[:n]   # the round trip for the error, fused into the kernel
-        out = codecs.quantize(q4, x, out=bufs.q[: dtype_out.nbytes(n)], dequantized=y)
+        # the round trip's statistics (y: scratch), fused into the kernel where one is set
+        out, signal, noise, maxerr = codecs.quantize_measured(
+            q4, x, bufs.q[: dtype_out.nbytes(n)], bufs.y[:n])
         r = _Chunk(out)
         scales = codecs.scales_f16(q4, out)
         # |scale| on the f16 bits (native numpy's f16 isfinite/abs are slow): 0x7C00 and up
@@ -509,21 +508,13 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
             return r
         if dtype_out is APR_Q4:
             r.low_scales = int(np.count_nonzero(mag < np.uint16(0x0400)))   # APRENDER_MIN_SCALE
-        r.signal = _unit_squares(x)
-        np.subtract(y, x, out=y)
-        r.noise = _unit_squares(y)
+        r.signal, r.noise, r.maxerr = signal, noise, maxerr
         if not (np.isfinite(r.signal).all() and np.isfinite(r.noise).all()):
             # a NaN/Inf weight whose block kept finite scales (the K-quants' max scans, as
             # ggml's `>`, pass NaN by) shows here; or only huge values whose squares overflow
             if _find_non_finite(r, x):
                 r.overflow = "non-finite values cannot be quantized"
                 return r
-        # max|y| on the f32 bits with the sign cleared: they order like the values
-        # (y is finite here).  Under Pyodide np.abs on mixed signs branches per
-        # element and costs ~10x this.
-        yi = y.view(np.int32)
-        np.bitwise_and(yi, _ABS_BITS, out=yi)
-        r.maxerr = float(yi.max().view(np.float32)) if n else 0.0
         return r
     if dtype_out is F16:
         out = bufs.f16[:n]
@@ -546,19 +537,6 @@ def _find_non_finite(r, x):
     if bad.size:
         r.non_finite = (bad.size, bad[0], f"non-finite weight {x[bad[0]]}")
     return bool(bad.size)
-
-
-def _unit_squares(v):
-    """The sums of squares of v's _SUM_UNIT-value units (f32 dot products: einsum row by
-    row, ~2.5x one np.dot and no temporary; a short last unit on its own).  Chunks start at
-    a multiple of _SUM_UNIT elements, so the units are the same whatever the chunking."""
-    n = v.size
-    k = n - n % _SUM_UNIT
-    rows = v[:k].reshape(-1, _SUM_UNIT)
-    units = np.einsum("ij,ij->i", rows, rows)
-    if k < n:
-        units = np.concatenate([units, np.einsum("i,i->", v[k:], v[k:]).reshape(1)])
-    return units
 
 
 def _accumulate(acc, units):

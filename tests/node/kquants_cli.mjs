@@ -3,9 +3,10 @@
 // through static/kquants_wasm.js.
 //
 //   node tests/node/kquants_cli.mjs q4k|q6k N  < N little-endian f32  > the blocks
-//   node tests/node/kquants_cli.mjs q4_0|aprq4 N  (wasm only) > the blocks, the decoded
-//                                               values (N f32), then the indices (int32) of
-//                                               the blocks left to numpy
+//   node tests/node/kquants_cli.mjs q4_0|aprq4 N [stats]  (wasm only) > the blocks, the
+//                                               decoded values (N f32; with "stats": the
+//                                               statistics, N/128 + 1 f32), then the indices
+//                                               (int32) of the blocks left to numpy
 //   node tests/node/kquants_cli.mjs bench [MB]  MB/s of f32 input, both kernels, on
 //                                               gaussian data (default 64 MB)
 // KQUANTS_IMPL=js (default) | wasm chooses the kernel; KQUANTS_JS=path runs another copy of
@@ -117,12 +118,15 @@ if (mode === "bench") {
   const buf = readStdin(4 * n);
   if (!buf) { process.stderr.write("kquants_cli.mjs: short input\n"); process.exit(1); }
   const x = new Float32Array(buf.buffer, buf.byteOffset, n);
-  const blocks = new Uint8Array((n / 32) * 18), y = new Float32Array(n), bad = new Int32Array(n / 32);
-  const nBad = KERNELS32[mode](x, blocks, n / 32, y, bad);
-  const out = new Uint8Array(blocks.length + 4 * n + 4 * nBad);
+  const withStats = process.argv[4] === "stats";
+  if (withStats && n % 256) usage("with stats, N must be a multiple of 256");
+  const blocks = new Uint8Array((n / 32) * 18), bad = new Int32Array(n / 32);
+  const y = new Float32Array(withStats ? n / 128 + 1 : n);
+  const nBad = withStats ? KERNELS32[mode](x, blocks, n / 32, null, bad, y) : KERNELS32[mode](x, blocks, n / 32, y, bad);
+  const out = new Uint8Array(blocks.length + 4 * y.length + 4 * nBad);
   out.set(blocks);
   out.set(new Uint8Array(y.buffer), blocks.length);
-  out.set(new Uint8Array(bad.buffer, 0, 4 * nBad), blocks.length + 4 * n);
+  out.set(new Uint8Array(bad.buffer, 0, 4 * nBad), blocks.length + 4 * y.length);
   writeStdout(out);
 } else {
   usage(`unknown mode ${mode}`);
