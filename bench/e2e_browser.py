@@ -687,12 +687,12 @@ def main():
 
 PROFILE_PARTS = [
     ("read", "read (_read_chunk: WORKERFS + read-ahead copies)"),
-    ("kernel", "kernel + fused round trip (codecs.quantize, this worker)"),
+    ("kernel", "kernel, round trip, statistics (codecs.quantize_measured, this worker)"),
     ("handoff", "output hand-off (CallbackSink.write: copy + postMessage)"),
     ("wait_read", "waiting for read-ahead"),
     ("wait_pool", "waiting for pool workers"),
     ("yield", "event-loop turns (asyncio.sleep(0))"),
-    ("rest", "statistics, decode, CRC, the rest"),
+    ("rest", "decode, checks, CRC, the rest"),
 ]
 
 

@@ -91,8 +91,9 @@ def profile(path, out, fmt, threads, reps, py=None):
         saved_zlib = pipeline.zlib   # the pipeline's crc32 alone, not every zlib user's
         pipeline.zlib = types.SimpleNamespace(crc32=t.wrap("crc", zlib.crc32))
         try:
+            sums = [(codecs, "unit_squares", "sums")] if hasattr(codecs, "unit_squares") else []
             with t.patched((pipeline, "_read_chunk", "read"), (codecs, "quantize", "kernel"),
-                           (codecs, "dequantize", "dequantize"), (sinks.FileSink, "write", "write"),
+                           (codecs, "dequantize", "dequantize"), *sums, (sinks.FileSink, "write", "write"),
                            (sinks.FileSink, "finish", "write")):
                 t0 = time.perf_counter()
                 with open_model([str(path)]) as model:
@@ -109,7 +110,8 @@ def profile(path, out, fmt, threads, reps, py=None):
           f"{med['total']:.2f} s = {size / med['total'] / 1e6:.0f} MB/s")
     names = [("read", "read (_read_chunk)"), ("kernel", "kernel (codecs.quantize)"),
              ("dequantize", "statistics: round trip (codecs.dequantize)"),
-             ("rest", "statistics: sums, max, checks (rest of the loop)"),
+             ("sums", "statistics: sums of squares (codecs.unit_squares)"),
+             ("rest", "statistics: max, checks (rest of the loop)"),
              ("crc", "CRC-32 (APR)"), ("write", "output write (+ fsync)")]
     print("| part | seconds | share |\n|---|---:|---:|")
     for k, label in names:

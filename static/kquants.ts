@@ -417,9 +417,10 @@ const MAX32: f32 = 3.4028234663852886e38;
                               i16x8.narrow_i32x4_u(v128.load(p, 32), v128.load(p, 48)));
 }
 
-// The round trip's statistics, as codecs.quantize_measured: per unit of 256 values (8
-// blocks) the sums of squares of x and of the error e = decoded - x, each in f32 by halving
-// (codecs.unit_squares' order), and max |e| (integer max on the bits, sign cleared).
+// The round trip's statistics for codecs.quantize_measured: per unit of 256 values (8
+// blocks) the sums of squares of x and of the error e = decoded - x, each in f32 by
+// halving (i + 128, then 64 apart, ..., 1: a fixed order, where numpy's einsum has its
+// own), and max |e| (integer max on the bits with the sign cleared: exact).
 const STATS = new StaticArray<f32>(CAPACITY * 2);  // a slice's signal units, then noise units
 const SQX: usize = memory.data(1024, 16);         // the current unit's x*x
 const SQE: usize = memory.data(1024, 16);         // and e*e

@@ -90,7 +90,7 @@ async def run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress
     from q4apr.profiling import Timers
     prof = Timers() if profile else None   # for bench/e2e_browser.py --profile
     t_start = time.perf_counter()
-    with prof.patched((pipeline, "_read_chunk", "read"), (codecs, "quantize", "kernel"),
+    with prof.patched((pipeline, "_read_chunk", "read"), (codecs, "quantize_measured", "kernel"),
                       (sinks.CallbackSink, "write", "handoff")) if prof is not None \
             else contextlib.nullcontext():
         status = await _run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progress, on_done,
