@@ -377,7 +377,7 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
                     _read_chunk(f, view, path, entry.name)
                     args = (slot, view, n, i, src, dtype_out, q4, entry.add, path, entry.name)
                     job = None
-                    if executor is not None:   # None back: its workers are all busy
+                    if executor is not None and _worth_sending(q4):   # None back: all busy
                         job = executor.submit_chunk(
                             {"n": n, "i": i, "src": src.name, "out": dtype_out.name,
                              "add": entry.add, "path": path, "name": entry.name}, view)
@@ -529,6 +529,13 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
     r = _Chunk(x)   # F32
     r.non_finite = nonfinite.scan(F32, memoryview(x).cast("B"), bufs.y)
     return r
+
+
+def _worth_sending(q4):
+    """Whether a chunk costs more to convert than to hand to another worker (a copy there,
+    the result back): the K-quants and numpy's 32-value codecs do; a kernel's Q4_0 or APR
+    Q4 (~1 GB/s with its statistics, in the page) and plain dtype changes do not."""
+    return q4 is not None and (q4.kernel is None or q4.block_size == 256)
 
 
 def _find_non_finite(r, x):
