@@ -1,8 +1,9 @@
-// static/kquants.wasm (static/kquants.ts, built by build.sh) behind the same interface as
-// kquants.js: quantizeQ4K(src, dst, nBlocks), quantizeQ6K(src, dst, nBlocks), same bytes.
-// WebAssembly has f32 arithmetic (JavaScript only Math.fround) and SIMD: four sub-blocks
-// are quantized at once, several times faster than kquants.js. The blocks go through the module's own memory in
-// slices of capacity() blocks (1 MiB of f32), so its memory never grows.
+// static/kquants.wasm (static/kquants.ts, built by build.sh) for the page: the K-quants
+// behind kquants.js's interface (quantizeQ4K(src, dst, nBlocks), quantizeQ6K; same bytes),
+// and Q4_0 / APR Q4 with their round trip (quantizeQ4_0, quantizeAprQ4: see slices32).
+// WebAssembly has f32 arithmetic (JavaScript only Math.fround) and SIMD: several times
+// faster than kquants.js. The blocks go through the module's own memory in slices of
+// capacity() blocks of 256 values (1 MiB of f32), so its memory never grows.
 //
 //   const k = await loadKquantsWasm(urlOrBytes);   // URL (fetched) or the module's bytes
 

@@ -558,8 +558,9 @@ def set_kernel(codec, fn) -> None:
     APR_Q4, Q4_0: fn(flat float32 (n*32,), out uint8 (n, 18), y, bad, stats=None) -> k,
     y float32 (n*32,) for the decoded values or None; the k blocks it leaves (off its fast
     path) are listed in bad (int32 (n,)) and done by numpy.  With stats (float32
-    (2*units + 1,), whole units only): unit_squares(x), unit_squares(decoded - x) and
-    max |decoded - x| (quantize_measured); all or nothing: if k, numpy redoes it all."""
+    (2*units + 1,), whole units only): each unit's sum of squares of x, then of
+    decoded - x (in the kernel's order, see unit_squares), then max |decoded - x|
+    (quantize_measured); all or nothing: if k, numpy redoes it all."""
     c = get_codec(codec)
     if c not in (Q4_K, Q6_K, AprQ4, Q4_0):
         raise ValueError(f"{c.name} takes no kernel")

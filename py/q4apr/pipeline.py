@@ -194,7 +194,8 @@ def quantize_steps(model, sink, options, executor=None):
     """Write model to sink in options.format; yield Progress per chunk; return the Report.
 
     executor (optional; the page's worker pool): .workers, the number of chunks it converts
-    at once, and .submit_chunk(job, raw) -> a future of ChunkConverter.convert's result (in
+    at once, and .submit_chunk(job, raw) (for the chunks _worth_sending)
+    -> a future of ChunkConverter.convert's result (in
     the other worker), or None when every worker is busy (the chunk is then converted
     here).  Its futures have done() and result(); while the oldest is not done,
     Wait(future) is yielded."""
