@@ -409,8 +409,8 @@ const MAX32: f32 = 3.4028234663852886e38;
 // @ts-ignore: decorator
 @inline function keyToF32(k: i32): f32 { return reinterpret<f32>(k ^ ((k >> 31) & 0x7FFFFFFF)); }
 
-/** 32 codes (eight i32x4 at GL) as 16 bytes: byte j = q[j] | q[j + 16] << 4 (Q4_0), or
- *  byte j = q[2j] | q[2j + 1] << 4 (APR Q4). */
+/** 16 codes (four i32x4 at p, values 0..15) as 16 bytes, one per code; the callers pack
+ *  them two to a byte (Q4_0: q[j] | q[j + 16] << 4; APR Q4: q[2j] | q[2j + 1] << 4). */
 // @ts-ignore: decorator
 @inline function narrow(p: usize): v128 {
   return i8x16.narrow_i16x8_u(i16x8.narrow_i32x4_u(v128.load(p), v128.load(p, 16)),
