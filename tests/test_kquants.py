@@ -382,9 +382,13 @@ def test_set_kernel_is_used_for_whole_chunks_and_can_be_removed():
     C.set_kernel("Q4_K", kernel)
     try:
         got = C.quantize("Q4_K", x)
+        # the pipeline's call (quantize_measured) quantizes once with it, then decodes
+        x40 = x[: 256 * 40]
+        measured = C.quantize_measured("Q4_K", x40, np.empty(40 * 144, np.uint8), np.empty_like(x40))[0]
     finally:
         C.set_kernel("Q4_K", None)
-    assert calls == [(256 * 40, (40, 144)), (256, (1, 144))]
+    assert calls == [(256 * 40, (40, 144)), (256, (1, 144)), (256 * 40, (40, 144))]
+    assert np.array_equal(measured, got[: 40 * 144])
     flipped = want.reshape(-1, 144).copy()
     flipped[:, 0] ^= 1
     assert np.array_equal(got.reshape(-1, 144), flipped)

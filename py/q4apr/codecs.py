@@ -672,7 +672,7 @@ def quantize_measured(codec, x: np.ndarray, out: np.ndarray, y: np.ndarray):
     sums of squares are summed by halving, see unit_squares)."""
     c = get_codec(codec)
     n = x.size
-    if c.kernel is not None and n and n % SUM_UNIT == 0:
+    if c.kernel is not None and c.fuses_dequantize and n and n % SUM_UNIT == 0:
         units = n // SUM_UNIT
         stats = np.empty(2 * units + 1, np.float32)
         bad = np.empty(n // 32, np.int32)
