@@ -76,7 +76,7 @@ try {
   py.runPython("import sys; sys.path.insert(0, '/lib/q4apr')");
   const k = await import("./static/kernels.js");
   k.installKernels(py, await k.loadKernels());   // as the page does
-  py.registerJsModule("q4apr_kernels_js", k.kernelModule(k.JS_KERNELS));   // the fallback, to compare
+  py.registerJsModule("q4apr_kernels_js", k.kernelModule(await k.jsKernels()));   // the fallback, to compare
   py.FS.mkdirTree("/bench");
   for (const name of cfg.files) {
     const data = new Uint8Array(await (await fetch("./files/" + name)).arrayBuffer());

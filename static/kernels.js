@@ -5,52 +5,51 @@
 // K-quants only, several times slower); numpy keeps the rest. All give numpy's bytes. The
 // kernels read the numpy arrays' memory in the wasm heap and write the results in place.
 
-import * as plainJs from "./kquants.js";
 import { loadKquantsWasm } from "./kquants_wasm.js";
 
-export const JS_KERNELS = { name: "js", quantizeQ4K: plainJs.quantizeQ4K, quantizeQ6K: plainJs.quantizeQ6K };
+// The plain JavaScript K-quants, imported only when asked for (the fallback).
+export async function jsKernels() {
+  const { quantizeQ4K, quantizeQ6K } = await import("./kquants.js");
+  return { name: "js", quantizeQ4K, quantizeQ6K };
+}
 
 // Start fetching and compiling early (workers call this before booting Pyodide).
 // source: kquants.wasm's URL or bytes. Resolves to {name: "wasm" | "js", quantizeQ4K,
-// quantizeQ6K, and with wasm quantizeQ4_0, quantizeAprQ4}; never rejects.
+// quantizeQ6K, and with wasm quantizeQ4_0, quantizeAprQ4}; rejects only if neither loads.
 export function loadKernels(source = new URL("./kquants.wasm", import.meta.url)) {
   return loadKquantsWasm(source).then(
     (k) => ({ name: "wasm", ...k }),
     (err) => {
       console.warn(`kquants.wasm unavailable, K-quants run in JavaScript: ${err && err.message || err}`);
-      return JS_KERNELS;
+      return jsKernels();
     });
 }
 
-function onHeap(fn) {
-  return (flat, out2d) => {
-    const src = flat.getBuffer("f32");
-    const dst = out2d.getBuffer("u8");
-    try {
-      if (!src.c_contiguous || !dst.c_contiguous) throw new Error("kernel arrays must be contiguous");
-      fn(src.data, dst.data, dst.shape[0]);
-    } finally {
-      src.release();
-      dst.release();
-    }
-  };
+// Call body with the getBuffer views of numpy arrays ([array or None, type] pairs; null
+// for None), checked contiguous, and release them after.
+function withBuffers(specs, body) {
+  const bufs = specs.map(([a, type]) => (a ? a.getBuffer(type) : null));
+  try {
+    if (!bufs.every((b) => !b || b.c_contiguous)) throw new Error("kernel arrays must be contiguous");
+    return body(...bufs);
+  } finally {
+    for (const b of bufs) if (b) b.release();
+  }
 }
 
-// The same for the 32-value formats, whose kernels also give the round trip (decoded values
-// into y, statistics into stats: None or float32 arrays) and list the blocks they leave to
-// numpy in bad (int32): their count is returned.
+// The K-quant kernels on numpy arrays: flat f32, out2d (n, type_size) u8.
+function onHeap(fn) {
+  return (flat, out2d) => withBuffers([[flat, "f32"], [out2d, "u8"]],
+    (src, dst) => fn(src.data, dst.data, dst.shape[0]));
+}
+
+// The 32-value formats', which also give the round trip (decoded values into y, statistics
+// into stats: None or float32 arrays) and list the blocks they leave to numpy in bad
+// (int32): their count is returned.
 function onHeap32(fn) {
-  return (flat, out2d, y, bad, stats) => {
-    const arrays = [flat.getBuffer("f32"), out2d.getBuffer("u8"), bad.getBuffer("i32"),
-                    y ? y.getBuffer("f32") : null, stats ? stats.getBuffer("f32") : null];
-    try {
-      if (!arrays.every((a) => !a || a.c_contiguous)) throw new Error("kernel arrays must be contiguous");
-      const [src, dst, badb, yb, sb] = arrays;
-      return fn(src.data, dst.data, dst.shape[0], yb && yb.data, badb.data, sb && sb.data);
-    } finally {
-      for (const a of arrays) if (a) a.release();
-    }
-  };
+  return (flat, out2d, y, bad, stats) => withBuffers(
+    [[flat, "f32"], [out2d, "u8"], [bad, "i32"], [y, "f32"], [stats, "f32"]],
+    (src, dst, badb, yb, sb) => fn(src.data, dst.data, dst.shape[0], yb && yb.data, badb.data, sb && sb.data));
 }
 
 // A module for Pyodide's registerJsModule: {name, Q4_K, Q6_K[, Q4_0, APR_Q4]}, kernels on

@@ -94,6 +94,23 @@ const GLA: usize = memory.data(1024, 16);         // the trial's L (i32)
 const GSC: usize = memory.data(64, 16);           // scale per sub-block
 const GMN: usize = memory.data(64, 16);           // Q4_K: the_min per sub-block
 
+/** Block xo of IN into lanes: element i of sub-block j (len values each) at
+ *  GX + (j >> 2) * len * 16 + i * 16 + (j & 3) * 4, so group g = j >> 2 holds four sub-blocks. */
+function toLanes(xo: i32, len: i32): void {
+  for (let j = 0; j < 256 / len; ++j) {
+    const p = GX + <usize>((j >> 2) * len * 16 + (j & 3) * 4);
+    for (let i = 0; i < len; ++i) store<f32>(p + <usize>i * 16, unchecked(IN[xo + len * j + i]));
+  }
+}
+
+/** The codes at GL (toLanes' layout) back into L, sub-block after sub-block. */
+function fromLanes(L: StaticArray<i32>, len: i32): void {
+  for (let j = 0; j < 256 / len; ++j) {
+    const p = GL + <usize>((j >> 2) * len * 16 + (j & 3) * 4);
+    for (let i = 0; i < len; ++i) unchecked(L[len * j + i] = load<i32>(p + <usize>i * 16));
+  }
+}
+
 // ---------------------------------------------------------------------------- Q4_K
 
 const L4 = new StaticArray<i32>(256);
@@ -222,12 +239,7 @@ function makeQkx2X4(g: i32): void {
 /** quantize_row_q4_K_ref over n blocks of IN into OUT (144 bytes a block). */
 export function quantizeQ4K(nBlocks: i32): void {
   for (let b = 0; b < nBlocks; ++b) {
-    const xo = b * 256, yo = b * 144;
-    // x, transposed: element i of sub-block j at GX + (j >> 2) * 512 + i * 16 + (j & 3) * 4
-    for (let j = 0; j < 8; ++j) {
-      const p = GX + (j >> 2) * 512 + (j & 3) * 4;
-      for (let i = 0; i < 32; ++i) store<f32>(p + i * 16, unchecked(IN[xo + 32 * j + i]));
-    }
+    toLanes(b * 256, 32);
     for (let g = 0; g < 2; ++g) {
       const px = GX + g * 512, pw = GW + g * 512;
       let sumX2 = f32x4.splat(0);
@@ -246,9 +258,8 @@ export function quantizeQ4K(nBlocks: i32): void {
       unchecked(MN4[j] = mn);
       if (scale > maxScale) maxScale = scale;
       if (mn > maxMin) maxMin = mn;
-      const p = GL + (j >> 2) * 512 + (j & 3) * 4;
-      for (let i = 0; i < 32; ++i) unchecked(L4[32 * j + i] = load<i32>(p + i * 16));
     }
+    fromLanes(L4, 32);
     packQ4K(b, maxScale, maxMin);
   }
 }
@@ -353,12 +364,7 @@ function makeQxX4(g: i32): void {
 /** quantize_row_q6_K_ref over n blocks of IN into OUT (210 bytes a block). */
 export function quantizeQ6K(nBlocks: i32): void {
   for (let b = 0; b < nBlocks; ++b) {
-    const xo = b * 256;
-    // element i of sub-block ib at GX + (ib >> 2) * 256 + i * 16 + (ib & 3) * 4
-    for (let ib = 0; ib < 16; ++ib) {
-      const p = GX + (ib >> 2) * 256 + (ib & 3) * 4;
-      for (let i = 0; i < 16; ++i) store<f32>(p + i * 16, unchecked(IN[xo + 16 * ib + i]));
-    }
+    toLanes(b * 256, 16);
     for (let i = 0; i < 1024; i += 16) {
       const xi = v128.load(GX + i);
       const wi = f32x4.mul(xi, xi);
@@ -366,11 +372,8 @@ export function quantizeQ6K(nBlocks: i32): void {
       v128.store(GWX + i, f32x4.mul(wi, xi));
     }
     for (let g = 0; g < 4; ++g) makeQxX4(g);
-    for (let ib = 0; ib < 16; ++ib) {
-      unchecked(SC6[ib] = load<f32>(GSC + ib * 4));
-      const p = GL + (ib >> 2) * 256 + (ib & 3) * 4;
-      for (let i = 0; i < 16; ++i) unchecked(L6[16 * ib + i] = load<i32>(p + i * 16));
-    }
+    for (let ib = 0; ib < 16; ++ib) unchecked(SC6[ib] = load<f32>(GSC + ib * 4));
+    fromLanes(L6, 16);
     packQ6K(b);
   }
 }

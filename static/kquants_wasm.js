@@ -38,6 +38,7 @@ export async function loadKquantsWasm(source) {
   // multiple of 8) the statistics of codecs.quantize_measured: the units' sums of squares
   // of x, of the error, then max |error|. Blocks off the kernel's fast path are left
   // undone: their indices go to bad (an Int32Array of nBlocks), their count is returned.
+  const WANT_Y = 1, WANT_STATS = 2;   // kquants.ts's modes
   function slices32(name, run) {
     const cap32 = cap * 8, yPtr = ex.yPtr(), badPtr = ex.badPtr(), statsPtr = ex.statsPtr();
     return (src, dst, nBlocks, y, bad, stats = null) => {
@@ -46,7 +47,7 @@ export async function loadKquantsWasm(source) {
           || bad.length < nBlocks || (stats && (nBlocks % 8 || stats.length < 2 * units + 1))) {
         throw new RangeError(`${name}: buffers too short`);
       }
-      const mode = (y ? 1 : 0) | (stats ? 2 : 0);
+      const mode = (y ? WANT_Y : 0) | (stats ? WANT_STATS : 0);
       let nBad = 0, maxErr = 0;
       for (let b = 0; b < nBlocks; b += cap32) {
         const k = Math.min(cap32, nBlocks - b);

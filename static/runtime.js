@@ -22,7 +22,8 @@ export async function bootPython(driver, { stage = () => {}, makeSnapshot = true
     return res.arrayBuffer();
   });
   core.catch(() => {});   // reported where it is awaited
-  const kernels = loadKernels();   // never rejects (falls back to JavaScript)
+  const kernels = loadKernels();   // wasm, else JavaScript
+  kernels.catch(() => {});   // reported where it is awaited
   const snapshot = await snapshotGet();
   if (snapshot) {
     try {

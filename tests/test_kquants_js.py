@@ -51,18 +51,23 @@ def wasm_module(dist_dir):
     return dist_dir / "static" / "kquants.wasm"
 
 
-def js_quantize(node, name, x, kernel=None, impl="js"):
-    """The blocks from kquants.js (impl "js"; kernel: another copy of it) or from a
-    kquants.wasm (impl "wasm"; kernel: the module's path)."""
-    x = np.ascontiguousarray(x, F32).reshape(-1)
-    env = dict(os.environ, KQUANTS_IMPL=impl)
-    if kernel is not None:
-        env["KQUANTS_WASM" if impl == "wasm" else "KQUANTS_JS"] = str(kernel)
-    p = subprocess.run([node, str(CLI), MODES[name], str(x.size)], input=x.tobytes(),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=600)
+def run_cli(node, x, args, env):
+    """kquants_cli.mjs's stdout (bytes) for the f32 values x and args, with env added."""
+    p = subprocess.run([node, str(CLI), *args], input=x.tobytes(), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, env=dict(os.environ, **env), timeout=600)
     if p.returncode != 0:
         pytest.fail(f"kquants_cli.mjs failed:\n{p.stderr.decode(errors='replace')[-3000:]}", pytrace=False)
-    out = np.frombuffer(p.stdout, np.uint8)
+    return p.stdout
+
+
+def kernel_quantize(node, name, x, kernel=None, impl="js"):
+    """The K-quant blocks from kquants.js (impl "js"; kernel: another copy of it) or from a
+    kquants.wasm (impl "wasm"; kernel: the module's path)."""
+    x = np.ascontiguousarray(x, F32).reshape(-1)
+    env = {"KQUANTS_IMPL": impl}
+    if kernel is not None:
+        env["KQUANTS_WASM" if impl == "wasm" else "KQUANTS_JS"] = str(kernel)
+    out = np.frombuffer(run_cli(node, x, [MODES[name], str(x.size)], env), np.uint8)
     assert out.size == x.size // 256 * C.CODECS[name].type_size
     return out
 
@@ -72,7 +77,7 @@ def kq(request, node):
     """quantize(name, x) with one of the page's kernels (wasm: dist's kquants.wasm)."""
     impl = request.param
     module = request.getfixturevalue("wasm_module") if impl == "wasm" else None
-    return lambda name, x: js_quantize(node, name, x, kernel=module, impl=impl)
+    return lambda name, x: kernel_quantize(node, name, x, kernel=module, impl=impl)
 
 
 def check(kq, ref, name, x):
@@ -245,13 +250,13 @@ def test_mutants_are_caught(node, ref, name, tmp_path):
     x = np.concatenate([random_data(40, 3), adversarial_data(), non_finite_data(),
                         _drawn(hyp_scaled(256, 4), 150), _drawn(hyp_blocks(256), 150)])
     want = ref.quantize(name, x)
-    assert np.array_equal(js_quantize(node, name, x), want)
+    assert np.array_equal(kernel_quantize(node, name, x), want)
     for pat, repl in MUTANTS[name] + MUTANTS["both"]:
         mutated, n = re.subn(pat, repl, src)
         assert n >= 1, f"mutant pattern not found (kernel changed?): {pat}"
         k = tmp_path / "kquants_mutant.js"
         k.write_text(mutated)
-        assert not np.array_equal(js_quantize(node, name, x, kernel=k), want), \
+        assert not np.array_equal(kernel_quantize(node, name, x, kernel=k), want), \
             f"{name}: the tests do not notice the mutant {pat!r} -> {repl!r}"
 
 
@@ -310,9 +315,9 @@ def test_wasm_mutants_are_caught(node, ref, wasm_module, name, tmp_path):
     x = np.concatenate([random_data(40, 3), adversarial_data(), non_finite_data(),
                         _drawn(hyp_scaled(256, 4), 150), _drawn(hyp_blocks(256), 150)])
     want = ref.quantize(name, x)
-    assert np.array_equal(js_quantize(node, name, x, kernel=wasm_module, impl="wasm"), want)
+    assert np.array_equal(kernel_quantize(node, name, x, kernel=wasm_module, impl="wasm"), want)
     for pat, repl, wasm in compiled_mutants(node, WASM_MUTANTS[name], tmp_path):
-        assert not np.array_equal(js_quantize(node, name, x, kernel=wasm, impl="wasm"), want), \
+        assert not np.array_equal(kernel_quantize(node, name, x, kernel=wasm, impl="wasm"), want), \
             f"{name}: the tests do not notice the wasm mutant {pat!r} -> {repl!r}"
 
 
@@ -329,17 +334,14 @@ def wasm_quantize32(node, module, name, x, stats=False):
     """(blocks, y, indices of the blocks left to numpy) from kquants.wasm; with stats, y is
     the statistics of codecs.quantize_measured (signal units, noise units, max error)."""
     x = np.ascontiguousarray(x, F32).reshape(-1)
-    env = dict(os.environ, KQUANTS_IMPL="wasm", KQUANTS_WASM=str(module))
-    p = subprocess.run([node, str(CLI), MODES32[name], str(x.size)] + (["stats"] if stats else []),
-                       input=x.tobytes(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=600)
-    if p.returncode != 0:
-        pytest.fail(f"kquants_cli.mjs failed:\n{p.stderr.decode(errors='replace')[-3000:]}", pytrace=False)
+    out = run_cli(node, x, [MODES32[name], str(x.size)] + (["stats"] if stats else []),
+                  {"KQUANTS_IMPL": "wasm", "KQUANTS_WASM": str(module)})
     nb, ny = x.size // 32, (x.size // 128 + 1 if stats else x.size)
-    assert (len(p.stdout) - 18 * nb - 4 * ny) % 4 == 0
-    y = np.frombuffer(p.stdout, np.float32, ny, 18 * nb)
-    return (np.frombuffer(p.stdout, np.uint8, 18 * nb).reshape(nb, 18),
+    assert (len(out) - 18 * nb - 4 * ny) % 4 == 0
+    y = np.frombuffer(out, np.float32, ny, 18 * nb)
+    return (np.frombuffer(out, np.uint8, 18 * nb).reshape(nb, 18),
             y if stats else y.reshape(nb, 32),
-            np.frombuffer(p.stdout, np.int32, offset=18 * nb + 4 * ny))
+            np.frombuffer(out, np.int32, offset=18 * nb + 4 * ny))
 
 
 def numpy32(name, x):

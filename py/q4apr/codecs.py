@@ -664,6 +664,13 @@ def unit_squares(v: np.ndarray) -> np.ndarray:
     return units
 
 
+def kernel_measures(codec) -> bool:
+    """Whether quantize_measured runs in the codec's kernel, blocks and statistics in one
+    pass (the 32-value codecs' kernels; the K-quant kernels give the blocks only)."""
+    c = get_codec(codec)
+    return c.kernel is not None and c.fuses_dequantize
+
+
 def quantize_measured(codec, x: np.ndarray, out: np.ndarray, y: np.ndarray):
     """quantize(codec, x, out) and the error statistics of the round trip:
     (out, unit_squares(x), unit_squares(dequantized - x), max |dequantized - x|).
@@ -672,7 +679,7 @@ def quantize_measured(codec, x: np.ndarray, out: np.ndarray, y: np.ndarray):
     sums of squares are summed by halving, see unit_squares)."""
     c = get_codec(codec)
     n = x.size
-    if c.kernel is not None and c.fuses_dequantize and n and n % SUM_UNIT == 0:
+    if kernel_measures(c) and n and n % SUM_UNIT == 0:
         units = n // SUM_UNIT
         stats = np.empty(2 * units + 1, np.float32)
         bad = np.empty(n // 32, np.int32)

@@ -194,10 +194,9 @@ def quantize_steps(model, sink, options, executor=None):
     """Write model to sink in options.format; yield Progress per chunk; return the Report.
 
     executor (optional; the page's worker pool): .workers, the number of chunks it converts
-    at once, and .submit_chunk(job, raw) (for the chunks _worth_sending)
-    -> a future of ChunkConverter.convert's result (in
-    the other worker), or None when every worker is busy (the chunk is then converted
-    here).  Its futures have done() and result(); while the oldest is not done,
+    at once, and .submit_chunk(job, raw), offered the chunks _worth_sending -> a future of
+    ChunkConverter.convert's result (in the other worker), or None when every worker is
+    busy (the chunk is then converted here).  Its futures have done() and result(); while the oldest is not done,
     Wait(future) is yielded."""
     t0 = time.perf_counter()
     decisions = plan(model, options)
@@ -534,9 +533,10 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
 
 def _worth_sending(q4):
     """Whether a chunk costs more to convert than to hand to another worker (a copy there,
-    the result back): the K-quants and numpy's 32-value codecs do; a kernel's Q4_0 or APR
-    Q4 (~1 GB/s with its statistics, in the page) and plain dtype changes do not."""
-    return q4 is not None and (q4.kernel is None or q4.block_size == 256)
+    the result back): quantizing with numpy or a K-quant kernel does; a kernel that
+    measures as it quantizes (Q4_0, APR Q4 in the page: ~1 GB/s) and plain dtype changes
+    do not."""
+    return q4 is not None and not codecs.kernel_measures(q4)
 
 
 def _find_non_finite(r, x):

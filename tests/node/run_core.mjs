@@ -78,11 +78,11 @@ pyodide.unpackArchive(new Uint8Array(fs.readFileSync(coreZip)), "zip", { extract
 if (kernels !== "numpy") {
   pyodide.runPython('import sys\nsys.path.insert(0, "/lib/q4apr")');
   const k = await import(pathToFileURL(path.join(dist, "static", "kernels.js")).href);
-  const chosen = kernels === "js" ? k.JS_KERNELS
+  const chosen = kernels === "js" ? await k.jsKernels()
     : await k.loadKernels(fs.readFileSync(path.join(dist, "static", "kquants.wasm")));
   if (chosen.name !== kernels) fail(`--kernels ${kernels}: got ${chosen.name} (see the warning above)`);
   k.installKernels(pyodide, chosen);
-  pyodide.registerJsModule("q4apr_kernels_js", k.kernelModule(k.JS_KERNELS));   // benches compare
+  pyodide.registerJsModule("q4apr_kernels_js", k.kernelModule(await k.jsKernels()));   // benches compare
 }
 
 // Mount host folders at the same path (outermost first; skip ones inside another mount).
