@@ -37,28 +37,40 @@ function withBuffers(specs, body) {
   }
 }
 
-// The K-quant kernels on numpy arrays: flat f32, out2d (n, type_size) u8.
+// The plain JavaScript K-quant kernels on numpy arrays: flat f32, out2d (n, type_size) u8;
+// no round trip (the core measures it with numpy), no block left.
 function onHeap(fn) {
   return (flat, out2d) => withBuffers([[flat, "f32"], [out2d, "u8"]],
-    (src, dst) => fn(src.data, dst.data, dst.shape[0]));
+    (src, dst) => { fn(src.data, dst.data, dst.shape[0]); return 0; });
 }
 
-// The 32-value formats', which also give the round trip (decoded values into y, statistics
-// into stats: None or float32 arrays) and list the blocks they leave to numpy in bad
-// (int32): their count is returned.
-function onHeap32(fn) {
-  return (flat, out2d, y, bad, stats) => withBuffers(
-    [[flat, "f32"], [out2d, "u8"], [bad, "i32"], [y, "f32"], [stats, "f32"]],
-    (src, dst, badb, yb, sb) => fn(src.data, dst.data, dst.shape[0], yb && yb.data, badb.data, sb && sb.data));
+// The wasm kernels, which also give the round trip (decoded values into y, statistics into
+// stats: None or float32 arrays) and list the blocks they leave to numpy in bad (None or
+// int32): their count is returned.
+function onHeapMeasured(fn) {
+  return (flat, out2d, y = null, bad = null, stats = null) => withBuffers(
+    [[flat, "f32"], [out2d, "u8"], [y, "f32"], [bad, "i32"], [stats, "f32"]],
+    (src, dst, yb, badb, sb) => fn(src.data, dst.data, dst.shape[0], yb && yb.data, badb && badb.data,
+                                   sb && sb.data));
 }
 
-// A module for Pyodide's registerJsModule: {name, Q4_K, Q6_K[, Q4_0, APR_Q4]}, kernels on
-// numpy arrays, named as the core's codecs.
+// A module for Pyodide's registerJsModule: {name, measuring, Q4_K, Q6_K[, Q4_0, APR_Q4,
+// F16]}, kernels on numpy arrays named as the core's codecs (F16: the input decoder);
+// measuring: the names of those that give the round trip's statistics too.
 export function kernelModule(kernels) {
-  const m = { name: kernels.name, Q4_K: onHeap(kernels.quantizeQ4K), Q6_K: onHeap(kernels.quantizeQ6K) };
-  if (kernels.quantizeQ4_0) m.Q4_0 = onHeap32(kernels.quantizeQ4_0);
-  if (kernels.quantizeAprQ4) m.APR_Q4 = onHeap32(kernels.quantizeAprQ4);
-  return m;
+  if (kernels.name !== "wasm") {
+    return { name: kernels.name, measuring: [], Q4_K: onHeap(kernels.quantizeQ4K), Q6_K: onHeap(kernels.quantizeQ6K) };
+  }
+  return {
+    name: kernels.name,
+    measuring: ["Q4_K", "Q6_K", "Q4_0", "APR_Q4"],
+    Q4_K: onHeapMeasured(kernels.quantizeQ4K),
+    Q6_K: onHeapMeasured(kernels.quantizeQ6K),
+    Q4_0: onHeapMeasured(kernels.quantizeQ4_0),
+    APR_Q4: onHeapMeasured(kernels.quantizeAprQ4),
+    F16: (h, out) => withBuffers([[h, "u16"], [out, "f32"]],
+      (src, dst) => kernels.decodeF16(src.data, dst.data, src.data.length)),
+  };
 }
 
 // Register `kernels` (from loadKernels) in a Pyodide that has the q4apr core on sys.path.
@@ -67,8 +79,12 @@ export function installKernels(py, kernels) {
   py.runPython([
     "import q4apr_kernels",
     "from q4apr import codecs",
+    "_measuring = list(q4apr_kernels.measuring)",
     "for _name in ('Q4_K', 'Q6_K', 'Q4_0', 'APR_Q4'):",
     "    if hasattr(q4apr_kernels, _name):",
-    "        codecs.set_kernel(_name, getattr(q4apr_kernels, _name))",
+    "        codecs.set_kernel(_name, getattr(q4apr_kernels, _name),",
+    "                          measures=_name in _measuring)",
+    "if hasattr(q4apr_kernels, 'F16'):",
+    "    codecs.set_f16_kernel(q4apr_kernels.F16)",
   ].join("\n"));
 }

@@ -17,11 +17,13 @@
 // ggml's C functions or the numpy codecs, byte for byte, and kills mutants of this file.
 //
 // Interface (no imports, no allocation after start): the caller writes up to
-// capacity() blocks of 256 f32 at inPtr(), calls quantizeQ4K(n) or quantizeQ6K(n) and
-// reads n*144 or n*210 bytes at outPtr(); or writes up to 8*capacity() blocks of 32, calls
-// quantizeQ4_0(n, mode) or quantizeAprQ4(n, mode), reads n*18 bytes at outPtr(), the
-// decoded values at yPtr() or the statistics at statsPtr() and maxErr(), and the indices
-// of the blocks left to numpy at badPtr().
+// capacity() blocks of 256 f32 at inPtr(), calls quantizeQ4K(n, mode) or
+// quantizeQ6K(n, mode) and reads n*144 or n*210 bytes at outPtr(); or writes up to
+// 8*capacity() blocks of 32, calls quantizeQ4_0(n, mode) or quantizeAprQ4(n, mode), reads
+// n*18 bytes at outPtr(), the decoded values at yPtr() (WANT_Y, 32-value formats) or the
+// round trip's statistics at statsPtr() and maxErr() (its f32 bits; WANT_STATS), and
+// the indices of the blocks left to numpy at badPtr(). decodeF16(n): F16 input (n halves
+// at inPtr()) as f32 at yPtr().
 
 const CAPACITY: i32 = 1024;                       // blocks per call: 1 MiB of f32 in
 const IN = new StaticArray<f32>(CAPACITY * 256);
@@ -111,6 +113,54 @@ function fromLanes(L: StaticArray<i32>, len: i32): void {
   }
 }
 
+// ---------------------------------------------------------------------------- statistics
+
+// @ts-ignore: decorator
+@inline function hmax(v: v128): i32 {
+  const a = i32x4.max_s(v, i8x16.shuffle(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  return max(i32x4.extract_lane(a, 0), i32x4.extract_lane(a, 1));
+}
+
+// The round trip's statistics for codecs.quantize_measured: per unit of 256 values (8
+// blocks of Q4_0 / APR Q4, one K-quant block) the sums of squares of x and of the error e = decoded - x, each in f32 by
+// halving (i + 128, then 64 apart, ..., 1: a fixed order, where numpy's einsum has its
+// own), and max |e| (integer max on the bits with the sign cleared: exact).
+const STATS = new StaticArray<f32>(CAPACITY * 2);  // a slice's signal units, then noise units
+const SQX: usize = memory.data(1024, 16);         // the current unit's x*x
+const SQE: usize = memory.data(1024, 16);         // and e*e
+let maxErrBits: i32 = 0;
+export function statsPtr(): usize { return changetype<usize>(STATS); }
+export function maxErr(): i32 { return maxErrBits; }   // the f32 bits of max |e|
+
+/** The sum of 256 f32 at p by halving: p[i] + p[i + 128], then 64 apart, ..., 1 (p is
+ *  overwritten). */
+function halve(p: usize): f32 {
+  for (let w: usize = 512; w >= 16; w >>= 1) {     // half widths in bytes: 128 .. 4 values
+    for (let i: usize = 0; i < w; i += 16) v128.store(p + i, f32x4.add(v128.load(p + i), v128.load(p + w + i)));
+  }
+  return (load<f32>(p) + load<f32>(p, 8)) + (load<f32>(p, 4) + load<f32>(p, 12));
+}
+
+const WANT_Y = 1, WANT_STATS = 2;
+
+const YB = new StaticArray<f32>(256);              // a K-quant block's decoded values
+
+/** K-quant block b's statistics (x in IN, the decoded values in YB), as a unit. */
+function measureBlock(b: i32, nBlocks: i32): void {
+  const px = changetype<usize>(IN) + <usize>b * 1024, py = changetype<usize>(YB);
+  let m = i32x4.splat(0);
+  for (let i: usize = 0; i < 1024; i += 16) {
+    const xv = v128.load(px + i);
+    const e = f32x4.sub(v128.load(py + i), xv);
+    v128.store(SQX + i, f32x4.mul(xv, xv));
+    v128.store(SQE + i, f32x4.mul(e, e));
+    m = i32x4.max_s(m, v128.and(e, i32x4.splat(0x7FFFFFFF)));
+  }
+  maxErrBits = max(maxErrBits, hmax(m));
+  unchecked(STATS[b] = halve(SQX));
+  unchecked(STATS[nBlocks + b] = halve(SQE));
+}
+
 // ---------------------------------------------------------------------------- Q4_K
 
 const L4 = new StaticArray<i32>(256);
@@ -121,8 +171,10 @@ const LM4 = new StaticArray<i32>(8);
 const QKX2_C = new StaticArray<f32>(21);  // rmin + rdelta*is + nmax (-1.f, 0.1f, 15), in f32
 for (let is = 0; is <= 20; ++is) unchecked(QKX2_C[is] = (<f32>-1 + P01 * <f32>is) + <f32>15);
 
-/** The block's scales, mins and quants from SC4, MN4, L4 (quantize_row_q4_K_ref's tail). */
-function packQ4K(b: i32, maxScale: f32, maxMin: f32): void {
+/** The block's scales, mins and quants from SC4, MN4, L4 (quantize_row_q4_K_ref's tail;
+ *  L4, LS4 and LM4 left holding the codes, scales and mins written); with WANT_STATS its
+ *  round trip into the statistics. */
+function packQ4K(b: i32, maxScale: f32, maxMin: f32, mode: i32, nBlocks: i32): void {
   const xo = b * 256, yo = b * 144;
   const invScale: f32 = maxScale > 0 ? <f32>63 / maxScale : 0;
   const invMin: f32 = maxMin > 0 ? <f32>63 / maxMin : 0;
@@ -157,6 +209,14 @@ function packQ4K(b: i32, maxScale: f32, maxMin: f32): void {
   for (let j = 0; j < 256; j += 64) {
     for (let l = 0; l < 32; ++l) putU8(q + l, unchecked(L4[j + l]) | (unchecked(L4[j + l + 32]) << 4));
     q += 32;
+  }
+  if (mode & WANT_STATS) {
+    // dequantize_row_q4_K: y = d1 * q - m1, d1 = d * sc, m1 = dmin * m
+    for (let j = 0; j < 8; ++j) {
+      const d1: f32 = dh * <f32>unchecked(LS4[j]), m1: f32 = dmh * <f32>unchecked(LM4[j]);
+      for (let i = 32 * j; i < 32 * j + 32; ++i) unchecked(YB[i] = d1 * <f32>unchecked(L4[i]) - m1);
+    }
+    measureBlock(b, nBlocks);
   }
 }
 
@@ -236,8 +296,10 @@ function makeQkx2X4(g: i32): void {
   v128.store(GMN + g * 16, f32x4.neg(min));
 }
 
-/** quantize_row_q4_K_ref over n blocks of IN into OUT (144 bytes a block). */
-export function quantizeQ4K(nBlocks: i32): void {
+/** quantize_row_q4_K_ref over n blocks of IN into OUT (144 bytes a block), with the
+ *  statistics as quantizeQ6K. Returns 0. */
+export function quantizeQ4K(nBlocks: i32, mode: i32): i32 {
+  maxErrBits = 0;
   for (let b = 0; b < nBlocks; ++b) {
     toLanes(b * 256, 32);
     for (let g = 0; g < 2; ++g) {
@@ -260,8 +322,9 @@ export function quantizeQ4K(nBlocks: i32): void {
       if (mn > maxMin) maxMin = mn;
     }
     fromLanes(L4, 32);
-    packQ4K(b, maxScale, maxMin);
+    packQ4K(b, maxScale, maxMin, mode, nBlocks);
   }
+  return 0;
 }
 
 // ---------------------------------------------------------------------------- Q6_K
@@ -272,8 +335,9 @@ const Q8 = new StaticArray<i32>(16);
 const QX_C = new StaticArray<f32>(19);    // -(nmax + 0.1f*is), is = -9..9, nmax 32, in f32
 for (let is = -9; is <= 9; ++is) unchecked(QX_C[is + 9] = -(<f32>32 + P01 * <f32>is));
 
-/** quantize_row_q6_K_ref's tail: the block's scales and quants from SC6 and L6. */
-function packQ6K(b: i32): void {
+/** quantize_row_q6_K_ref's tail: the block's scales and quants from SC6 and L6 (L6 and
+ *  Q8 left holding the codes and scales written, unless d is 0); returns d's f32 value. */
+function packQ6K(b: i32): f32 {
   const xo = b * 256, yo = b * 210;
   let maxScale: f32 = 0, maxAbsScale: f32 = 0;
   for (let ib = 0; ib < 16; ++ib) {
@@ -283,7 +347,7 @@ function packQ6K(b: i32): void {
   }
   if (maxAbsScale < GROUP_MAX_EPS) {
     for (let i = 0; i < 210; ++i) putU8(yo + i, 0);              // fp16(0.f) is 0 too
-    return;
+    return 0;                                                    // d = 0: every value 0
   }
   const iscale: f32 = <f32>-128 / maxScale;
   const d16 = fp32ToFp16(<f32>1 / iscale);
@@ -314,6 +378,7 @@ function packQ6K(b: i32): void {
       putU8(qh + l, (a >> 4) | ((bb >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6));
     }
   }
+  return dh;
 }
 
 /** make_qx_quants(16, 32, x, L, 1, NULL) for the four sub-blocks of group g: L + 32 in
@@ -361,8 +426,11 @@ function makeQxX4(g: i32): void {
   v128.store(GSC + g * 16, v128.bitselect(zero, scale, tiny));
 }
 
-/** quantize_row_q6_K_ref over n blocks of IN into OUT (210 bytes a block). */
-export function quantizeQ6K(nBlocks: i32): void {
+/** quantize_row_q6_K_ref over n blocks of IN into OUT (210 bytes a block); with
+ *  WANT_STATS the round trip's statistics too (a unit is a block). Returns 0 (no block
+ *  is left to numpy). */
+export function quantizeQ6K(nBlocks: i32, mode: i32): i32 {
+  maxErrBits = 0;
   for (let b = 0; b < nBlocks; ++b) {
     toLanes(b * 256, 16);
     for (let i = 0; i < 1024; i += 16) {
@@ -374,8 +442,17 @@ export function quantizeQ6K(nBlocks: i32): void {
     for (let g = 0; g < 4; ++g) makeQxX4(g);
     for (let ib = 0; ib < 16; ++ib) unchecked(SC6[ib] = load<f32>(GSC + ib * 4));
     fromLanes(L6, 16);
-    packQ6K(b);
+    const dh = packQ6K(b);
+    if (mode & WANT_STATS) {
+      // dequantize_row_q6_K: y = d * sc * q, (d * sc) first, q = L - 32
+      for (let j = 0; j < 16; ++j) {
+        const d: f32 = dh * <f32>unchecked(Q8[j]);
+        for (let i = 16 * j; i < 16 * j + 16; ++i) unchecked(YB[i] = d * <f32>(unchecked(L6[i]) - 32));
+      }
+      measureBlock(b, nBlocks);
+    }
   }
+  return 0;
 }
 
 // ---------------------------------------------------------------------------- Q4_0, APR Q4
@@ -383,8 +460,8 @@ export function quantizeQ6K(nBlocks: i32): void {
 // The two 32-value formats with their round trip (the decoded values the report's
 // statistics need), as py/q4apr/codecs.py's fast paths compute them, so the same bytes
 // and the same f32 values: Q4_0 (ggml's quantize_row_q4_0_ref) and APR Q4 (Aprender's
-// dtype 128). Blocks outside those fast paths (NaN, Inf, ties, scales out of range) are
-// listed in BAD and left undone: the caller has numpy do them.
+// dtype 128). Blocks outside those fast paths (NaN, Inf, scales out of range) are listed
+// in BAD and left undone: the caller has numpy do them.
 const Y = new StaticArray<f32>(CAPACITY * 256);   // the round trip (values)
 const BAD = new StaticArray<i32>(CAPACITY * 8);   // indices of the blocks left undone
 export function yPtr(): usize { return changetype<usize>(Y); }
@@ -395,12 +472,6 @@ const MAX32: f32 = 3.4028234663852886e38;
 // @ts-ignore: decorator
 @inline function orderKeys(s: v128): v128 {         // int32 keys ordered like the f32 values
   return v128.xor(v128.and(i32x4.shr_s(s, 31), i32x4.splat(0x7FFFFFFF)), s);
-}
-
-// @ts-ignore: decorator
-@inline function hmax(v: v128): i32 {
-  const a = i32x4.max_s(v, i8x16.shuffle(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-  return max(i32x4.extract_lane(a, 0), i32x4.extract_lane(a, 1));
 }
 
 // @ts-ignore: decorator
@@ -420,27 +491,6 @@ const MAX32: f32 = 3.4028234663852886e38;
                               i16x8.narrow_i32x4_u(v128.load(p, 32), v128.load(p, 48)));
 }
 
-// The round trip's statistics for codecs.quantize_measured: per unit of 256 values (8
-// blocks) the sums of squares of x and of the error e = decoded - x, each in f32 by
-// halving (i + 128, then 64 apart, ..., 1: a fixed order, where numpy's einsum has its
-// own), and max |e| (integer max on the bits with the sign cleared: exact).
-const STATS = new StaticArray<f32>(CAPACITY * 2);  // a slice's signal units, then noise units
-const SQX: usize = memory.data(1024, 16);         // the current unit's x*x
-const SQE: usize = memory.data(1024, 16);         // and e*e
-let maxErrBits: i32 = 0;
-export function statsPtr(): usize { return changetype<usize>(STATS); }
-export function maxErr(): f32 { return reinterpret<f32>(maxErrBits); }
-
-/** The sum of 256 f32 at p by halving: p[i] + p[i + 128], then 64 apart, ..., 1 (p is
- *  overwritten). */
-function halve(p: usize): f32 {
-  for (let w: usize = 512; w >= 16; w >>= 1) {     // half widths in bytes: 128 .. 4 values
-    for (let i: usize = 0; i < w; i += 16) v128.store(p + i, f32x4.add(v128.load(p + i), v128.load(p + w + i)));
-  }
-  return (load<f32>(p) + load<f32>(p, 8)) + (load<f32>(p, 4) + load<f32>(p, 12));
-}
-
-const WANT_Y = 1, WANT_STATS = 2;
 
 /** Block b's decoded values (codes at GL, scale d16): into Y (WANT_Y) and into the
  *  statistics (WANT_STATS; units of nBlocks / 8). */
@@ -469,6 +519,16 @@ const WANT_Y = 1, WANT_STATS = 2;
   }
 }
 
+/** The first of the 32 values at px whose |x| is mag (its bits). */
+function firstOfMagnitude(px: usize, mag: f32): f32 {
+  const target = i32x4.splat(reinterpret<i32>(mag)), absMask = i32x4.splat(0x7FFFFFFF);
+  let mask = 0;
+  for (let i = 0; i < 8; ++i) {
+    mask |= i32x4.bitmask(i32x4.eq(v128.and(v128.load(px + <usize>i * 16), absMask), target)) << (i * 4);
+  }
+  return load<f32>(px + <usize>ctz(mask) * 4);
+}
+
 /** Q4_0 over n blocks of 32 at IN into OUT (18 bytes a block), with the round trip as
  *  mode asks (WANT_Y: the decoded values into Y; WANT_STATS, n a multiple of 8: STATS and
  *  maxErr). Returns the number of blocks left to numpy, listed in BAD. */
@@ -486,13 +546,17 @@ export function quantizeQ4_0(nBlocks: i32, mode: i32): i32 {
     }
     const mx = keyToF32(hmax(kmax)), mn = keyToF32(hmin(kmin));
     const negMn = -mn;
-    const pos = mx > negMn;
-    const smax = pos ? mx : mn;
+    let smax = mx > negMn ? mx : mn;
     const mag = Mathf.abs(smax);
-    // the element of largest |x| is mx or mn, without ties, NaN, or a scale out of range
-    if (!((pos || negMn > mx) && mag >= <f32>9.4039548065783e-38 && mag <= MAX32)) { unchecked(BAD[bad++] = b); continue; }  // 2**-123
+    // no NaN (mx, -mn unordered), the scale in range (or an all-zero block: d = -0, id = 0)
+    if (!((mx >= negMn || negMn > mx) && (mag >= <f32>9.4039548065783e-38 && mag <= MAX32 || mag == 0))) {  // 2**-123
+      unchecked(BAD[bad++] = b);
+      continue;
+    }
+    // C's max: the first element of largest |x|, with its sign (+0 for an all-zero block)
+    if (mx == negMn) smax = mag != 0 ? firstOfMagnitude(px, mag) : 0;
     const d: f32 = smax / <f32>-8;
-    const id = f32x4.splat(<f32>1 / d);
+    const id = f32x4.splat(d != 0 ? <f32>1 / d : 0);
     for (let i = 0; i < 128; i += 16) {
       const q = i32x4.trunc_sat_f32x4_s(f32x4.add(f32x4.mul(v128.load(px + i), id), f32x4.splat(8.5)));
       v128.store(GL + i, i32x4.sub(q, i32x4.shr_s(q, 4)));       // min(q, 15) for q <= 16
@@ -538,4 +602,27 @@ export function quantizeAprQ4(nBlocks: i32, mode: i32): i32 {
     if (mode) roundTrip(px, b, d16, mode, nBlocks >> 3);
   }
   return bad;
+}
+
+// ---------------------------------------------------------------------------- F16 input
+
+/** n (up to capacity() * 256) IEEE half floats at inPtr() as f32 at yPtr(), eight at a
+ *  time (a last partial eight reads and writes within the buffers): exact, NaN payloads and signs kept (numpy's conversion). A normal or subnormal
+ *  half's bits shifted into an f32's place read as 2**-112 times its value: times 2**112
+ *  (exact, wasm has subnormals); Inf and NaN get the f32 exponent of all ones. */
+export function decodeF16(n: i32): void {
+  const src = changetype<usize>(IN), dst = changetype<usize>(Y);
+  const low = i32x4.splat(0x7FFF), expMask = i32x4.splat(0x7C00), top = i32x4.splat(0x7F800000);
+  const scale = f32x4.splat(reinterpret<f32>(0x77800000));          // 2**112
+  for (let i = 0; i < n; i += 8) {
+    const h = v128.load(src + <usize>i * 2);
+    for (let half = 0; half < 2; ++half) {
+      const v = half ? i32x4.extend_high_i16x8_u(h) : i32x4.extend_low_i16x8_u(h);
+      const em = i32x4.shl(v128.and(v, low), 13);
+      const finite = f32x4.mul(em, scale);
+      const special = i32x4.eq(v128.and(v, expMask), expMask);
+      const r = v128.or(v128.bitselect(v128.or(em, top), finite, special), i32x4.shl(i32x4.shr_u(v, 15), 31));
+      v128.store(dst + <usize>i * 4 + <usize>half * 16, r);
+    }
+  }
 }

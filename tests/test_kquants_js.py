@@ -326,7 +326,7 @@ def test_wasm_mutants_are_caught(node, ref, wasm_module, name, tmp_path):
 # kquants.wasm also quantizes the 32-value formats (the page's Q4_0 and APR Q4): the same
 # bytes and the same decoded values (the report's statistics) as the numpy codecs, which
 # tests/test_codecs.py holds to gguf-py, ggml and Aprender; blocks outside its fast path
-# (NaN, Inf, ties, scales out of range) make it decline, and numpy does those.
+# (NaN, Inf, scales out of range) make it decline, and numpy does those.
 MODES32 = {"Q4_0": "q4_0", "APR_Q4": "aprq4"}
 
 
@@ -358,7 +358,7 @@ def scaled32(seed=0):
     g = rng.standard_normal(32 * 500).astype(F32)
     tiny = np.zeros(32 * 4, F32)                      # max|x| = 2^-149: APR's d rounds to 0
     tiny[::3], tiny[1::3] = F32(1e-45), F32(-1e-45)
-    parts += [np.abs(g), -np.abs(g), g + F32(3), np.zeros(32 * 20, F32), tiny]
+    parts += [np.abs(g), -np.abs(g), g + F32(3), np.zeros(32 * 20, F32), -np.zeros(32 * 4, F32), tiny]
     spike = np.zeros((500, 32), F32) + rng.standard_normal((500, 32)).astype(F32) * F32(1e-3)
     spike[np.arange(500), rng.integers(0, 32, 500)] = rng.choice([-7.0, 8.0, 1e3], 500)
     parts.append(spike.reshape(-1))
@@ -392,15 +392,21 @@ def test_32_value_formats_match_numpy_with_their_round_trip(node, wasm_module, n
 
 @pytest.mark.parametrize("name", list(MODES32))
 def test_32_value_formats_leave_the_blocks_numpy_does_slowly(node, wasm_module, name):
-    """Exactly the blocks off the fast path (zeros and |max| ties for Q4_0, NaN, Inf, tiny
-    or huge scales) are left, wherever they fall in the kernel's 8192-block slices."""
+    """Exactly the blocks off the fast path (NaN, Inf, tiny or huge scales) are left,
+    wherever they fall in the kernel's 8192-block slices; Q4_0's |max| ties (C takes the
+    first of them) and all-zero blocks (C's d is -0) are done, as numpy does them."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((9000, 32)).astype(F32)
     odd = [np.full(32, np.nan, F32), np.full(32, -np.inf, F32), np.full(32, 1e-44, F32)]
+    at = [0, 17, 8191]
     if name == "Q4_0":
-        odd += [np.r_[np.float32(3e38), np.full(31, -3e38, F32)], np.zeros(32, F32),
-                np.r_[np.float32(2), np.float32(-2), np.zeros(30, F32)]]
-    at = [0, 17, 8191, 8192, 8999, 100][: len(odd)]
+        ties = [np.r_[np.float32(3e38), np.full(31, -3e38, F32)], np.zeros(32, F32), -np.zeros(32, F32),
+                np.r_[np.float32(2), np.float32(-2), np.zeros(30, F32)],
+                np.r_[np.zeros(5, F32), np.float32(-2), np.float32(2), np.zeros(25, F32)],
+                np.r_[np.float32(1), np.full(30, -3, F32), np.float32(3)],
+                np.r_[np.full(31, 0.5, F32), np.float32(-0.5)]]
+        for i, b in zip([8192, 8999, 100, 101, 5, 6, 7], ties):
+            x[i] = b
     for i, b in zip(at, odd):
         x[i] = b
     check32(node, wasm_module, name, x.reshape(-1), expect_left=at)
@@ -420,7 +426,8 @@ def halving_squares(v):
     element i + element i + 128, then 64 apart, ..., 1, in f32."""
     a = np.zeros((-(-v.size // 256), 256), F32)
     a.reshape(-1)[: v.size] = v
-    a *= a
+    with np.errstate(over="ignore"):                  # squares beyond f32: Inf, as the kernel's
+        a *= a
     w = 128
     while w >= 1:
         a[:, :w] = a[:, :w] + a[:, w:2 * w]
@@ -482,6 +489,7 @@ def test_the_core_patches_the_blocks_a_kernel_leaves(monkeypatch):
             bad[: (n + 1) // 2] = np.arange(0, n, 2)
             return (n + 1) // 2
         monkeypatch.setattr(c, "kernel", half)
+        monkeypatch.setattr(c, "kernel_stats", True)
         y = np.empty_like(want_y)
         got = C.quantize(name, xs, dequantized=y)
         assert np.array_equal(got, want) and np.array_equal(y.view(np.uint32), want_y.view(np.uint32))
@@ -499,7 +507,10 @@ WASM_MUTANTS_32 = {
     "Q4_0": [
         (r"f32x4.splat\(8.5\)", "f32x4.splat(8.499)"),
         (r"v128.store\(GL \+ i, i32x4.sub\(q, i32x4.shr_s\(q, 4\)\)\);", "v128.store(GL + i, q);"),
-        (r"if \(!\(\(pos \|\| negMn > mx\) &&", "if (!((true) &&"),
+        (r"\(mx >= negMn \|\| negMn > mx\)", "(true)"),
+        (r"ctz\(mask\)", "(31 - clz(mask))"),
+        (r"mag != 0 \? firstOfMagnitude\(px, mag\) : 0", "firstOfMagnitude(px, mag)"),
+        (r"d != 0 \? <f32>1 / d : 0", "<f32>1 / d"),
         (r"v128.store\(po \+ 2, v128.or\(lo, i8x16.shl\(hi, 4\)\)\);", "v128.store(po + 2, v128.or(hi, i8x16.shl(lo, 4)));"),
     ],
     "APR_Q4": [
@@ -516,7 +527,9 @@ WASM_MUTANTS_32 = {
 
 @pytest.mark.parametrize("name", list(MODES32))
 def test_wasm_32_value_mutants_are_caught(node, wasm_module, name, tmp_path):
-    x = np.concatenate([scaled32(), _drawn(hyp_blocks(32), 200)])
+    nan = np.r_[np.full(32, np.nan, F32), np.arange(32, dtype=F32)]
+    nan[32 + 7] = np.nan                              # a NaN among finite values
+    x = np.concatenate([scaled32(), _drawn(hyp_blocks(32), 200), nan])
     check32(node, wasm_module, name, x)
     for pat, repl, wasm in compiled_mutants(node, WASM_MUTANTS_32[name] + WASM_MUTANTS_32["both"], tmp_path):
         with pytest.raises(AssertionError):
@@ -538,3 +551,93 @@ def test_wasm_statistics_mutants_are_caught(node, wasm_module, tmp_path):
     for pat, repl, wasm in compiled_mutants(node, STATS_MUTANTS, tmp_path):
         with pytest.raises(AssertionError):
             check_stats(node, wasm, "APR_Q4", x)
+
+
+# ------------------------------------------------------------------------ K-quant statistics
+
+def wasm_kquant_stats(node, module, name, x):
+    """(blocks, statistics) from the wasm K-quant kernel in its measuring mode."""
+    x = np.ascontiguousarray(x, F32).reshape(-1)
+    out = run_cli(node, x, [MODES[name], str(x.size), "stats"],
+                  {"KQUANTS_IMPL": "wasm", "KQUANTS_WASM": str(module)})
+    nb, ts = x.size // 256, C.CODECS[name].type_size
+    assert len(out) == nb * ts + 4 * (2 * nb + 1)
+    return np.frombuffer(out, np.uint8, nb * ts), np.frombuffer(out, np.float32, offset=nb * ts)
+
+
+def kquant_stats_data():
+    """The 32-value statistics data (1,100 blocks: past the kernel's 1,024-block slices),
+    ggml's random scales, zero and flat blocks, and blocks whose f16 scale underflows."""
+    rng = np.random.default_rng(21)
+    flat = np.full(256, 0.25, F32)
+    return np.concatenate([stats_data()[: 256 * 1100], random_data(20).reshape(-1), np.zeros(256, F32),
+                           flat, (rng.standard_normal(512) * F32(1e-9)).astype(F32)])
+
+
+def check_kquant_stats(node, module, name, x):
+    """Blocks equal numpy's (ggml's); the statistics are the halving sums of x and of the
+    error of numpy's dequantize, and max |error|, bit for bit."""
+    blocks, stats = wasm_kquant_stats(node, module, name, x)
+    y = np.empty_like(x)
+    want = C.quantize(name, x, dequantized=y)
+    err = y - x
+    u = x.size // 256
+    assert np.array_equal(blocks, want)
+    assert np.array_equal(stats[:u].view(np.uint32), halving_squares(x).view(np.uint32))
+    assert np.array_equal(stats[u:2 * u].view(np.uint32), halving_squares(err).view(np.uint32))
+    # max |error| on the bits with the sign cleared, as the core takes it (NaN above all:
+    # at 1e30, Q4_K's d1 * q - m1 is Inf - Inf)
+    want_max = (err.view(np.int32) & np.int32(0x7FFFFFFF)).max()
+    assert stats[-1:].view(np.int32)[0] == want_max > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kquant_kernels_give_the_report_statistics_bit_for_bit(node, wasm_module, name):
+    check_kquant_stats(node, wasm_module, name, kquant_stats_data())
+
+
+KQUANT_STATS_MUTANTS = {
+    "Q4_K": [(r"d1 \* <f32>unchecked\(L4\[i\]\) - m1", "d1 * <f32>unchecked(L4[i]) + m1"),
+             (r"const d1: f32 = dh \* <f32>unchecked\(LS4\[j\]\)", "const d1: f32 = dmh * <f32>unchecked(LS4[j])")],
+    "Q6_K": [(r"<f32>\(unchecked\(L6\[i\]\) - 32\)", "<f32>(unchecked(L6[i]) - 31)"),
+             (r"unchecked\(STATS\[nBlocks \+ b\] = halve\(SQE\)\);", "unchecked(STATS[nBlocks + b] = halve(SQX));")],
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wasm_kquant_statistics_mutants_are_caught(node, wasm_module, name, tmp_path):
+    x = kquant_stats_data()[-256 * 200:]
+    check_kquant_stats(node, wasm_module, name, x)
+    for pat, repl, wasm in compiled_mutants(node, KQUANT_STATS_MUTANTS[name], tmp_path):
+        with pytest.raises(AssertionError):
+            check_kquant_stats(node, wasm, name, x)
+
+
+# ------------------------------------------------------------------------------- F16 input
+
+F16_MUTANTS = [
+    (r"i32x4.shl\(v128.and\(v, low\), 13\)", "i32x4.shl(v128.and(v, low), 12)"),
+    (r"v128.bitselect\(v128.or\(em, top\), finite, special\)", "finite"),
+    (r"i32x4.shl\(i32x4.shr_u\(v, 15\), 31\)", "i32x4.shl(i32x4.shr_u(v, 15), 30)"),
+    (r"reinterpret<f32>\(0x77800000\)", "reinterpret<f32>(0x77000000)"),
+]
+
+
+def wasm_f16(node, module, h):
+    out = run_cli(node, h, ["f16", str(h.size)], {"KQUANTS_IMPL": "wasm", "KQUANTS_WASM": str(module)})
+    return np.frombuffer(out, np.float32)
+
+
+def check_f16(node, module):
+    """Every half (all 65,536 bit patterns: subnormals, Inf, NaN payloads, -0) decodes to
+    numpy's float32 bits, across the kernel's slices and a last partial eight."""
+    h = np.tile(np.arange(65536, dtype=np.uint16), 5)[: 5 * 65536 - 3]
+    got = wasm_f16(node, module, h)
+    assert np.array_equal(got.view(np.uint32), h.view(np.float16).astype(F32).view(np.uint32))
+
+
+def test_f16_decoding_is_numpys_to_the_bit(node, wasm_module, tmp_path):
+    check_f16(node, wasm_module)
+    for pat, repl, wasm in compiled_mutants(node, F16_MUTANTS, tmp_path):
+        with pytest.raises(AssertionError):
+            check_f16(node, wasm)

@@ -383,7 +383,10 @@ import q4apr
 from q4apr import codecs
 
 x = np.load(sys.argv[1])
-out = {"kernels": [c.kernel is not None for c in (codecs.Q4_K, codecs.Q6_K, codecs.Q4_0, codecs.AprQ4)]}
+out = {"kernels": [c.kernel is not None for c in (codecs.Q4_K, codecs.Q6_K, codecs.Q4_0, codecs.AprQ4)]
+                  + [codecs._f16_kernel is not None]}
+h = np.arange(65536, dtype=np.uint16)             # every half, decoded as F16 input is
+out["F16"] = hashlib.sha256(codecs.f16_to_f32(h, np.empty(h.size, np.float32)).tobytes()).hexdigest()
 for name in ("Q4_K", "Q6_K"):
     out[name] = hashlib.sha256(codecs.quantize(name, x).tobytes()).hexdigest()
 x32 = np.concatenate([np.zeros(64, np.float32), np.full(32, np.nan, np.float32), x])
@@ -397,17 +400,19 @@ for fmt, qtype in (("gguf", "Q4_K_M"), ("apr", "Q4_0")):   # small chunks
         mem = q4apr.MemorySink()
         report = q4apr.quantize(m, mem, q4apr.Options(format=fmt, type=qtype, chunk_bytes=16384))
     out[fmt] = hashlib.sha256(mem.getvalue()).hexdigest()
-    # the 4-bit block tensors' statistics
-    out[fmt + " report"] = [t for t in report.to_dict()["tensors"] if t["dtype_out"] in ("APR_Q4", "Q4_0")]
+    # the block tensors' statistics
+    out[fmt + " report"] = [t for t in report.to_dict()["tensors"]
+                            if t["dtype_out"] in ("APR_Q4", "Q4_0", "Q4_K", "Q6_K")]
 print(json.dumps(out))
 '''
 
 
 def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_path):
-    """Under Pyodide, numpy's kernels and the page's (kquants.wasm: Q4_K, Q6_K, Q4_0, APR Q4;
-    its fallback kquants.js: the K-quants) give the native bytes and decoded values, on
-    random and adversarial blocks (zeros and NaN among them: blocks the wasm kernel leaves to
-    numpy) and through the pipeline (a Q4_K_M GGUF, an APR with the report's statistics)."""
+    """Under Pyodide, numpy's kernels and the page's (kquants.wasm: Q4_K, Q6_K, Q4_0, APR Q4,
+    F16 input; its fallback kquants.js: the K-quants) give the native bytes and decoded
+    values, on random and adversarial blocks (zeros and NaN among them: blocks the wasm
+    kernel leaves to numpy) and through the pipeline (a Q4_K_M GGUF, an APR, with the
+    report's statistics; an F16 tensor among F32 ones)."""
     core_ready()
     import numpy as np
     from safetensors.numpy import save_file
@@ -420,22 +425,25 @@ def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_pa
     t = {"model.embed_tokens.weight": rng.standard_normal((256, 256)).astype(np.float32),
          "model.layers.0.self_attn.v_proj.weight": rng.standard_normal((256, 256)).astype(np.float32),
          "model.layers.0.mlp.down_proj.weight": rng.standard_normal((256, 512)).astype(np.float32),
-         "lm_head.weight": rng.standard_normal((256, 256)).astype(np.float32)}
+         "lm_head.weight": rng.standard_normal((256, 256)).astype(np.float32),
+         "model.layers.0.mlp.up_proj.weight": rng.standard_normal((512, 256)).astype(np.float16)}
     save_file(t, str(tmp_path / "m.safetensors"))
     files = (tmp_path / "x.npy", tmp_path / "m.safetensors")
     native = json.loads(run_native(KQUANTS, *files, tmp_path=tmp_path))
     for kernels in ("numpy", "wasm", "js"):
         got = json.loads(run_in_pyodide(KQUANTS, *files, kernels=kernels))
-        assert got["kernels"] == {"numpy": [False] * 4, "js": [True, True, False, False],
-                                  "wasm": [True] * 4}[kernels]
-        for k in ("Q4_K", "Q6_K", "Q4_0", "APR_Q4", "gguf", "apr"):
+        assert got["kernels"] == {"numpy": [False] * 5, "js": [True, True, False, False, False],
+                                  "wasm": [True] * 5}[kernels]
+        for k in ("Q4_K", "Q6_K", "Q4_0", "APR_Q4", "F16", "gguf", "apr"):
             assert got[k] == native[k], (kernels, k)
         # the report's figures: the same up to the order of the sums of squares (numpy's
-        # einsum, the wasm kernel's halving), the max error exactly
-        assert len(got["apr report"]) == len(native["apr report"]) >= 2
-        for t, u in zip(got["apr report"], native["apr report"]):
-            assert t["max_abs_err"] == u["max_abs_err"] and t["mse"] > 0, (kernels, t["name"])
-            assert t["mse"] == pytest.approx(u["mse"], rel=1e-5), (kernels, t["name"])
+        # einsum, the wasm kernels' halving), the max error exactly
+        for fmt in ("apr", "gguf"):
+            assert len(got[fmt + " report"]) == len(native[fmt + " report"]) >= 3
+            assert {t["dtype_out"] for t in got["gguf report"]} >= {"Q4_K", "Q6_K"}
+            for t, u in zip(got[fmt + " report"], native[fmt + " report"]):
+                assert t["max_abs_err"] == u["max_abs_err"] and t["mse"] > 0, (kernels, t["name"])
+                assert t["mse"] == pytest.approx(u["mse"], rel=1e-5), (kernels, t["name"])
 
 
 def test_module_worker_loads_runtime_numpy_and_core_in_chromium(dist_dir, page, tmp_path):

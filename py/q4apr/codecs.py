@@ -183,6 +183,8 @@ class _Codec:
     # A faster implementation of the same bytes, if one is set (set_kernel): the page sets
     # WebAssembly ones (static/kquants.ts), tested byte for byte as these numpy kernels are.
     kernel = None
+    kernel_stats = False                 # the kernel measures the round trip too
+    searches = False                     # tries many scales a block: ~10x the others' cost
 
     def __init__(self):
         raise TypeError("codec classes are used through their classmethods")
@@ -551,20 +553,42 @@ class Q8_0(_Codec):
 CODECS: dict[str, type[_Codec]] = {c.name: c for c in (AprQ4, Q4_0, Q8_0)}
 
 
-def set_kernel(codec, fn) -> None:
+def set_kernel(codec, fn, measures: bool = False) -> None:
     """Quantize `codec` with fn instead of numpy; None restores numpy.  fn must write
-    exactly the bytes (and values) numpy would.
-    Q4_K, Q6_K: fn(flat float32 (n*256,), out uint8 (n, type_size)).
-    APR_Q4, Q4_0: fn(flat float32 (n*32,), out uint8 (n, 18), y, bad, stats=None) -> k,
-    y float32 (n*32,) for the decoded values or None; the k blocks it leaves (off its fast
-    path) are listed in bad (int32 (n,)) and done by numpy.  With stats (float32
-    (2*units + 1,), whole units only): each unit's sum of squares of x, then of
-    decoded - x (in the kernel's order, see unit_squares), then max |decoded - x|
-    (quantize_measured); all or nothing: if k, numpy redoes it all."""
+    exactly the bytes (and values) numpy would:
+    fn(flat float32 (n*block_size,), out uint8 (n, type_size), y=None, bad=None, stats=None)
+    -> k.  y (APR_Q4, Q4_0 only): float32 (n*32,) for the decoded values, or None.  The
+    k blocks it leaves (off its fast path: the 32-value formats only) are listed in bad
+    (int32 (n,)) and done by numpy.  measures: fn takes stats (float32 (2*units + 1,),
+    whole units only): each unit's sum of squares of x, then of decoded - x (in the
+    kernel's order, see unit_squares), then max |decoded - x| (quantize_measured); all
+    or nothing: if k, numpy redoes it all."""
     c = get_codec(codec)
     if c not in (Q4_K, Q6_K, AprQ4, Q4_0):
         raise ValueError(f"{c.name} takes no kernel")
     c.kernel = fn
+    c.kernel_stats = bool(measures) and fn is not None
+
+
+_f16_kernel = None
+
+
+def set_f16_kernel(fn) -> None:
+    """Decode F16 input with fn(uint16 (n,), float32 out (n,)) instead of numpy (None:
+    numpy again); it must give numpy's values, bit for bit."""
+    global _f16_kernel
+    _f16_kernel = fn
+
+
+def f16_to_f32(h, out: np.ndarray) -> np.ndarray:
+    """IEEE half floats (uint16 bits, or raw little-endian bytes) -> out (float32, as
+    many), exact (NaN payloads kept)."""
+    h = _as_16bit(h, "<u2")
+    if _f16_kernel is not None and h.size:
+        _f16_kernel(h, out)
+    else:
+        np.copyto(out, h.view("<f2"), casting="same_kind")
+    return out
 
 
 def get_codec(codec) -> type[_Codec]:
@@ -666,23 +690,23 @@ def unit_squares(v: np.ndarray) -> np.ndarray:
 
 def kernel_measures(codec) -> bool:
     """Whether quantize_measured runs in the codec's kernel, blocks and statistics in one
-    pass (the 32-value codecs' kernels; the K-quant kernels give the blocks only)."""
+    pass (the page's WebAssembly kernels; not kquants.js's)."""
     c = get_codec(codec)
-    return c.kernel is not None and c.fuses_dequantize
+    return c.kernel is not None and c.kernel_stats
 
 
 def quantize_measured(codec, x: np.ndarray, out: np.ndarray, y: np.ndarray):
     """quantize(codec, x, out) and the error statistics of the round trip:
     (out, unit_squares(x), unit_squares(dequantized - x), max |dequantized - x|).
     y: float32 scratch of x's size (left holding dequantized - x when numpy did the
-    work).  A kernel set for APR_Q4/Q4_0 may do it all at once (x of whole units; its
+    work).  A kernel set with measures=True does it all at once (x of whole units; its
     sums of squares are summed by halving, see unit_squares)."""
     c = get_codec(codec)
     n = x.size
     if kernel_measures(c) and n and n % SUM_UNIT == 0:
         units = n // SUM_UNIT
         stats = np.empty(2 * units + 1, np.float32)
-        bad = np.empty(n // 32, np.int32)
+        bad = np.empty(n // c.block_size, np.int32)
         if c.kernel(x, out.reshape(-1, c.type_size), None, bad, stats) == 0:
             return out, stats[:units], stats[units:2 * units], float(stats[-1])
     quantize(c, x, out=out, dequantized=y)
@@ -947,6 +971,7 @@ class Q4_K(_SuperBlock):
     type_size = 144
     allows_partial_block = True          # APR flattens: the last block zero padded
     f16_scales = (0, 2)
+    searches = True                      # 21 trial scales a sub-block
 
     @classmethod
     def _quantize_chunk(cls, x, out2d, work):
@@ -1185,6 +1210,7 @@ class Q6_K(_SuperBlock):
     type_size = 210
     allows_partial_block = True          # APR flattens: the last block zero padded
     f16_scales = (208, 1)
+    searches = True                      # 19 trial scales a sub-block
 
     @classmethod
     def _quantize_chunk(cls, x, out2d, work):

@@ -533,10 +533,10 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
 
 def _worth_sending(q4):
     """Whether a chunk costs more to convert than to hand to another worker (a copy there,
-    the result back): quantizing with numpy or a K-quant kernel does; a kernel that
-    measures as it quantizes (Q4_0, APR Q4 in the page: ~1 GB/s) and plain dtype changes
-    do not."""
-    return q4 is not None and not codecs.kernel_measures(q4)
+    the result back): quantizing with numpy or with a codec that searches its scales
+    (the K-quants) does; a kernel that measures as it quantizes a 32-value format (Q4_0,
+    APR Q4 in the page: ~1 GB/s) and plain dtype changes do not."""
+    return q4 is not None and (q4.searches or not codecs.kernel_measures(q4))
 
 
 def _find_non_finite(r, x):
@@ -559,6 +559,8 @@ def _decode(src, view, n, out):
         return np.frombuffer(view, "<f4", n)
     if src.name == "BF16":
         return codecs.bf16_to_f32(np.frombuffer(view, "<u2", n), out=out)
+    if src is F16:
+        return codecs.f16_to_f32(np.frombuffer(view, "<u2", n), out)
     if src.name in codecs.CODECS:
         return codecs.dequantize(codecs.CODECS[src.name], np.frombuffer(view, np.uint8), n, out=out)
     with np.errstate(over="ignore"):   # F64 beyond F32's range: _check_f32_range says so

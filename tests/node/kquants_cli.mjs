@@ -2,11 +2,14 @@
 // static/kquants.js (plain JavaScript) or kquants.wasm (static/kquants.ts, WebAssembly SIMD)
 // through static/kquants_wasm.js.
 //
-//   node tests/node/kquants_cli.mjs q4k|q6k N  < N little-endian f32  > the blocks
+//   node tests/node/kquants_cli.mjs q4k|q6k N [stats]  < N little-endian f32  > the blocks
+//                                               (with "stats", wasm only: then the
+//                                               statistics, N/128 + 1 f32)
 //   node tests/node/kquants_cli.mjs q4_0|aprq4 N [stats]  (wasm only) > the blocks, the
 //                                               decoded values (N f32; with "stats": the
 //                                               statistics, N/128 + 1 f32), then the indices
 //                                               (int32) of the blocks left to numpy
+//   node tests/node/kquants_cli.mjs f16 N       < N halves (u16)  > N f32 (wasm only)
 //   node tests/node/kquants_cli.mjs bench [MB]  MB/s of f32 input, both kernels, on
 //                                               gaussian data (default 64 MB)
 // KQUANTS_IMPL=js (default) | wasm chooses the kernel; KQUANTS_JS=path runs another copy of
@@ -19,11 +22,11 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, "..", "..");
 const impl = process.env.KQUANTS_IMPL || "js";
-let quantizeQ4K, quantizeQ6K, quantizeQ4_0, quantizeAprQ4;
+let quantizeQ4K, quantizeQ6K, quantizeQ4_0, quantizeAprQ4, decodeF16;
 if (impl === "wasm") {
   const wasm = process.env.KQUANTS_WASM || path.join(process.env.Q4APR_DIST || path.join(repo, "dist"), "static", "kquants.wasm");
   const { loadKquantsWasm } = await import(pathToFileURL(path.join(repo, "static", "kquants_wasm.js")).href);
-  ({ quantizeQ4K, quantizeQ6K, quantizeQ4_0, quantizeAprQ4 } = await loadKquantsWasm(fs.readFileSync(wasm)));
+  ({ quantizeQ4K, quantizeQ6K, quantizeQ4_0, quantizeAprQ4, decodeF16 } = await loadKquantsWasm(fs.readFileSync(wasm)));
 } else if (impl === "js") {
   const kernel = process.env.KQUANTS_JS || path.join(repo, "static", "kquants.js");
   ({ quantizeQ4K, quantizeQ6K } = await import(pathToFileURL(path.resolve(kernel)).href));
@@ -110,8 +113,16 @@ if (mode === "bench") {
   const x = new Float32Array(buf.buffer, buf.byteOffset, n);   // Buffer.alloc: aligned, little-endian host
   const [fn, ts] = KERNELS[mode];
   const out = new Uint8Array((n / 256) * ts);
-  fn(x, out, n / 256);
-  writeStdout(out);
+  if (process.argv[4] === "stats") {
+    if (impl !== "wasm") usage("stats: wasm only");
+    const stats = new Float32Array(n / 128 + 1);
+    fn(x, out, n / 256, null, null, stats);
+    writeStdout(out);
+    writeStdout(new Uint8Array(stats.buffer));
+  } else {
+    fn(x, out, n / 256);
+    writeStdout(out);
+  }
 } else if (mode in KERNELS32 && KERNELS32[mode]) {
   const n = Number(arg);
   if (!Number.isInteger(n) || n <= 0 || n % 32) usage("N must be a positive multiple of 32");
@@ -128,6 +139,14 @@ if (mode === "bench") {
   out.set(new Uint8Array(y.buffer), blocks.length);
   out.set(new Uint8Array(bad.buffer, 0, 4 * nBad), blocks.length + 4 * y.length);
   writeStdout(out);
+} else if (mode === "f16" && decodeF16) {
+  const n = Number(arg);
+  if (!Number.isInteger(n) || n <= 0) usage("N must be a positive whole number");
+  const buf = readStdin(2 * n);
+  if (!buf) { process.stderr.write("kquants_cli.mjs: short input\n"); process.exit(1); }
+  const out = new Float32Array(n);
+  decodeF16(new Uint16Array(buf.buffer, buf.byteOffset, n), out, n);
+  writeStdout(new Uint8Array(out.buffer));
 } else {
   usage(`unknown mode ${mode}`);
 }
