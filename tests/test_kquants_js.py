@@ -279,8 +279,12 @@ WASM_MUTANTS = {
     "Q6_K": [
         (r"f32x4.gt\(f32x4.mul\(sumlx, sumlx\), f32x4.mul\(best, suml2\)\)", "f32x4.ge(f32x4.mul(sumlx, sumlx), f32x4.mul(best, suml2))"),
         (r"if \(k == 9\) continue;", "if (k == 9 || k == 0) continue;"),
-        (r"-32, 31\);\n      v128.store\(dst", "-31, 31);\n      v128.store(dst"),
-        (r"v128.bitselect\(i32x4.splat\(0\), i32x4.add\(v128.load\(pl \+ i\), off\), tiny\)", "i32x4.add(v128.load(pl + i), off)"),
+        (r"lo = f32x4.splat\(-32\)", "lo = f32x4.splat(-31)"),                     # finite groups
+        (r"v128.load\(px \+ i\)\)\), -32, 31\)", "v128.load(px + i))), -31, 31)"),   # the others
+        (r"const finite = hmax\(bits\) < 0x7F800000;", "const finite = true;"),
+        (r"f32x4.nearest\(t\)", "f32x4.trunc(t)"),
+        (r"v128.bitselect\(z, i32x4.add\(i32x4.trunc_sat_f32x4_s\(v128.load\(pl \+ i\)\), off\), tiny\)",
+         "i32x4.add(i32x4.trunc_sat_f32x4_s(v128.load(pl + i)), off)"),
         (r"const wi = f32x4.mul\(xi, xi\);", "const wi = f32x4.abs(xi);"),
     ],
 }

@@ -385,6 +385,10 @@ from q4apr import codecs
 x = np.load(sys.argv[1])
 out = {"kernels": [c.kernel is not None for c in (codecs.Q4_K, codecs.Q6_K, codecs.Q4_0, codecs.AprQ4)]
                   + [codecs._f16_kernel is not None]}
+f16_calls = []                                     # the F16 kernel, counted if set
+if codecs._f16_kernel is not None:
+    f16_kernel = codecs._f16_kernel
+    codecs.set_f16_kernel(lambda h, o: (f16_calls.append(h.size), f16_kernel(h, o))[1])
 h = np.arange(65536, dtype=np.uint16)             # every half, decoded as F16 input is
 out["F16"] = hashlib.sha256(codecs.f16_to_f32(h, np.empty(h.size, np.float32)).tobytes()).hexdigest()
 for name in ("Q4_K", "Q6_K"):
@@ -403,6 +407,7 @@ for fmt, qtype in (("gguf", "Q4_K_M"), ("apr", "Q4_0")):   # small chunks
     # the block tensors' statistics
     out[fmt + " report"] = [t for t in report.to_dict()["tensors"]
                             if t["dtype_out"] in ("APR_Q4", "Q4_0", "Q4_K", "Q6_K")]
+out["F16 kernel"] = len(f16_calls) >= 2          # the halves above, the F16 tensor's chunks
 print(json.dumps(out))
 '''
 
@@ -434,6 +439,7 @@ def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_pa
         got = json.loads(run_in_pyodide(KQUANTS, *files, kernels=kernels))
         assert got["kernels"] == {"numpy": [False] * 5, "js": [True, True, False, False, False],
                                   "wasm": [True] * 5}[kernels]
+        assert got["F16 kernel"] == (kernels == "wasm")
         for k in ("Q4_K", "Q6_K", "Q4_0", "APR_Q4", "F16", "gguf", "apr"):
             assert got[k] == native[k], (kernels, k)
         # the report's figures: the same up to the order of the sums of squares (numpy's

@@ -574,21 +574,10 @@ _f16_kernel = None
 
 
 def set_f16_kernel(fn) -> None:
-    """Decode F16 input with fn(uint16 (n,), float32 out (n,)) instead of numpy (None:
-    numpy again); it must give numpy's values, bit for bit."""
+    """f16_to_f32 (F16 input) with fn(uint16 (n,), float32 out (n,)) instead of numpy
+    (None: numpy again); it must give numpy's values, bit for bit."""
     global _f16_kernel
     _f16_kernel = fn
-
-
-def f16_to_f32(h, out: np.ndarray) -> np.ndarray:
-    """IEEE half floats (uint16 bits, or raw little-endian bytes) -> out (float32, as
-    many), exact (NaN payloads kept)."""
-    h = _as_16bit(h, "<u2")
-    if _f16_kernel is not None and h.size:
-        _f16_kernel(h, out)
-    else:
-        np.copyto(out, h.view("<f2"), casting="same_kind")
-    return out
 
 
 def get_codec(codec) -> type[_Codec]:
@@ -779,11 +768,15 @@ def f32_to_f16(x, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def f16_to_f32(h, out: np.ndarray | None = None) -> np.ndarray:
-    """float16 (or its raw little-endian bytes / uint16 bits) -> float32, exact."""
+    """float16 (or its raw little-endian bytes / uint16 bits) -> float32, exact (NaN
+    payloads kept); through the kernel set_f16_kernel set, if any."""
     h = _as_16bit(h, "<f2")
     if out is None:
-        return h.astype(np.float32)
-    np.copyto(out, h)
+        out = np.empty(h.shape, np.float32)
+    if _f16_kernel is not None and h.size:
+        _f16_kernel(h.reshape(-1).view(np.uint16), out.reshape(-1))
+    else:
+        np.copyto(out, h)
     return out
 
 
