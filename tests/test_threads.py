@@ -116,6 +116,34 @@ def test_first_non_finite_value_wins(tmp_path, fmt):
     same([p], format=fmt, allow_non_finite=True)   # counted, the tensors kept at F32
 
 
+def test_a_file_cut_short_during_the_run_gives_the_same_error(tmp_path):
+    """With threads, a tensor stored as it is in a plain file is read by the threads that
+    convert it (os.preadv at its own offsets); a file that shrinks under the run fails
+    with the error of threads=1, naming the file and the tensor, and leaves no output."""
+    rng = np.random.default_rng(4)
+    t = {"blk.a.weight": rng.standard_normal((64, 256)).astype(np.float32),
+         "blk.b.weight": rng.standard_normal((64, 256)).astype(np.float32)}
+    p = _st(tmp_path, t)
+    full = open(p, "rb").read()
+    out = tmp_path / "out" / "m.apr"
+    out.parent.mkdir()
+    errors = []
+    for threads in (1, 4):
+        with q4apr.open_model(p) as model:
+            last = max(model.tensors, key=lambda e: e.offset).name
+            with open(p, "r+b") as f:   # after the header was read: 1000 bytes cut off
+                f.truncate(len(full) - 1000)
+            with pytest.raises(q4apr.BadInput) as e:
+                q4apr.quantize(model, q4apr.FileSink(str(out)),
+                               q4apr.Options(threads=threads, chunk_bytes=CHUNK))
+        errors.append((e.value.message, e.value.tensor, e.value.file))
+        assert os.listdir(out.parent) == []
+        with open(p, "wb") as f:
+            f.write(full)
+    assert errors[0] == errors[1]
+    assert "ends inside this tensor" in errors[0][0] and errors[0][1:] == (last, p)
+
+
 def test_overflow_rewind_is_the_same(tmp_path):
     rng = np.random.default_rng(2)
     a = rng.standard_normal((64, 256)).astype(np.float32)

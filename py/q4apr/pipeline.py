@@ -309,14 +309,36 @@ def _read_chunk(f, view, path, name):
         got += n
 
 
+def _read_at(fd, view, at, path, name):
+    """Fill view from file descriptor fd at byte `at` (os.preadv: no shared position, so
+    threads read their own chunks at once), or fail as _read_chunk does."""
+    got = 0
+    while got < len(view):
+        try:
+            n = os.preadv(fd, [view[got:]], at + got)
+        except OSError as e:
+            raise BadInput(f"cannot read ({e.strerror or e})", path, name) from None
+        if not n:
+            raise BadInput("the file ends inside this tensor's data (it changed or is truncated)",
+                           path, name)
+        got += n
+
+
+def _read_convert(fd, at, args):
+    """A thread's job: read its chunk (args[1], the view) at byte `at`, then convert it."""
+    _read_at(fd, args[1], at, args[8], args[9])
+    return _convert(*args)
+
+
 def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow_nf=False,
                   pool=None, executor=None):
     """Stream one tensor; a generator yielding Progress; returns stats (crc, mse, ...).
 
-    The chunks are read here in order, converted by _convert (in `pool` or by `executor`
-    when given, at most len(slots) at once, each in its own buffers) and their results taken
-    here in order: writes, the CRC, the sums and the first error are those of a run
-    without threads."""
+    The chunks are converted by _convert (in `pool` or by `executor` when given, at most
+    len(slots) at once, each in its own buffers) and their results taken here in order:
+    writes, the CRC, the sums and the first error are those of a run without threads.
+    They are read here in order, or, with threads and a tensor stored as it is in a plain
+    file, each by the thread that converts it (the reading is then parallel too)."""
     with_crc = layout.format == "apr"
     src = entry.dtype
     path = entry.path
@@ -367,6 +389,9 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
         sq, signal, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0.0, 0, 0, 0
         free, pending = list(slots), collections.deque()
         limit = executor.workers + 1 if executor is not None else len(slots)
+        positional = pool is not None and entry.opener is None and entry.row_order is None \
+            and hasattr(os, "preadv")
+        read_at = entry.offset
         try:
             while i < n_total or pending:
                 while i < n_total and free and len(pending) < limit:   # read ahead
@@ -374,8 +399,13 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
                     n = min(slot.n, n_total - i)
                     k = src.nbytes(n)
                     view = memoryview(slot.raw)[:k]
-                    _read_chunk(f, view, path, entry.name)
                     args = (slot, view, n, i, src, dtype_out, q4, entry.add, path, entry.name)
+                    if positional:
+                        pending.append((pool.submit(_read_convert, f.fileno(), read_at, args), slot, i, k))
+                        read_at += k
+                        i += n
+                        continue
+                    _read_chunk(f, view, path, entry.name)
                     job = None
                     if executor is not None and _worth_sending(q4):   # None back: all busy
                         job = executor.submit_chunk(
