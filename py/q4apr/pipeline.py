@@ -295,27 +295,14 @@ def _pad(sink, to, layout, crc):
     return crc
 
 
-def _read_chunk(f, view, path, name):
-    """Fill view from f (short reads happen on zip members and WORKERFS), or fail clearly."""
+def _read_chunk(f, view, path, name, at=None):
+    """Fill view from f (short reads happen on zip members and WORKERFS), or fail clearly.
+    With `at`, f is a file descriptor read at byte `at` (os.preadv: no shared position, so
+    threads read their own chunks at once)."""
     got = 0
     while got < len(view):
         try:
-            n = f.readinto(view[got:])
-        except OSError as e:
-            raise BadInput(f"cannot read ({e.strerror or e})", path, name) from None
-        if not n:
-            raise BadInput("the file ends inside this tensor's data (it changed or is truncated)",
-                           path, name)
-        got += n
-
-
-def _read_at(fd, view, at, path, name):
-    """Fill view from file descriptor fd at byte `at` (os.preadv: no shared position, so
-    threads read their own chunks at once), or fail as _read_chunk does."""
-    got = 0
-    while got < len(view):
-        try:
-            n = os.preadv(fd, [view[got:]], at + got)
+            n = f.readinto(view[got:]) if at is None else os.preadv(f, [view[got:]], at + got)
         except OSError as e:
             raise BadInput(f"cannot read ({e.strerror or e})", path, name) from None
         if not n:
@@ -326,7 +313,7 @@ def _read_at(fd, view, at, path, name):
 
 def _read_convert(fd, at, args):
     """A thread's job: read its chunk (args[1], the view) at byte `at`, then convert it."""
-    _read_at(fd, args[1], at, args[8], args[9])
+    _read_chunk(fd, args[1], args[8], args[9], at)
     return _convert(*args)
 
 
