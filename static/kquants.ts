@@ -86,6 +86,14 @@ function fp16ToFp32(h: u32): f32 {
   return i32x4.sub(v128.and(f32x4.add(t, f32x4.splat(MAGIC)), i32x4.splat(0x007fffff)), i32x4.splat(0x00400000));
 }
 
+/** 16 codes (four i32x4 at p, values 0..255) as 16 bytes, one per code; the callers pack
+ *  them (Q4_0: q[j] | q[j + 16] << 4; APR Q4: q[2j] | q[2j + 1] << 4; the K-quants). */
+// @ts-ignore: decorator
+@inline function narrow(p: usize): v128 {
+  return i8x16.narrow_i16x8_u(i16x8.narrow_i32x4_u(v128.load(p), v128.load(p, 16)),
+                              i16x8.narrow_i32x4_u(v128.load(p, 32), v128.load(p, 48)));
+}
+
 // Scratch, 16-byte aligned. Q4_K: two groups (sub-blocks 0-3, 4-7) of 32 vectors;
 // Q6_K: four groups of 16 vectors (the same bytes). Lane j of group g is sub-block 4g + j.
 const GX: usize = memory.data(1024, 16);          // x
@@ -198,23 +206,28 @@ function packQ4K(b: i32, maxScale: f32, maxMin: f32, mode: i32, nBlocks: i32): v
   for (let j = 0; j < 8; ++j) {
     const d: f32 = dh * <f32>unchecked(LS4[j]);
     if (d == 0) continue;                                        // C's `!d` (NaN goes on)
-    const dm: f32 = dmh * <f32>unchecked(LM4[j]);
-    const o = xo + 32 * j;
-    for (let ii = 0; ii < 32; ++ii) {
-      const l = nearestInt((unchecked(IN[o + ii]) + dm) / d);
-      unchecked(L4[32 * j + ii] = l > 15 ? 15 : l < 0 ? 0 : l);
+    // nearest_int((x + dm) / d) clamped: four values at a time (the same f32 operations)
+    const dmv = f32x4.splat(dmh * <f32>unchecked(LM4[j])), dv = f32x4.splat(d);
+    const px = changetype<usize>(IN) + <usize>(xo + 32 * j) * 4, pl = changetype<usize>(L4) + <usize>j * 128;
+    for (let i: usize = 0; i < 128; i += 16) {
+      v128.store(pl + i, clampX4(nearestIntX4(f32x4.div(f32x4.add(v128.load(px + i), dmv), dv)), 0, 15));
     }
   }
-  let q = yo + 16;
-  for (let j = 0; j < 256; j += 64) {
-    for (let l = 0; l < 32; ++l) putU8(q + l, unchecked(L4[j + l]) | (unchecked(L4[j + l + 32]) << 4));
-    q += 32;
+  const l4 = changetype<usize>(L4), o4 = changetype<usize>(OUT) + <usize>yo + 16;
+  for (let j: usize = 0; j < 4; ++j) {          // byte l of group j: L[64j + l] | L[64j + l + 32] << 4
+    for (let l: usize = 0; l < 32; l += 16) {
+      const p = l4 + (j * 64 + l) * 4;
+      v128.store(o4 + j * 32 + l, v128.or(narrow(p), i8x16.shl(narrow(p + 128), 4)));
+    }
   }
   if (mode & WANT_STATS) {
     // dequantize_row_q4_K: y = d1 * q - m1, d1 = d * sc, m1 = dmin * m
     for (let j = 0; j < 8; ++j) {
-      const d1: f32 = dh * <f32>unchecked(LS4[j]), m1: f32 = dmh * <f32>unchecked(LM4[j]);
-      for (let i = 32 * j; i < 32 * j + 32; ++i) unchecked(YB[i] = d1 * <f32>unchecked(L4[i]) - m1);
+      const d1 = f32x4.splat(dh * <f32>unchecked(LS4[j])), m1 = f32x4.splat(dmh * <f32>unchecked(LM4[j]));
+      const pl = l4 + <usize>j * 128, py = changetype<usize>(YB) + <usize>j * 128;
+      for (let i: usize = 0; i < 128; i += 16) {
+        v128.store(py + i, f32x4.sub(f32x4.mul(d1, f32x4.convert_i32x4_s(v128.load(pl + i))), m1));
+      }
     }
     measureBlock(b, nBlocks);
   }
@@ -362,20 +375,25 @@ function packQ6K(b: i32): f32 {
   for (let j = 0; j < 16; ++j) {
     const d: f32 = dh * <f32>unchecked(Q8[j]);
     if (d == 0) continue;
-    const o = xo + 16 * j;
-    for (let ii = 0; ii < 16; ++ii) {
-      let l = nearestInt(unchecked(IN[o + ii]) / d);
-      l = l > 31 ? 31 : l < -32 ? -32 : l;
-      unchecked(L6[16 * j + ii] = l + 32);
+    // nearest_int(x / d) clamped, + 32: four values at a time (the same f32 division)
+    const px = changetype<usize>(IN) + <usize>(xo + 16 * j) * 4, pl = changetype<usize>(L6) + <usize>j * 64;
+    const dv = f32x4.splat(d), off = i32x4.splat(32);
+    for (let i: usize = 0; i < 64; i += 16) {
+      v128.store(pl + i, i32x4.add(clampX4(nearestIntX4(f32x4.div(v128.load(px + i), dv)), -32, 31), off));
     }
   }
-  for (let j = 0, ql = yo, qh = yo + 128; j < 256; j += 128, ql += 64, qh += 32) {
-    for (let l = 0; l < 32; ++l) {
-      const a = unchecked(L6[j + l]), bb = unchecked(L6[j + l + 32]);
-      const c = unchecked(L6[j + l + 64]), e = unchecked(L6[j + l + 96]);
-      putU8(ql + l, (a & 0xF) | ((c & 0xF) << 4));
-      putU8(ql + l + 32, (bb & 0xF) | ((e & 0xF) << 4));
-      putU8(qh + l, (a >> 4) | ((bb >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6));
+  // ql: low nibbles of L[j + l] | L[j + l + 64] << 4 (and + 32, + 96), qh: their top two
+  // bits, four to a byte; sixteen l at a time
+  const l6 = changetype<usize>(L6), o6 = changetype<usize>(OUT) + <usize>yo;
+  const low = i8x16.splat(0xF);
+  for (let j: usize = 0, ql = o6, qh = o6 + 128; j < 256; j += 128, ql += 64, qh += 32) {
+    for (let l: usize = 0; l < 32; l += 16) {
+      const p = l6 + (j + l) * 4;
+      const a = narrow(p), bb = narrow(p + 128), c = narrow(p + 256), e = narrow(p + 384);
+      v128.store(ql + l, v128.or(v128.and(a, low), i8x16.shl(v128.and(c, low), 4)));
+      v128.store(ql + l + 32, v128.or(v128.and(bb, low), i8x16.shl(v128.and(e, low), 4)));
+      v128.store(qh + l, v128.or(v128.or(i8x16.shr_u(a, 4), i8x16.shl(i8x16.shr_u(bb, 4), 2)),
+                                 v128.or(i8x16.shl(i8x16.shr_u(c, 4), 4), i8x16.shl(i8x16.shr_u(e, 4), 6))));
     }
   }
   return dh;
@@ -463,9 +481,13 @@ export function quantizeQ6K(nBlocks: i32, mode: i32): i32 {
     const dh = packQ6K(b);
     if (mode & WANT_STATS) {
       // dequantize_row_q6_K: y = d * sc * q, (d * sc) first, q = L - 32
+      const off = i32x4.splat(32);
       for (let j = 0; j < 16; ++j) {
-        const d: f32 = dh * <f32>unchecked(Q8[j]);
-        for (let i = 16 * j; i < 16 * j + 16; ++i) unchecked(YB[i] = d * <f32>(unchecked(L6[i]) - 32));
+        const d = f32x4.splat(dh * <f32>unchecked(Q8[j]));
+        const pl = changetype<usize>(L6) + <usize>j * 64, py = changetype<usize>(YB) + <usize>j * 64;
+        for (let i: usize = 0; i < 64; i += 16) {
+          v128.store(py + i, f32x4.mul(d, f32x4.convert_i32x4_s(i32x4.sub(v128.load(pl + i), off))));
+        }
       }
       measureBlock(b, nBlocks);
     }
@@ -500,15 +522,6 @@ const MAX32: f32 = 3.4028234663852886e38;
 
 // @ts-ignore: decorator
 @inline function keyToF32(k: i32): f32 { return reinterpret<f32>(k ^ ((k >> 31) & 0x7FFFFFFF)); }
-
-/** 16 codes (four i32x4 at p, values 0..15) as 16 bytes, one per code; the callers pack
- *  them two to a byte (Q4_0: q[j] | q[j + 16] << 4; APR Q4: q[2j] | q[2j + 1] << 4). */
-// @ts-ignore: decorator
-@inline function narrow(p: usize): v128 {
-  return i8x16.narrow_i16x8_u(i16x8.narrow_i32x4_u(v128.load(p), v128.load(p, 16)),
-                              i16x8.narrow_i32x4_u(v128.load(p, 32), v128.load(p, 48)));
-}
-
 
 /** Block b's decoded values (codes at GL, scale d16): into Y (WANT_Y) and into the
  *  statistics (WANT_STATS; units of nBlocks / 8). */

@@ -271,6 +271,8 @@ WASM_MUTANTS = {
          "if (d == 0 || d != d) continue;                                 // C's"),
         (r"sl2 = f32x4.add\(sl2, f32x4.mul\(wl, lf\)\);", "sl2 = f32x4.add(sl2, f32x4.mul(f32x4.mul(lf, lf), v128.load(pw + i)));"),
         (r"for \(let is = 0; is <= 20; \+\+is\) \{\n    iscale", "for (let is = 0; is < 20; ++is) {\n    iscale"),
+        (r"f32x4.add\(v128.load\(px \+ i\), dmv\), dv\)\), 0, 15\)", "f32x4.add(v128.load(px + i), dmv), dv)), 0, 14)"),
+        (r"i8x16.shl\(narrow\(p \+ 128\), 4\)", "i8x16.shl(narrow(p + 132), 4)"),
         # C's nearest_int garbage for NaN (kept: the bytes of NaN blocks are ggml's too);
         # in Q6_K the block's final pass overwrites the L where it would show
         (r"return i32x4.sub\(v128.and\(f32x4.add\(t, f32x4.splat\(MAGIC\)\), i32x4.splat\(0x007fffff\)\), i32x4.splat\(0x00400000\)\);",
@@ -286,6 +288,8 @@ WASM_MUTANTS = {
         (r"v128.bitselect\(z, i32x4.add\(i32x4.trunc_sat_f32x4_s\(v128.load\(pl \+ i\)\), off\), tiny\)",
          "i32x4.add(i32x4.trunc_sat_f32x4_s(v128.load(pl + i)), off)"),
         (r"const wi = f32x4.mul\(xi, xi\);", "const wi = f32x4.abs(xi);"),
+        (r"i8x16.shl\(i8x16.shr_u\(bb, 4\), 2\)", "i8x16.shl(i8x16.shr_u(bb, 4), 3)"),
+        (r"f32x4.div\(v128.load\(px \+ i\), dv\)\), -32, 31\)", "f32x4.div(v128.load(px + i), dv)), -32, 30)"),
     ],
 }
 
@@ -601,9 +605,9 @@ def test_kquant_kernels_give_the_report_statistics_bit_for_bit(node, wasm_module
 
 
 KQUANT_STATS_MUTANTS = {
-    "Q4_K": [(r"d1 \* <f32>unchecked\(L4\[i\]\) - m1", "d1 * <f32>unchecked(L4[i]) + m1"),
-             (r"const d1: f32 = dh \* <f32>unchecked\(LS4\[j\]\)", "const d1: f32 = dmh * <f32>unchecked(LS4[j])")],
-    "Q6_K": [(r"<f32>\(unchecked\(L6\[i\]\) - 32\)", "<f32>(unchecked(L6[i]) - 31)"),
+    "Q4_K": [(r"f32x4.convert_i32x4_s\(v128.load\(pl \+ i\)\)\), m1\)", "f32x4.convert_i32x4_s(v128.load(pl + i))), f32x4.neg(m1))"),
+             (r"const d1 = f32x4.splat\(dh \* ", "const d1 = f32x4.splat(dmh * ")],
+    "Q6_K": [(r"i32x4.sub\(v128.load\(pl \+ i\), off\)", "i32x4.sub(v128.load(pl + i), i32x4.splat(31))"),
              (r"unchecked\(STATS\[nBlocks \+ b\] = halve\(SQE\)\);", "unchecked(STATS[nBlocks + b] = halve(SQX));")],
 }
 
