@@ -103,21 +103,39 @@ const GL: usize = memory.data(1024, 16);          // best L (i32)
 const GLA: usize = memory.data(1024, 16);         // the trial's L (i32)
 const GSC: usize = memory.data(64, 16);           // scale per sub-block
 const GMN: usize = memory.data(64, 16);           // Q4_K: the_min per sub-block
+const TR: usize = memory.data(64, 16);            // a transposed 4x4
+
+/** The 4x4 transpose of four rows of four 32-bit lanes at src, src + step, ... (row k,
+ *  lane r) into dst, dst + 16, ... (row r, lane k). */
+// @ts-ignore: decorator
+@inline function transpose4(src: usize, step: usize, dst: usize): void {
+  const v0 = v128.load(src), v1 = v128.load(src + step), v2 = v128.load(src + 2 * step), v3 = v128.load(src + 3 * step);
+  const t0 = v128.shuffle<i32>(v0, v1, 0, 4, 1, 5), t1 = v128.shuffle<i32>(v2, v3, 0, 4, 1, 5);
+  const t2 = v128.shuffle<i32>(v0, v1, 2, 6, 3, 7), t3 = v128.shuffle<i32>(v2, v3, 2, 6, 3, 7);
+  v128.store(dst, v128.shuffle<i32>(t0, t1, 0, 1, 4, 5));
+  v128.store(dst, v128.shuffle<i32>(t0, t1, 2, 3, 6, 7), 16);
+  v128.store(dst, v128.shuffle<i32>(t2, t3, 0, 1, 4, 5), 32);
+  v128.store(dst, v128.shuffle<i32>(t2, t3, 2, 3, 6, 7), 48);
+}
 
 /** Block xo of IN into lanes: element i of sub-block j (len values each) at
  *  GX + (j >> 2) * len * 16 + i * 16 + (j & 3) * 4, so group g = j >> 2 holds four sub-blocks. */
 function toLanes(xo: i32, len: i32): void {
-  for (let j = 0; j < 256 / len; ++j) {
-    const p = GX + <usize>((j >> 2) * len * 16 + (j & 3) * 4);
-    for (let i = 0; i < len; ++i) store<f32>(p + <usize>i * 16, unchecked(IN[xo + len * j + i]));
+  const src = changetype<usize>(IN) + <usize>xo * 4, step = <usize>len * 4;
+  for (let g: usize = 0; g < <usize>(64 / len); ++g) {
+    for (let i: usize = 0; i < <usize>len; i += 4) transpose4(src + g * 4 * step + i * 4, step, GX + g * step * 4 + i * 16);
   }
 }
 
 /** The codes at GL (toLanes' layout) back into L, sub-block after sub-block. */
 function fromLanes(L: StaticArray<i32>, len: i32): void {
-  for (let j = 0; j < 256 / len; ++j) {
-    const p = GL + <usize>((j >> 2) * len * 16 + (j & 3) * 4);
-    for (let i = 0; i < len; ++i) unchecked(L[len * j + i] = load<i32>(p + <usize>i * 16));
+  const dst = changetype<usize>(L), step = <usize>len * 4;
+  for (let g: usize = 0; g < <usize>(64 / len); ++g) {
+    for (let i: usize = 0; i < <usize>len; i += 4) {
+      // rows i..i+3 of group g (lane k: sub-block 4g + k) -> sub-blocks' elements i..i+3
+      transpose4(GL + g * step * 4 + i * 16, 16, TR);
+      for (let k: usize = 0; k < 4; ++k) v128.store(dst + (g * 4 + k) * step + i * 4, v128.load(TR + k * 16));
+    }
   }
 }
 
