@@ -252,7 +252,14 @@ function packQ4K(b: i32, maxScale: f32, maxMin: f32, mode: i32, nBlocks: i32): v
 }
 
 /** make_qkx2_quants(32, 15, x, w, L, &the_min, Laux, -1.f, 0.1f, 20, false) for the
- *  four sub-blocks of group g: L in GL, scale in GSC, the_min in GMN. */
+ *  four sub-blocks of group g: L in GL, scale in GSC, the_min in GMN. The trials' L are
+ *  kept as f32 (as the sums take them). A trial whose |t| = |iscale * (x - min)| stays
+ *  below 2**22 rounds with f32x4.nearest and clamps in f32 (C's nearest_int is t + 1.5 *
+ *  2**23 rounded to nearest even there); the bound is exact: rounding is monotone, so
+ *  |fl(x - min)| <= max(|fl(xmin - min)|, |fl(xmax - min)|) = m and |t| <= fl(|iscale| *
+ *  m). Other trials use C's bit trick in i32 (its values for huge t). A NaN or Inf x
+ *  (skipped by the min/max scan) makes every weight av_x + |x| NaN or Inf, so D is NaN
+ *  and no trial's L is ever taken: how they are rounded does not matter there. */
 function makeQkx2X4(g: i32): void {
   const px = GX + g * 512, pw = GW + g * 512, pl = GL + g * 512, pla = GLA + g * 512;
   const zero = f32x4.splat(0);
@@ -267,6 +274,7 @@ function makeQkx2X4(g: i32): void {
     sumW = f32x4.add(sumW, wi);
     sumX = f32x4.add(sumX, f32x4.mul(wi, xi));
   }
+  const xmin = min;
   min = v128.bitselect(zero, min, f32x4.gt(min, zero));
   const flat = f32x4.eq(max, min);                // C returns at once: L = 0, the_min = -min, 0
   const flatMin = min;
@@ -276,24 +284,37 @@ function makeQkx2X4(g: i32): void {
   let best = zero;
   for (let i = 0; i < 512; i += 16) {
     const xi = v128.load(px + i);
-    const l = clampX4(nearestIntX4(f32x4.mul(iscale, f32x4.sub(xi, min))), 0, 15);
-    v128.store(pl + i, l);
-    let diff = f32x4.sub(f32x4.add(f32x4.mul(scale, f32x4.convert_i32x4_s(l)), min), xi);
+    const lf = f32x4.convert_i32x4_s(clampX4(nearestIntX4(f32x4.mul(iscale, f32x4.sub(xi, min))), 0, 15));
+    v128.store(pl + i, lf);
+    let diff = f32x4.sub(f32x4.add(f32x4.mul(scale, lf), min), xi);
     diff = f32x4.mul(diff, diff);
     best = f32x4.add(best, f32x4.mul(v128.load(pw + i), diff));
   }
+  const hi = f32x4.splat(15), limit = f32x4.splat(4194304);   // 2**22
   for (let is = 0; is <= 20; ++is) {
     iscale = f32x4.div(f32x4.splat(unchecked(QKX2_C[is])), range);
     let sl = zero, sl2 = zero, sxl = zero;
-    for (let i = 0; i < 512; i += 16) {
-      const xi = v128.load(px + i);
-      const l = clampX4(nearestIntX4(f32x4.mul(iscale, f32x4.sub(xi, min))), 0, 15);
-      v128.store(pla + i, l);
-      const lf = f32x4.convert_i32x4_s(l);
-      const wl = f32x4.mul(v128.load(pw + i), lf);
-      sl = f32x4.add(sl, wl);
-      sl2 = f32x4.add(sl2, f32x4.mul(wl, lf));
-      sxl = f32x4.add(sxl, f32x4.mul(wl, xi));
+    const m = f32x4.max(f32x4.abs(f32x4.sub(xmin, min)), f32x4.abs(f32x4.sub(max, min)));
+    if (i32x4.all_true(f32x4.lt(f32x4.mul(f32x4.abs(iscale), m), limit))) {
+      for (let i = 0; i < 512; i += 16) {
+        const xi = v128.load(px + i);
+        const lf = f32x4.pmax(zero, f32x4.pmin(hi, f32x4.nearest(f32x4.mul(iscale, f32x4.sub(xi, min)))));
+        v128.store(pla + i, lf);
+        const wl = f32x4.mul(v128.load(pw + i), lf);
+        sl = f32x4.add(sl, wl);
+        sl2 = f32x4.add(sl2, f32x4.mul(wl, lf));
+        sxl = f32x4.add(sxl, f32x4.mul(wl, xi));
+      }
+    } else {
+      for (let i = 0; i < 512; i += 16) {
+        const xi = v128.load(px + i);
+        const lf = f32x4.convert_i32x4_s(clampX4(nearestIntX4(f32x4.mul(iscale, f32x4.sub(xi, min))), 0, 15));
+        v128.store(pla + i, lf);
+        const wl = f32x4.mul(v128.load(pw + i), lf);
+        sl = f32x4.add(sl, wl);
+        sl2 = f32x4.add(sl2, f32x4.mul(wl, lf));
+        sxl = f32x4.add(sxl, f32x4.mul(wl, xi));
+      }
     }
     const D = f32x4.sub(f32x4.mul(sumW, sl2), f32x4.mul(sl, sl));
     const dPos = f32x4.gt(D, zero);
@@ -305,8 +326,7 @@ function makeQkx2X4(g: i32): void {
     thisScale = v128.bitselect(f32x4.div(sxl, sl2), thisScale, minPos);
     let cur = zero;
     for (let i = 0; i < 512; i += 16) {
-      let diff = f32x4.sub(f32x4.add(f32x4.mul(thisScale, f32x4.convert_i32x4_s(v128.load(pla + i))), thisMin),
-                           v128.load(px + i));
+      let diff = f32x4.sub(f32x4.add(f32x4.mul(thisScale, v128.load(pla + i)), thisMin), v128.load(px + i));
       diff = f32x4.mul(diff, diff);
       cur = f32x4.add(cur, f32x4.mul(v128.load(pw + i), diff));
     }
@@ -318,11 +338,11 @@ function makeQkx2X4(g: i32): void {
     min = v128.bitselect(thisMin, min, upd);
     range = f32x4.sub(max, min);
   }
-  if (v128.any_true(flat)) {
-    for (let i = 0; i < 512; i += 16) v128.store(pl + i, v128.bitselect(zero, v128.load(pl + i), flat));
-    scale = v128.bitselect(zero, scale, flat);
-    min = v128.bitselect(flatMin, min, flat);
+  for (let i = 0; i < 512; i += 16) {       // back to i32 (0 where C returned at once)
+    v128.store(pl + i, v128.bitselect(zero, i32x4.trunc_sat_f32x4_s(v128.load(pl + i)), flat));
   }
+  scale = v128.bitselect(zero, scale, flat);
+  min = v128.bitselect(flatMin, min, flat);
   v128.store(GSC + g * 16, scale);
   v128.store(GMN + g * 16, f32x4.neg(min));
 }
