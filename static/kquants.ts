@@ -148,9 +148,10 @@ function fromLanes(L: StaticArray<i32>, len: i32): void {
 }
 
 // The round trip's statistics for codecs.quantize_measured: per unit of 256 values (8
-// blocks of Q4_0 / APR Q4, one K-quant block) the sums of squares of x and of the error e = decoded - x, each in f32 by
-// halving (i + 128, then 64 apart, ..., 1: a fixed order, where numpy's einsum has its
-// own), and max |e| (integer max on the bits with the sign cleared: exact).
+// blocks of Q4_0 / APR Q4, one K-quant block) the sums of squares of x and of the error
+// e = decoded - x, each in f32 by halving (i + 128, then 64 apart, ..., 1: a fixed order,
+// where numpy's einsum has its own), and max |e| (integer max on the bits with the sign
+// cleared: exact).
 const STATS = new StaticArray<f32>(CAPACITY * 2);  // a slice's signal units, then noise units
 const SQX: usize = memory.data(1024, 16);         // the current unit's x*x
 const SQE: usize = memory.data(1024, 16);         // and e*e
