@@ -11,7 +11,9 @@ with Playwright, Chromium as the tests launch it (tests/conftest.py).
     f32: DIR/f32-1gib.safetensors  --gb 1.073741824 --dtype F32          (1 GiB)
     f16: DIR/f16-3gb.safetensors   --gb 3 --dtype F16 --big-tensor-gb 1  (3 GB, one 1 GB tensor)
 * Read ceiling: the same file read in a module worker of a bare page (no Pyodide), in
-  4 MiB slices, with FileReaderSync (what WORKERFS does) and with Blob.arrayBuffer().
+  4 MiB slices, with FileReaderSync (what WORKERFS does) and with Blob.arrayBuffer();
+  measured before each repetition's runs (the faster method), the ratios against the
+  median of those.
 * Drop -> download: a fresh page of the app; page.set_input_files (Playwright hands
   Chromium the path; nothing is copied); click Quantize; time until the Download button
   is ready (body[data-state=done]).  MB/s = input file bytes / that time.  Then the
@@ -622,8 +624,7 @@ def main():
                         path = ensure_input(args.dir, key)
                         size = path.stat().st_size
                         print(f"{path.name} ({size / 1e9:.2f} GB) ...", flush=True)
-                        rates = read_rates(browser, path)
-                        print("  read ceiling: " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in rates.items()))
+                        ceilings = []   # measured once per repetition, interleaved with the runs
                         counts = [int(w) for w in args.workers.split(",")] if args.workers else [None]
                         types = args.qtype.split(",")
                         configs = [(t, w) for t in types for w in counts]
@@ -632,6 +633,9 @@ def main():
                         def label(c):
                             return f"{c[0]}, {'workers ' + str(c[1]) if c[1] else 'Auto workers'}"
                         for _ in range(args.reps):
+                            rates = read_rates(browser, path)
+                            ceilings.append(rates)
+                            print("  read ceiling: " + ", ".join(f"{k} {v:.0f} MB/s" for k, v in rates.items()))
                             for c in configs:   # interleaved: the machine's speed drifts
                                 qtype, w = c
                                 r = run_e2e(browser, url, path, args.dir, args.format, workers=w,
@@ -658,8 +662,9 @@ def main():
                                     os.unlink(r["out"])
                         if args.profile:
                             print_profiles({label(c): rs for c, rs in runs.items()})
-                        ceiling = max(rates.values())
-                        entry = {"file": path.name, "bytes": size, "read_mbps": rates, "by_config": {}}
+                        # the faster method of each measurement, median over the repetitions
+                        ceiling = statistics.median(max(r.values()) for r in ceilings)
+                        entry = {"file": path.name, "bytes": size, "read_mbps": ceilings, "by_config": {}}
                         mb = {}
                         for c in configs:
                             secs = statistics.median(r["seconds"] for r in runs[c])
@@ -670,7 +675,8 @@ def main():
                             first = mb[(c[0], counts[0])]
                             q40 = mb.get(("Q4_0", c[1]))
                             print(f"  {label(c)}: median {mb[c]:.0f} MB/s"
-                                  f" = {mb[c] / ceiling:.2f} of the read ceiling ({ceiling:.0f} MB/s)"
+                                  f" = {mb[c] / ceiling:.2f} of the read ceiling ({ceiling:.0f} MB/s,"
+                                  f" median of {len(ceilings)})"
                                   f", {mb[c]:.0f} / {first:.0f} = {mb[c] / first:.2f}x its first worker count"
                                   + (f", {mb[c]:.0f} / {q40:.0f} = {mb[c] / q40:.2f}x Q4_0 with as many workers"
                                      if q40 and c[0] != "Q4_0" else ""), flush=True)
