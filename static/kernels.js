@@ -54,16 +54,16 @@ function onHeapMeasured(fn) {
                                    sb && sb.data));
 }
 
-// A module for Pyodide's registerJsModule: {name, measuring, Q4_K, Q6_K[, Q4_0, APR_Q4,
+// A module for Pyodide's registerJsModule: {name, measures, Q4_K, Q6_K[, Q4_0, APR_Q4,
 // F16]}, kernels on numpy arrays named as the core's codecs (F16: the input decoder);
-// measuring: the names of those that give the round trip's statistics too.
+// measures: whether they give the round trip's statistics too (the wasm ones all do).
 export function kernelModule(kernels) {
   if (kernels.name !== "wasm") {
-    return { name: kernels.name, measuring: [], Q4_K: onHeap(kernels.quantizeQ4K), Q6_K: onHeap(kernels.quantizeQ6K) };
+    return { name: kernels.name, measures: false, Q4_K: onHeap(kernels.quantizeQ4K), Q6_K: onHeap(kernels.quantizeQ6K) };
   }
   return {
     name: kernels.name,
-    measuring: ["Q4_K", "Q6_K", "Q4_0", "APR_Q4"],
+    measures: true,
     Q4_K: onHeapMeasured(kernels.quantizeQ4K),
     Q6_K: onHeapMeasured(kernels.quantizeQ6K),
     Q4_0: onHeapMeasured(kernels.quantizeQ4_0),
@@ -79,11 +79,9 @@ export function installKernels(py, kernels) {
   py.runPython([
     "import q4apr_kernels",
     "from q4apr import codecs",
-    "_measuring = list(q4apr_kernels.measuring)",
     "for _name in ('Q4_K', 'Q6_K', 'Q4_0', 'APR_Q4'):",
     "    if hasattr(q4apr_kernels, _name):",
-    "        codecs.set_kernel(_name, getattr(q4apr_kernels, _name),",
-    "                          measures=_name in _measuring)",
+    "        codecs.set_kernel(_name, getattr(q4apr_kernels, _name), measures=q4apr_kernels.measures)",
     "if hasattr(q4apr_kernels, 'F16'):",
     "    codecs.set_f16_kernel(q4apr_kernels.F16)",
   ].join("\n"));

@@ -172,20 +172,30 @@ const WANT_Y = 1, WANT_STATS = 2;
 
 const YB = new StaticArray<f32>(256);              // a K-quant block's decoded values
 
+/** One vector of x and its decoded values y into the current unit's squares (byte o of
+ *  SQX, SQE); returns the running max of |y - x|'s bits, m, updated. */
+// @ts-ignore: decorator
+@inline function measure4(xv: v128, y: v128, o: usize, m: v128): v128 {
+  const e = f32x4.sub(y, xv);
+  v128.store(SQX + o, f32x4.mul(xv, xv));
+  v128.store(SQE + o, f32x4.mul(e, e));
+  return i32x4.max_s(m, v128.and(e, i32x4.splat(0x7FFFFFFF)));
+}
+
+/** The current unit's sums (SQX, SQE by halving) as unit u of nUnits in STATS. */
+// @ts-ignore: decorator
+@inline function endUnit(u: i32, nUnits: i32): void {
+  unchecked(STATS[u] = halve(SQX));
+  unchecked(STATS[nUnits + u] = halve(SQE));
+}
+
 /** K-quant block b's statistics (x in IN, the decoded values in YB), as a unit. */
 function measureBlock(b: i32, nBlocks: i32): void {
   const px = changetype<usize>(IN) + <usize>b * 1024, py = changetype<usize>(YB);
   let m = i32x4.splat(0);
-  for (let i: usize = 0; i < 1024; i += 16) {
-    const xv = v128.load(px + i);
-    const e = f32x4.sub(v128.load(py + i), xv);
-    v128.store(SQX + i, f32x4.mul(xv, xv));
-    v128.store(SQE + i, f32x4.mul(e, e));
-    m = i32x4.max_s(m, v128.and(e, i32x4.splat(0x7FFFFFFF)));
-  }
+  for (let i: usize = 0; i < 1024; i += 16) m = measure4(v128.load(px + i), v128.load(py + i), i, m);
   maxErrBits = max(maxErrBits, hmax(m));
-  unchecked(STATS[b] = halve(SQX));
-  unchecked(STATS[nBlocks + b] = halve(SQE));
+  endUnit(b, nBlocks);
 }
 
 // ---------------------------------------------------------------------------- Q4_K
@@ -572,20 +582,11 @@ const MAX32: f32 = 3.4028234663852886e38;
   for (let i: usize = 0; i < 128; i += 16) {
     const y = f32x4.mul(f32x4.convert_i32x4_s(i32x4.sub(v128.load(GL + i), i32x4.splat(8))), d);
     if (mode & WANT_Y) v128.store(y0 + i, y);
-    if (mode & WANT_STATS) {
-      const xv = v128.load(px + i);
-      const e = f32x4.sub(y, xv);
-      v128.store(SQX + u + i, f32x4.mul(xv, xv));
-      v128.store(SQE + u + i, f32x4.mul(e, e));
-      m = i32x4.max_s(m, v128.and(e, i32x4.splat(0x7FFFFFFF)));
-    }
+    if (mode & WANT_STATS) m = measure4(v128.load(px + i), y, u + i, m);
   }
   if (mode & WANT_STATS) {
     maxErrBits = max(maxErrBits, hmax(m));
-    if ((b & 7) == 7) {
-      unchecked(STATS[b >> 3] = halve(SQX));
-      unchecked(STATS[nUnits + (b >> 3)] = halve(SQE));
-    }
+    if ((b & 7) == 7) endUnit(b >> 3, nUnits);
   }
 }
 

@@ -243,13 +243,13 @@ const booted = boot().then(
 // browser reads the file, and copies Uint8 into the Int8 heap byte by byte.  The core
 // reads each tensor in order, chunk by chunk, and yields between chunks: so after each
 // read the bytes that follow in the same tensor (driver's hint) are requested from
-// helper threads (reader.js: FileReaderSync there, the buffer transferred back; two, taking
-// the 4 MiB windows in turn: one read in flight while the other's bytes arrive, measured
-// 268 -> 296-348 MB/s on the 1 GiB file), which read them while Python computes; the
-// driver awaits them between chunks (readPending),
-// and a read they cover is a memcpy.  A read nothing covers falls back to FileReaderSync
-// here; headers (read before the hint) are read as before.  Read-ahead lives in JS
-// memory, not the wasm heap: at most READ_AHEAD bytes per file.
+// helper threads (reader.js: FileReaderSync there, the buffer transferred back), which
+// read them while Python computes; the driver awaits them between chunks (readPending),
+// and a read they cover is a memcpy.  Two of them take the 4 MiB windows in turn, so a
+// read is in flight while the other's bytes arrive (1 GiB file: 268 -> 296-348 MB/s).
+// A read nothing covers falls back to FileReaderSync here; headers (read before the
+// hint) are read as before.  Read-ahead lives in JS memory, not the wasm heap: at most
+// READ_AHEAD bytes per file.
 const READ_WINDOW = 4 << 20;
 const READ_AHEAD = 12 << 20;
 let lastRead = null;    // {reader, pos}: the reader read last and where it stopped
@@ -260,28 +260,31 @@ const helperReplies = new Map();
 let helperSeq = 0;
 
 function helperFailed() {
+  for (const h of helpers || []) h.terminate();
   helpers = null;
   for (const reply of helperReplies.values()) reply({ error: "the reading thread failed" });
   helperReplies.clear();
 }
 
+function helperReplied(e) {
+  const reply = helperReplies.get(e.data.id);
+  helperReplies.delete(e.data.id);
+  if (reply) reply(e.data);
+}
+
 // [start, end) of `file` as an ArrayBuffer, read off this thread when possible.
 function readRange(file, start, end) {
   if (helpers === undefined) {
+    helpers = [];
     try {
-      helpers = [];
       for (let i = 0; i < READERS; ++i) {
         const h = new Worker(new URL("./reader.js", import.meta.url), { name: `q4apr-reader-${i}` });
-        h.onmessage = (e) => {
-          const reply = helperReplies.get(e.data.id);
-          helperReplies.delete(e.data.id);
-          if (reply) reply(e.data);
-        };
+        h.onmessage = helperReplied;
         h.onerror = (e) => { e.preventDefault?.(); helperFailed(); };
         helpers.push(h);
       }
     } catch (_) {
-      helpers = null;
+      helperFailed();
     }
   }
   if (!helpers) return file.slice(start, end).arrayBuffer();

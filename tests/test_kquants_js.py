@@ -550,8 +550,8 @@ def test_wasm_32_value_mutants_are_caught(node, wasm_module, name, tmp_path):
 STATS_MUTANTS = [
     (r"return \(load<f32>\(p\) \+ load<f32>\(p, 8\)\) \+ \(load<f32>\(p, 4\) \+ load<f32>\(p, 12\)\);",
      "return ((load<f32>(p) + load<f32>(p, 4)) + load<f32>(p, 8)) + load<f32>(p, 12);"),
-    (r"m = i32x4.max_s\(m, v128.and\(e, i32x4.splat\(0x7FFFFFFF\)\)\);", "m = i32x4.max_s(m, e);"),
-    (r"v128.store\(SQX \+ u \+ i, f32x4.mul\(xv, xv\)\);", "v128.store(SQX + u + i, f32x4.mul(y, y));"),
+    (r"return i32x4.max_s\(m, v128.and\(e, i32x4.splat\(0x7FFFFFFF\)\)\);", "return i32x4.max_s(m, e);"),
+    (r"v128.store\(SQX \+ o, f32x4.mul\(xv, xv\)\);", "v128.store(SQX + o, f32x4.mul(y, y));"),
     (r"for \(let w: usize = 512; w >= 16; w >>= 1\)", "for (let w: usize = 512; w >= 32; w >>= 1)"),
 ]
 
@@ -611,7 +611,7 @@ KQUANT_STATS_MUTANTS = {
     "Q4_K": [(r"f32x4.convert_i32x4_s\(v128.load\(pl \+ i\)\)\), m1\)", "f32x4.convert_i32x4_s(v128.load(pl + i))), f32x4.neg(m1))"),
              (r"const d1 = f32x4.splat\(dh \* ", "const d1 = f32x4.splat(dmh * ")],
     "Q6_K": [(r"i32x4.sub\(v128.load\(pl \+ i\), off\)", "i32x4.sub(v128.load(pl + i), i32x4.splat(31))"),
-             (r"unchecked\(STATS\[nBlocks \+ b\] = halve\(SQE\)\);", "unchecked(STATS[nBlocks + b] = halve(SQX));")],
+             (r"unchecked\(STATS\[nUnits \+ u\] = halve\(SQE\)\);", "unchecked(STATS[nUnits + u] = halve(SQX));")],
 }
 
 

@@ -196,8 +196,8 @@ def quantize_steps(model, sink, options, executor=None):
     executor (optional; the page's worker pool): .workers, the number of chunks it converts
     at once, and .submit_chunk(job, raw), offered the chunks _worth_sending -> a future of
     ChunkConverter.convert's result (in the other worker), or None when every worker is
-    busy (the chunk is then converted here).  Its futures have done() and result(); while the oldest is not done,
-    Wait(future) is yielded."""
+    busy (the chunk is then converted here).  Its futures have done() and result(); while
+    the oldest is not done, Wait(future) is yielded."""
     t0 = time.perf_counter()
     decisions = plan(model, options)
     params = sum(numel(e.shape) for e in model.tensors)
@@ -312,8 +312,10 @@ def _read_chunk(f, view, path, name, at=None):
 
 
 def _read_convert(fd, at, args):
-    """A thread's job: read its chunk (args[1], the view) at byte `at`, then convert it."""
-    _read_chunk(fd, args[1], args[8], args[9], at)
+    """A thread's job: read its chunk (the view of _convert's args) at byte `at`, then
+    convert it."""
+    _, view, *_, path, name = args
+    _read_chunk(fd, view, path, name, at)
     return _convert(*args)
 
 
