@@ -7,7 +7,8 @@
 Same inputs as bench/e2e_browser.py (generated with bench/make_model.py when missing).
 Each run is `/usr/bin/time -v python -m q4apr quantize IN -o OUT --force -q` in a fresh
 process, the inputs interleaved; MB/s = input bytes / wall time (median), peak RSS =
-time's "Maximum resident set size" (largest over the runs).  The output is checked with
+time's "Maximum resident set size" (largest over the runs) and, with --vs-gguf, also the
+largest sum over the CLI and its worker processes (sampled from /proc every 5 ms).  The output is checked with
 `python -m q4apr verify`.  A benchmark: prints figures, asserts nothing about time.
 
 --profile runs the pipeline in this process instead, with the pipeline's pieces wrapped
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,14 +49,46 @@ def run_cli(path, out, fmt, threads=None):
     cmd = [TIME, "-v", sys.executable, "-m", "q4apr", "quantize", str(path), "-o", str(out),
            "--format", fmt, "--force", "-q"] + (["--threads", str(threads)] if threads else [])
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    peak = [0]
+    sampler = threading.Thread(target=_sample_tree_rss, args=(proc, peak), daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
     wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"quantize failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
-    user = float(re.search(r"User time \(seconds\): ([\d.]+)", r.stderr).group(1))
-    sys_ = float(re.search(r"System time \(seconds\): ([\d.]+)", r.stderr).group(1))
-    return {"seconds": wall, "rss_bytes": rss_kb * 1024, "cpu_seconds": user + sys_}
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"quantize failed ({proc.returncode}):\n{err[-3000:]}")
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err).group(1))
+    user = float(re.search(r"User time \(seconds\): ([\d.]+)", err).group(1))
+    sys_ = float(re.search(r"System time \(seconds\): ([\d.]+)", err).group(1))
+    return {"seconds": wall, "rss_bytes": rss_kb * 1024, "cpu_seconds": user + sys_,
+            "tree_rss_bytes": peak[0]}
+
+
+def _sample_tree_rss(proc, peak):
+    """The largest sum of VmRSS over the CLI and its worker processes (time -v gives the
+    largest single process), sampled every 5 ms while it runs (Linux /proc)."""
+    def tree(pid):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                kids = [int(c) for c in f.read().split()]
+        except OSError:
+            return []
+        return [pid] + [q for k in kids for q in tree(k)]
+
+    def rss(pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+    while proc.poll() is None:
+        peak[0] = max(peak[0], sum(rss(p) for p in tree(proc.pid)[1:]))   # not time itself
+        time.sleep(0.005)
 
 
 def verify(path):
@@ -149,16 +183,18 @@ def vs_gguf(path, fmt, threads_list, reps, side=8192):
     print(f"\n{path.name} ({size / 1e9:.2f} GB) -> {fmt}, median of {reps}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; verify: {'ok' if ok else 'FAILED'}")
     print("| CLI --threads | median s | MB/s | / gguf-py Q4_0 kernel | / 1 thread | peak RSS "
-          "| CPU s (cores used) |")
+          "(largest process / all) | CPU s (cores used) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     base = threads_list[0]
     for t in threads_list:
         secs = statistics.median(r["seconds"] for r in runs[t])
         rss = max(r["rss_bytes"] for r in runs[t])
+        tree_rss = max(r["tree_rss_bytes"] for r in runs[t])
         cpu = statistics.median(r["cpu_seconds"] for r in runs[t])
         print(f"| {t} | {secs:.2f} | {mbps[t]:.0f} | {mbps[t]:.0f} / {peer_mbps:.0f} = "
               f"**{mbps[t] / peer_mbps:.2f}×** | {mbps[t]:.0f} / {mbps[base]:.0f} = "
-              f"{mbps[t] / mbps[base]:.2f}× | {rss / 1e6:.0f} MB | {cpu:.2f} ({cpu / secs:.2f}) |")
+              f"{mbps[t] / mbps[base]:.2f}× | {rss / 1e6:.0f} / {tree_rss / 1e6:.0f} MB | "
+              f"{cpu:.2f} ({cpu / secs:.2f}) |")
     print(f"| gguf-py Q4_0, {side}×{side} f32 (kernel alone) | {statistics.median(peer):.2f} | "
           f"{peer_mbps:.0f} | | | | |")
 

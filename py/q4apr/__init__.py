@@ -22,8 +22,9 @@ open_model(paths: str | list[str]) -> Model
 
 Options(format='apr'|'gguf', keep_embeddings_f16=False, keep_output_f16=False,
         pure=False, skip=(), chunk_bytes=4 << 20, allow_non_finite=False, threads=1)
-    threads > 1 converts that many chunks at once in a thread pool (the CLI's --threads,
-    default every core); the output, the report and the first error are those of 1.
+    threads > 1 converts that many chunks at once (the CLI's --threads, default every
+    core): in forked worker processes on Linux (q4apr.processes), in a thread pool
+    elsewhere; the output, the report and the first error are those of 1.
     A dataclass; Options.from_dict(d) takes the same snake_case keys (unknown keys ->
     BadInput).  A NaN or Inf in any float tensor written (quantized, converted, kept or
     passed through; for block types, a non-finite block scale) is refused with BadInput

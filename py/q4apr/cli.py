@@ -15,6 +15,7 @@ from ._version import __version__
 from .errors import Cancelled, Q4Error
 from .inspection import inspect_model, verify_file
 from .formats import open_model
+from .heap import keep_freed_memory
 from .pipeline import MAX_THREADS, Options, output_name, quantize
 from .report import format_table, human_bytes
 from .sinks import FileSink
@@ -88,6 +89,7 @@ def main(argv=None):
 
 
 def cmd_quantize(args):
+    keep_freed_memory()
     fmt = args.format or ("gguf" if (args.output or "").lower().endswith(".gguf") else "apr")
     options = Options(format=fmt, keep_embeddings_f16=args.keep_embeddings_f16,
                       keep_output_f16=args.keep_output_f16, pure=args.pure, type=args.type,

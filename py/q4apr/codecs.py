@@ -699,9 +699,10 @@ def quantize_measured(codec, x: np.ndarray, out: np.ndarray, y: np.ndarray):
         if c.kernel(x, out.reshape(-1, c.type_size), None, bad, stats) == 0:
             return out, stats[:units], stats[units:2 * units], float(stats[-1])
     quantize(c, x, out=out, dequantized=y)
-    signal = unit_squares(x)
-    np.subtract(y, x, out=y)
-    noise = unit_squares(y)
+    with _errstate():   # NaN/Inf weights: the pipeline refuses or counts them, numpy is quiet
+        signal = unit_squares(x)
+        np.subtract(y, x, out=y)
+        noise = unit_squares(y)
     # max|y - x| on the f32 bits with the sign cleared: they order like the values (a NaN
     # sorts above them all).  Under Pyodide np.abs on mixed signs costs ~10x this.
     yi = y.view(np.int32)

@@ -21,6 +21,9 @@ class BadInput(Q4Error):
         super().__init__(": ".join(where + [problem]) if where else problem)
         self.file, self.tensor, self.problem = file, tensor, problem
 
+    def __reduce__(self):   # from a worker process: the same file, tensor and problem
+        return type(self), (self.problem, self.file, self.tensor)
+
 
 class Cancelled(Q4Error):
     """The run was cancelled by the person; no output was kept."""

@@ -5,14 +5,16 @@ quantize_steps is a generator that yields after every chunk: the CLI drives it
 in a loop, the browser worker awaits between steps so a Cancel is seen at once.
 Peak extra memory is a few chunks, whatever the model's size.
 
-With Options(threads=N > 1) the chunks of a tensor are converted by N threads (numpy
-releases the GIL in its kernels) while this generator reads the next ones and writes the
-finished ones strictly in order: at most N + 1 chunks are in flight, each with its own
-buffers, so the output, the report and the first error are those of threads=1.  Pyodide
-has no threads: there the page hands quantize_steps an `executor` instead, which sends
-chunks to other workers (the same _convert runs there: ChunkConverter) and converts a
-chunk here when they are all busy; while the oldest chunk is still away the generator
-yields Wait(future), which the page's driver awaits.
+With Options(threads=N > 1) the chunks of a tensor are converted by N workers while this
+generator writes the finished ones strictly in order, so the output, the report and the
+first error are those of threads=1.  Natively on Linux the workers are forked processes
+(q4apr.processes: the GIL made threads wait on each other), elsewhere threads (numpy
+releases the GIL in its kernels; at most N + 1 chunks in flight, each with its own
+buffers).  Pyodide has no threads: there the page hands quantize_steps an `executor`,
+which sends chunks to other workers (the same _convert runs there: ChunkConverter) and
+converts a chunk here when they are all busy.  While the oldest chunk is still away
+(an executor's, the processes' too) the generator yields Wait(future), which the page's
+driver awaits and the CLI's blocks on.
 """
 
 import collections
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codecs, mixtures, nonfinite, policy, runnable
+from . import codecs, mixtures, nonfinite, policy, processes, runnable
 from .dtypes import APR_Q4, BY_NAME, F16, F32, numel
 from .errors import BadInput, Cancelled, Q4Error
 from .formats import apr, gguf
@@ -155,6 +157,11 @@ def make_layout(model, options, decisions, params):
     return apr.Layout(apr.output_metadata(model, params), names_shapes)
 
 
+def _out_bytes(n):
+    """The most bytes n values quantize to (the widest block type, a partial block)."""
+    return n // 32 * 34 + 34
+
+
 class _Buffers:
     """Scratch space for one chunk in flight, sized by the chunk, reused by every tensor
     (np.empty: pages a run never touches, e.g. F16 output, take no memory)."""
@@ -165,7 +172,7 @@ class _Buffers:
         self.x = np.empty(chunk_elems, np.float32)          # decoded input
         self.y = np.empty(chunk_elems, np.float32)          # decoded output, for the error
         self.f16 = np.empty(chunk_elems, np.float16)
-        self.q = np.empty(chunk_elems // 32 * 34 + 34, np.uint8)  # widest block type
+        self.q = np.empty(_out_bytes(chunk_elems), np.uint8)
 
 
 class _Now:
@@ -196,8 +203,11 @@ def quantize_steps(model, sink, options, executor=None):
     executor (optional; the page's worker pool): .workers, the number of chunks it converts
     at once, and .submit_chunk(job, raw), offered the chunks _worth_sending -> a future of
     ChunkConverter.convert's result (in the other worker), or None when every worker is
-    busy (the chunk is then converted here).  Its futures have done() and result(); while
-    the oldest is not done, Wait(future) is yielded."""
+    busy (the chunk is then converted here).  Its futures have done(), result() and
+    cancel() (the run abandons it); while the oldest is not done, Wait(future) is yielded.
+    Optional: .in_flight (chunks queued at once; default workers + 1) and .reads_files
+    (a job with "at", "path" and "file" and raw None is read by the worker itself).
+    Without one, threads > 1 natively makes one (processes.ProcessExecutor, Linux)."""
     t0 = time.perf_counter()
     decisions = plan(model, options)
     params = sum(numel(e.shape) for e in model.tensors)
@@ -206,10 +216,14 @@ def quantize_steps(model, sink, options, executor=None):
     chunk_elems = max(256, options.chunk_bytes // 4 // 256 * 256)   # whole Q4_K/Q6_K blocks, SUM_UNITs
     raw = max([chunk_elems * 4] + [e.dtype.nbytes(chunk_elems) for e, _ in decisions
                                    if not e.dtype.quantized])
-    pool = None
+    pool = own = None
     if executor is None and options.threads > 1 and sys.platform != "emscripten":
-        from concurrent.futures import ThreadPoolExecutor   # Pyodide: no threads
-        pool = ThreadPoolExecutor(options.threads, thread_name_prefix="q4apr")
+        if processes.available():   # numpy's short calls make threads wait on the GIL
+            executor = own = processes.ProcessExecutor(options.threads, raw,
+                                                       _out_bytes(chunk_elems))
+        else:
+            from concurrent.futures import ThreadPoolExecutor   # Pyodide: no threads
+            pool = ThreadPoolExecutor(options.threads, thread_name_prefix="q4apr")
     # in flight: a chunk per thread or pool worker + one; an executor's chunks leave their
     # buffers at once (it converts a copy), so its runs need buffers only for the chunks
     # converted here while every worker is busy: at most 2 of them wait to be written
@@ -261,6 +275,8 @@ def quantize_steps(model, sink, options, executor=None):
     finally:
         if pool is not None:   # _write_tensor has waited for its chunks already
             pool.shutdown(wait=True, cancel_futures=True)
+        if own is not None:
+            own.close()
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -377,10 +393,14 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
             raise Q4Error(f"internal: no conversion {src.name} -> {dtype_out.name}")
         sq, signal, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0.0, 0, 0, 0
         free, pending = list(slots), collections.deque()
-        limit = executor.workers + 1 if executor is not None else len(slots)
-        positional = pool is not None and entry.opener is None and entry.row_order is None \
-            and hasattr(os, "preadv")
+        limit = len(slots) if executor is None else \
+            getattr(executor, "in_flight", executor.workers + 1)   # processes queue more
+        send = executor is not None and _worth_sending(q4)
+        positional = entry.opener is None and entry.row_order is None and hasattr(os, "preadv") \
+            and (pool is not None or send and getattr(executor, "reads_files", False))
         read_at = entry.offset
+        if positional and send:
+            where = {"path": path, "file": processes.file_id(f.fileno())}
         try:
             while i < n_total or pending:
                 while i < n_total and free and len(pending) < limit:   # read ahead
@@ -389,17 +409,24 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
                     k = src.nbytes(n)
                     view = memoryview(slot.raw)[:k]
                     args = (slot, view, n, i, src, dtype_out, q4, entry.add, path, entry.name)
-                    if positional:
-                        pending.append((pool.submit(_read_convert, f.fileno(), read_at, args), slot, i, k))
+                    job = {"n": n, "i": i, "src": src.name, "out": dtype_out.name,
+                           "add": entry.add, "path": path, "name": entry.name}
+                    if positional:   # read where it is converted
+                        if send:
+                            job = executor.submit_chunk(dict(job, at=read_at, **where), None)
+                            free.append(slot)
+                            slot = None
+                        else:
+                            job = pool.submit(_read_convert, f.fileno(), read_at, args)
+                        pending.append((job, slot, i, k))
                         read_at += k
                         i += n
                         continue
                     _read_chunk(f, view, path, entry.name)
-                    job = None
-                    if executor is not None and _worth_sending(q4):   # None back: all busy
-                        job = executor.submit_chunk(
-                            {"n": n, "i": i, "src": src.name, "out": dtype_out.name,
-                             "add": entry.add, "path": path, "name": entry.name}, view)
+                    if send:   # None back: all busy
+                        job = executor.submit_chunk(job, view)
+                    else:
+                        job = None
                     if job is None:
                         job = pool.submit(_convert, *args) if pool else \
                             _Now(lambda: _convert(*args))
@@ -485,21 +512,43 @@ class _Chunk:
 
 class ChunkConverter:
     """The other end of an executor (quantize_steps): converts the chunks it is sent, in its
-    own buffers, grown to the largest chunk seen.  convert(job, raw) -> _Chunk.parts()."""
+    own buffers, grown to the largest chunk seen.  convert(job, raw) -> _Chunk.parts().
+    With raw None the chunk is read here: job["at"] is its byte offset in job["path"], and
+    job["file"] the (device, inode) the file had when the run opened it (a file replaced
+    since is refused, not read)."""
 
     def __init__(self):
         self._bufs = None
+        self._files = {}   # path -> file descriptor, kept open for the next chunks
 
     def convert(self, job, raw):
         n = int(job["n"])
-        if self._bufs is None or self._bufs.n < n:
+        src, dtype_out = BY_NAME[job["src"]], BY_NAME[job["out"]]
+        size = src.nbytes(n) if raw is None else 1
+        if self._bufs is None or self._bufs.n < n or len(self._bufs.raw) < size:
             self._bufs = None   # the old buffers go first: one set at a time
-            self._bufs = _Buffers(n, 1)
-        dtype_out = BY_NAME[job["out"]]
-        r = _convert(self._bufs, memoryview(raw).cast("B"), n, int(job["i"]), BY_NAME[job["src"]],
-                     dtype_out, codecs.CODECS.get(dtype_out.name), job["add"], job["path"],
-                     job["name"])
+            self._bufs = _Buffers(n, size)
+        if raw is None:
+            view = memoryview(self._bufs.raw)[:size]
+            _read_chunk(self._open(job), view, job["path"], job["name"], int(job["at"]))
+        else:
+            view = memoryview(raw).cast("B")
+        r = _convert(self._bufs, view, n, int(job["i"]), src, dtype_out,
+                     codecs.CODECS.get(dtype_out.name), job["add"], job["path"], job["name"])
         return r.parts()
+
+    def _open(self, job):
+        path = job["path"]
+        fd = self._files.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise BadInput(f"cannot read ({e.strerror or e})", path, job["name"]) from None
+            self._files[path] = fd
+        if list(processes.file_id(fd)) != list(job["file"]):
+            raise BadInput("the file was replaced during the run", path, job["name"])
+        return fd
 
 
 def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
