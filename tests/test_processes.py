@@ -126,7 +126,7 @@ def test_a_replaced_input_file_is_refused(tmp_path):
         fd = os.open(p, os.O_RDONLY)
         try:
             job = {"n": 1024, "i": 0, "src": "F32", "out": "APR_Q4", "add": None, "path": p,
-                   "name": e.name, "at": e.offset, "file": processes.file_id(fd)}
+                   "name": e.name, "at": e.offset, "file": pipeline._file_id(fd)}
             assert conv.convert(job, None)["out"] is not None
             os.replace(_st(tmp_path, {"x": np.zeros(4, np.float32)}, "other.safetensors"), p)
             with pytest.raises(q4apr.BadInput, match="replaced during the run") as err:

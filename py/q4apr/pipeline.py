@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codecs, mixtures, nonfinite, policy, processes, runnable
+from . import codecs, mixtures, nonfinite, policy, runnable
 from .dtypes import APR_Q4, BY_NAME, F16, F32, numel
 from .errors import BadInput, Cancelled, Q4Error
 from .formats import apr, gguf
@@ -218,6 +218,7 @@ def quantize_steps(model, sink, options, executor=None):
                                    if not e.dtype.quantized])
     pool = own = None
     if executor is None and options.threads > 1 and sys.platform != "emscripten":
+        from . import processes   # natively only (mmap, multiprocessing)
         if processes.available():   # numpy's short calls make threads wait on the GIL
             executor = own = processes.ProcessExecutor(options.threads, raw,
                                                        _out_bytes(chunk_elems))
@@ -400,7 +401,7 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
             and (pool is not None or send and getattr(executor, "reads_files", False))
         read_at = entry.offset
         if positional and send:
-            where = {"path": path, "file": processes.file_id(f.fileno())}
+            where = {"path": path, "file": _file_id(f.fileno())}
         try:
             while i < n_total or pending:
                 while i < n_total and free and len(pending) < limit:   # read ahead
@@ -546,9 +547,15 @@ class ChunkConverter:
             except OSError as e:
                 raise BadInput(f"cannot read ({e.strerror or e})", path, job["name"]) from None
             self._files[path] = fd
-        if list(processes.file_id(fd)) != list(job["file"]):
+        if list(_file_id(fd)) != list(job["file"]):
             raise BadInput("the file was replaced during the run", path, job["name"])
         return fd
+
+
+def _file_id(fd):
+    """What identifies an open file: its device and inode."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):

@@ -20,7 +20,6 @@ its threads.
 import collections
 import mmap
 import multiprocessing
-import os
 import signal
 import sys
 import time
@@ -33,12 +32,6 @@ DEPTH = 4   # jobs queued per worker: it starts the next while the parent writes
 def available() -> bool:
     """Whether worker processes can be forked here (Linux; not Pyodide, macOS or Windows)."""
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-
-
-def file_id(fd) -> tuple:
-    """What identifies an open file: its device and inode."""
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
 
 
 class ProcessExecutor:
