@@ -66,16 +66,15 @@ def _errstate():
 
 def _block_max(src: np.ndarray, t1: np.ndarray, t2: np.ndarray, fn) -> np.ndarray:
     """Per-block ``fn``-reduction (np.maximum or np.minimum) of a flat int32
-    array of whole 32-blocks: (n/32,), natively a strided view into ``t1``.
+    array of whole 32-blocks: (n/32,), under Pyodide a view into ``t1``.
 
-    Five 1-D passes build a sliding window of width 32 (offsets 16, 8, 4, 2, 1),
-    so position 32*b holds the reduction of block b.  Natively that is several
-    times faster than ``src.reshape(-1, 32).max(axis=1)``, which pays a call per
-    row.  Under Pyodide (no SIMD) the work counts, not the calls: there five
-    halving passes over even/odd strided views (n/2 + n/4 + ... = n elements in
-    all) beat both (~1.35x the row-wise reduce).  Integer max/min are exact, so
-    all give the same values.  ``src`` is only read before t2 is written (it
-    may be ``t2``); the stale tails of t1/t2 never reach a position 32*b.
+    Natively ``fn.reduceat`` at every 32nd index: one pass, ~2.5x faster than
+    ``src.reshape(-1, 32).max(axis=1)`` (a call per row) and 1.3x the five
+    sliding-window passes used before.  Under Pyodide (no SIMD) the work counts,
+    not the calls: there five halving passes over even/odd strided views (n/2 +
+    n/4 + ... = n elements in all) beat the row-wise reduce (~1.35x).  Integer
+    max/min are exact, so all give the same values.  ``src`` is only read before
+    t2 is written (it may be ``t2``).
     """
     if _WASM:
         m = src.size
@@ -85,12 +84,20 @@ def _block_max(src: np.ndarray, t1: np.ndarray, t2: np.ndarray, fn) -> np.ndarra
         fn(t1[0:m // 8:2], t1[1:m // 8:2], out=t2[: m // 16])
         fn(t2[0:m // 16:2], t2[1:m // 16:2], out=t1[: m // 32])
         return t1[: m // 32]
-    fn(src[:-16], src[16:], out=t1[:-16])
-    fn(t1[:-8], t1[8:], out=t2[:-8])
-    fn(t2[:-4], t2[4:], out=t1[:-4])
-    fn(t1[:-2], t1[2:], out=t2[:-2])
-    fn(t2[:-1], t2[1:], out=t1[:-1])
-    return t1[::32]
+    return fn.reduceat(src, _block_starts(src.size))
+
+
+def _block_starts(m: int) -> np.ndarray:
+    """0, 32, 64, ... below m (reduceat's indices), kept for the next chunk of that size."""
+    starts = _STARTS.get(m)
+    if starts is None:
+        if len(_STARTS) > 8:
+            _STARTS.clear()
+        starts = _STARTS[m] = np.arange(0, m, 32, dtype=np.intp)
+    return starts
+
+
+_STARTS: dict = {}
 
 
 # The reductions run on the f32 bit patterns as int32, not on floats: integer
