@@ -3,6 +3,7 @@
 // and sends back the parts.  Module worker, started by worker.js.
 //
 // main -> here   {id, job: JSON string, raw: ArrayBuffer (transferred)}
+//                {id, job, file: File, start, end}   (read here: the bytes [start, end))
 // here -> main   {ready: true} once booted, or {failed: message}
 //                {id, parts: {out, dtype, signal, noise, maxerr, low_scales, overflow,
 //                             non_finite}}  (byte fields: ArrayBuffers, transferred)
@@ -43,10 +44,32 @@ const booted = bootPython(DRIVER_PY, { makeSnapshot: false }).then(
   (err) => self.postMessage({ failed: describe(err) }),
 );
 
+// [start, end) of file, or the reply that says why it cannot be read (as the core's
+// pipeline._read_chunk words it, naming the file and the tensor).
+function readRange(job, file, start, end) {
+  const { path, name } = JSON.parse(job);
+  let buf;
+  try {
+    buf = new FileReaderSync().readAsArrayBuffer(file.slice(start, end));
+  } catch (err) {
+    return { bad: [`cannot read (${(err && err.message) || err})`, path, name] };
+  }
+  if (buf.byteLength < end - start) {
+    return { bad: ["the file ends inside this tensor's data (it changed or is truncated)", path, name] };
+  }
+  return { buf };
+}
+
 self.onmessage = async (ev) => {
-  const { id, job, raw } = ev.data || {};
+  const { id, job, file, start, end } = ev.data || {};
+  let { raw } = ev.data || {};
   await booted;
   if (!convert) return self.postMessage({ id, fail: "the conversion worker did not start" });
+  if (file) {
+    const r = readRange(job, file, start, end);
+    if (r.bad) return self.postMessage({ id, bad: r.bad });
+    raw = r.buf;
+  }
   let reply;
   try {
     reply = convert(job, new Uint8Array(raw));

@@ -5,6 +5,10 @@
 // worker is the fallback everywhere: a pool that cannot start (no nested module workers,
 // no snapshot, a worker failing to boot) only means fewer helpers.
 //
+// A chunk stored as it is in a dropped file is not read here: the conversion worker reads
+// its byte range of the File itself (submit with raw null; fileOf maps the core's path to
+// the File), so the main worker neither reads nor copies it.
+//
 // Tickets: submit() -> ticket (0: nobody idle); done(t); take(t) -> the worker's reply
 // ({parts} | {bad} | {fail}); wait(t) -> a promise settled when done(t); drop(t) forgets a
 // chunk the run no longer wants (its worker becomes idle when it has finished it).
@@ -19,6 +23,7 @@ export class Pool {
     this.spawnFailed = false;
     this.sent = 0;              // chunks sent to conversion workers (reset by the run)
     this.killNext = false;      // tests: kill() found no chunk in flight
+    this.fileOf = null;         // path -> File, set by the run (chunks workers read themselves)
   }
 
   // Conversion workers wanted (the main worker converts too: total = n + 1).
@@ -86,16 +91,26 @@ export class Pool {
     if (!bootFailed && this.members.includes(m)) setTimeout(() => this.resize(this.target), 0);
   }
 
-  // raw: the chunk's bytes (a PyProxy of a memoryview, copied here) or a typed array.
+  // job: JSON text; raw: the chunk's bytes (a PyProxy of a memoryview, copied here) or a
+  // typed array, or null: the worker reads job.size bytes at job.at of job.path's File.
   submit(job, raw) {
     const m = this.members.find((x) => x.ready && !x.busy && !x.dead);
     if (!m) return 0;
-    let copy;
-    if (ArrayBuffer.isView(raw)) {
-      copy = raw.slice().buffer;
+    let msg;
+    if (raw == null) {
+      const { path, at, size } = JSON.parse(job);
+      const file = this.fileOf && this.fileOf(path);
+      if (!file) return 0;
+      msg = [{ job, file, start: at, end: at + size }, []];
     } else {
-      const pb = raw.getBuffer("u8");
-      try { copy = pb.data.slice().buffer; } finally { pb.release(); }
+      let copy;
+      if (ArrayBuffer.isView(raw)) {
+        copy = raw.slice().buffer;
+      } else {
+        const pb = raw.getBuffer("u8");
+        try { copy = pb.data.slice().buffer; } finally { pb.release(); }
+      }
+      msg = [{ job, raw: copy }, [copy]];
     }
     const t = ++this.seq;
     const rec = { reply: null, member: m };
@@ -103,7 +118,7 @@ export class Pool {
     this.tickets.set(t, rec);
     m.busy = t;
     this.sent++;
-    m.worker.postMessage({ id: t, job, raw: copy }, [copy]);
+    m.worker.postMessage({ id: t, ...msg[0] }, msg[1]);
     if (this.killNext) {
       this.killNext = false;
       this.stop(m, "a conversion worker stopped (killed)");

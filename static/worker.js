@@ -61,7 +61,10 @@ class _PageFuture:
 
 
 class _PageExecutor:
-    """quantize_steps' executor: chunks go to idle pool workers, else are converted here."""
+    """quantize_steps' executor: chunks go to idle pool workers, else are converted here.
+    A chunk stored as it is in a dropped file goes as its byte range: the worker reads it."""
+
+    reads_files = True
 
     def __init__(self, pool, workers):
         self.pool, self.workers = pool, workers
@@ -227,6 +230,20 @@ self.q4aprHeapBytes = () => (py ? py._module.HEAPU8.length : 0);
 // ... and how many conversion workers are ready (they boot after this one).
 self.q4aprPoolReady = () => pool.readyCount;
 self.q4aprPoolState = () => ({ members: pool.size, gaveUp: pool.spawnFailed });   // tests
+// tests: a conversion worker reads the byte range [at, at + size) of `bytes` as a File
+self.q4aprReadInPool = async (job, bytes) => {
+  const file = new File([new Uint8Array(bytes)], "m.safetensors");
+  pool.fileOf = () => file;
+  try {
+    const t = pool.submit(JSON.stringify(job), null);
+    if (!t) return null;
+    await pool.wait(t);
+    const r = pool.take(t);
+    return r.bad ? { bad: r.bad } : { out: Array.from(new Uint8Array(r.parts.out)) };
+  } finally {
+    pool.fileOf = null;
+  }
+};
 
 const booted = boot().then(
   () => true,
@@ -481,6 +498,7 @@ async function runQuantize(msg) {
     const readPending = () => (lastRead ? lastRead.reader.pending(lastRead.pos) : null);
     sizePool(msg.workers);
     pool.sent = 0;
+    pool.fileOf = (path) => readers.get(String(path).split("/").pop())?.file;
     const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onTruncate, onProgress, onDone,
       isCancelled, readHint, readPending, pool.size ? pool : null, self.q4aprProfile === true);
     let status;
@@ -502,6 +520,7 @@ async function runQuantize(msg) {
   } catch (err) {
     outcome = { type: MSG.ERROR, id, message: `internal error: ${describe(err)}` };
   } finally {
+    pool.fileOf = null;
     unmount(m);
     cancelled.delete(id);
   }
@@ -526,6 +545,7 @@ function runOnce(msg, fn, answer) {
   } catch (err) {
     post({ type: MSG.ERROR, id, message: `internal error: ${describe(err)}` });
   } finally {
+    pool.fileOf = null;
     unmount(m);
     cancelled.delete(id);
   }

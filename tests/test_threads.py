@@ -268,10 +268,12 @@ class Loopback:
     hands back copies of the parts; `busy` says which submissions find every worker busy
     (the pipeline then converts the chunk itself)."""
 
-    def __init__(self, workers=2, busy=lambda k: k % 3 == 2, fail_at=None):
+    def __init__(self, workers=2, busy=lambda k: k % 3 == 2, fail_at=None, reads=False):
         import json
         from q4apr.pipeline import ChunkConverter
         self.workers, self.busy, self.fail_at = workers, busy, fail_at
+        self.reads_files = reads   # chunks stored as they are come as byte ranges (raw None)
+        self.ranges = 0
         import threading
         self.converters = [(ChunkConverter(), threading.Lock()) for _ in range(workers)]
         self.k = self.remote = self.local = 0
@@ -283,7 +285,11 @@ class Loopback:
             self.local += 1
             return None
         self.remote += 1
-        job, raw = self._json.loads(self._json.dumps(job)), bytes(raw)
+        job = self._json.loads(self._json.dumps(job))
+        if raw is None:
+            self.ranges += 1
+        else:
+            raw = bytes(raw)
         conv, one_at_a_time = self.converters[k % self.workers]
 
         def convert():
@@ -326,6 +332,19 @@ def test_executor_gguf_input_folder_overflow_and_non_finite(tmp_path):
     same_with_executor([p], format="apr", allow_non_finite=True)
     with pytest.raises(q4apr.BadInput, match=f"flat index {40 * 256 + 3}"):
         run([p], executor=Loopback(2), chunk_bytes=CHUNK)
+
+
+def test_executor_reading_byte_ranges_same_bytes_and_report(st_path, tmp_path):
+    """An executor whose workers read their chunks themselves (the page's pool, the CLI's
+    processes): chunks of tensors stored as they are go as byte ranges; those refused by
+    a busy pool are read here at their offset; same bytes and report."""
+    a, ra = run([st_path], threads=1, chunk_bytes=CHUNK, format="gguf", type="Q4_K_M")
+    ra["totals"].pop("seconds")
+    ex = Loopback(2, busy=lambda k: k % 3 == 1, reads=True)
+    b, rb = run([st_path], executor=ex, chunk_bytes=CHUNK, format="gguf", type="Q4_K_M")
+    rb["totals"].pop("seconds")
+    assert a == b and ra == rb
+    assert ex.ranges > 0 and ex.local > 0
 
 
 def test_executor_failure_fails_the_run_and_leaves_nothing(st_path, tmp_path):

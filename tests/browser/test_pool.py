@@ -192,3 +192,25 @@ def test_k_quants_fall_back_to_javascript_where_the_wasm_kernels_cannot_load(pag
         assert "js" in kernels and set(kernels) <= {"js", None}, kernels
     finally:
         server.shutdown()
+
+
+def test_a_conversion_worker_reads_its_byte_range_or_says_why_not(page, site_url):
+    """Chunks stored as they are go to a conversion worker as a byte range of the File (it
+    reads them itself): the bytes at `at` are the ones converted; a File shorter than the
+    range is refused as the core refuses a truncated file, naming the file and tensor."""
+    import q4apr
+    open_app(page, site_url)
+    wait_booted(page)
+    set_workers(page, 2)
+    wait_pool_ready(page, 2)
+    main = [w for w in page.workers if w.evaluate("!!self.q4aprReadInPool")][0]
+    x = np.random.default_rng(12).standard_normal(256).astype(np.float32)
+    data = list(bytes(100) + x.tobytes())
+    job = {"n": 256, "i": 0, "src": "F32", "out": "APR_Q4", "add": None,
+           "path": "/in/j/m.safetensors", "name": "blk.0.w", "at": 100, "size": 1024}
+    got = main.evaluate("([job, data]) => self.q4aprReadInPool(job, data)", [job, data])
+    assert bytes(got["out"]) == q4apr.codecs.quantize("APR_Q4", x).tobytes()
+    short = main.evaluate("([job, data]) => self.q4aprReadInPool(job, data)", [job, data[:900]])
+    assert short == {"bad": ["the file ends inside this tensor's data (it changed or is "
+                             "truncated)", "/in/j/m.safetensors", "blk.0.w"]}
+
