@@ -8,7 +8,8 @@ Same inputs as bench/e2e_browser.py (generated with bench/make_model.py when mis
 Each run is `/usr/bin/time -v python -m q4apr quantize IN -o OUT --force -q` in a fresh
 process, the inputs interleaved; MB/s = input bytes / wall time (median), peak RSS =
 time's "Maximum resident set size" (largest over the runs) and, with --vs-gguf, also the
-largest sum over the CLI and its worker processes (sampled from /proc every 5 ms).  The output is checked with
+largest sum over the CLI and its worker processes of their proportional set sizes
+(sampled from /proc every 20 ms).  The output is checked with
 `python -m q4apr verify`.  A benchmark: prints figures, asserts nothing about time.
 
 --profile runs the pipeline in this process instead, with the pipeline's pieces wrapped
@@ -67,8 +68,10 @@ def run_cli(path, out, fmt, threads=None):
 
 
 def _sample_tree_rss(proc, peak):
-    """The largest sum of VmRSS over the CLI and its worker processes (time -v gives the
-    largest single process), sampled every 5 ms while it runs (Linux /proc)."""
+    """The largest sum over the CLI and its worker processes of each one's proportional
+    set size (Pss: a page shared by k processes, as the workers share numpy's with the CLI
+    they were forked from, counts 1/k in each, so the sum is the memory they take; time -v
+    gives the largest single process's RSS), sampled every 20 ms while it runs (Linux)."""
     def tree(pid):
         try:
             with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -79,16 +82,16 @@ def _sample_tree_rss(proc, peak):
 
     def rss(pid):
         try:
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith("Pss:"):
                         return int(line.split()[1]) * 1024
         except OSError:
             pass
         return 0
     while proc.poll() is None:
         peak[0] = max(peak[0], sum(rss(p) for p in tree(proc.pid)[1:]))   # not time itself
-        time.sleep(0.005)
+        time.sleep(0.02)
 
 
 def verify(path):
@@ -183,7 +186,7 @@ def vs_gguf(path, fmt, threads_list, reps, side=8192):
     print(f"\n{path.name} ({size / 1e9:.2f} GB) -> {fmt}, median of {reps}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; verify: {'ok' if ok else 'FAILED'}")
     print("| CLI --threads | median s | MB/s | / gguf-py Q4_0 kernel | / 1 thread | peak RSS "
-          "(largest process / all) | CPU s (cores used) |")
+          "(largest process / all, Pss) | CPU s (cores used) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     base = threads_list[0]
     for t in threads_list:

@@ -101,17 +101,27 @@ class _Unpicklable(Exception):
         raise TypeError("no pickling")
 
 
-def test_an_error_that_does_not_pickle_still_fails_the_run(tmp_path, monkeypatch):
+class _Unrebuildable(Exception):
+    """Pickles, but its __init__ wants two arguments: unpickling it fails."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a} {b}")
+
+
+@pytest.mark.parametrize("error", [_Unpicklable("boom at the second tensor"),
+                                   _Unrebuildable("boom at the", "second tensor")])
+def test_an_error_that_does_not_pickle_still_fails_the_run(tmp_path, monkeypatch, error):
     """A bug of ours in a worker: its text reaches the parent (forked: the patch is there)."""
     p = _model(tmp_path)
     real = pipeline._convert
 
     def convert(bufs, view, n, i, *rest):
         if i >= 4096:
-            raise _Unpicklable("boom at the second tensor")
+            raise error
         return real(bufs, view, n, i, *rest)
     monkeypatch.setattr(pipeline, "_convert", convert)
-    with pytest.raises(RuntimeError, match="conversion process: _Unpicklable: boom at the second"):
+    with pytest.raises(RuntimeError, match=f"conversion process: {type(error).__name__}: "
+                                           "boom at the second tensor"):
         run([p], threads=2, chunk_bytes=CHUNK)
     assert _workers() == []
 

@@ -20,6 +20,7 @@ its threads.
 import collections
 import mmap
 import multiprocessing
+import pickle
 import signal
 import sys
 import time
@@ -157,13 +158,18 @@ class ProcessExecutor:
                         parts[k] = bytes(parts[k])
                 reply = (True, parts)
             except Exception as e:   # sent back as it is: the pipeline raises it in order
-                reply = (False, e)
-            try:
-                conn.send(reply)
-            except Exception:   # an error that does not pickle (a bug): its text then
-                err = reply[1]
-                conn.send((False, RuntimeError(f"in a conversion process: "
-                                               f"{type(err).__name__}: {err}")))
+                reply = (False, _portable(e))
+            conn.send(reply)
+
+
+def _portable(e):
+    """e if it survives the pipe (pickled here, unpickled there), else a RuntimeError with
+    its text: an exception that does not is a bug of ours, and must still say what it was."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"in a conversion process: {type(e).__name__}: {e}")
 
 
 def _reusable(f):
