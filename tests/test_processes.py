@@ -56,6 +56,26 @@ def test_threads_where_fork_is_not_the_way(tmp_path, monkeypatch):
     assert a == b and started == [1]
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+def test_fewer_queued_jobs_when_the_slots_would_take_more(tmp_path, monkeypatch, depth):
+    """The shared slots stay within processes.SHARED_BUDGET (at least one job per worker):
+    1 or 3 queued per worker here, same bytes as threads=1."""
+    slot = CHUNK + pipeline._out_bytes(CHUNK // 4)   # an F32 chunk in, its APR Q4 out
+    budget = 1 if depth == 1 else depth * 2 * slot
+    p = _model(tmp_path)
+    a, _ = run([p], threads=1, chunk_bytes=CHUNK)
+    monkeypatch.setattr(processes, "SHARED_BUDGET", budget)
+    depths = []
+    real = processes.ProcessExecutor.__init__
+
+    def init(self, *args):
+        real(self, *args)
+        depths.append(self.in_flight // self.workers)
+    monkeypatch.setattr(processes.ProcessExecutor, "__init__", init)
+    b, _ = run([p], threads=2, chunk_bytes=CHUNK)
+    assert a == b and depths == [depth]
+
+
 def test_inputs_sent_through_the_shared_slots(tmp_path, monkeypatch):
     """Chunks the workers cannot read themselves (an .npz member, rows reordered) come in
     the shared mapping: same bytes as threads=1; the workers were sent them."""

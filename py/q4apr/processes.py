@@ -28,6 +28,7 @@ import time
 from .errors import Q4Error
 
 DEPTH = 4   # jobs queued per worker: it starts the next while the parent writes
+SHARED_BUDGET = 256 << 20   # fewer queued per worker where their slots would need more
 
 
 def available() -> bool:
@@ -43,13 +44,13 @@ class ProcessExecutor:
     reads_files = True   # a job with "at" (and raw None) is read by the worker
 
     def __init__(self, workers: int, raw_bytes: int, out_bytes: int):
-        self.workers = workers
-        self.in_flight = workers * DEPTH
         self._raw, self._size = raw_bytes, raw_bytes + out_bytes
-        self._shared = mmap.mmap(-1, workers * DEPTH * self._size)   # MAP_SHARED, anonymous
+        self._depth = depth = max(1, min(DEPTH, SHARED_BUDGET // (workers * self._size)))
+        self.workers, self.in_flight = workers, workers * depth
+        self._shared = mmap.mmap(-1, workers * depth * self._size)   # MAP_SHARED, anonymous
         self._procs, self._conns = [], []
         self._queued = [collections.deque() for _ in range(workers)]   # not back yet
-        self._slots = [[None] * DEPTH for _ in range(workers)]         # the last future of each
+        self._slots = [[None] * depth for _ in range(workers)]         # the last future of each
         self._next = [0] * workers
         ctx = multiprocessing.get_context("fork")
         try:
@@ -74,8 +75,8 @@ class ProcessExecutor:
             return None
         w = min(free, key=lambda v: len(self._queued[v]))
         s = self._next[w]
-        self._next[w] = (s + 1) % DEPTH
-        base = (w * DEPTH + s) * self._size
+        self._next[w] = (s + 1) % self._depth
+        base = (w * self._depth + s) * self._size
         if raw is not None:
             self._shared[base:base + len(raw)] = raw
             job = dict(job, raw=len(raw))
