@@ -20,10 +20,9 @@ def keep_freed_memory(limit: int = 64 << 20) -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version   # glibc only (musl's mallopt does nothing)
         mallopt = libc.mallopt
-        gnu = libc.gnu_get_libc_version   # glibc only (musl's mallopt does nothing)
     except (OSError, AttributeError):
         return False
-    del gnu
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, 4 * limit))
