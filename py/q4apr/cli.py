@@ -54,7 +54,8 @@ def build_parser():
                         "refusing them; a tensor that would be quantized is kept at F32")
     q.add_argument("--chunk-mb", type=float, default=4.0, help="working chunk size (default 4)")
     q.add_argument("--threads", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="chunks converted at once (default: the cores there are, here "
+                   help="chunks converted at once, by worker processes on Linux, threads "
+                        "elsewhere (default: the cores there are, here "
                         f"{os.cpu_count() or 1}); the output is the same for every N")
     q.add_argument("--force", action="store_true", help="replace an existing output file")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
