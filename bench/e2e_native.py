@@ -53,7 +53,7 @@ def run_cli(path, out, fmt, threads=None):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     peak = [0]
-    sampler = threading.Thread(target=_sample_tree_rss, args=(proc, peak), daemon=True)
+    sampler = threading.Thread(target=_sample_tree_pss, args=(proc, peak), daemon=True)
     sampler.start()
     _, err = proc.communicate()
     wall = time.perf_counter() - t0
@@ -64,10 +64,10 @@ def run_cli(path, out, fmt, threads=None):
     user = float(re.search(r"User time \(seconds\): ([\d.]+)", err).group(1))
     sys_ = float(re.search(r"System time \(seconds\): ([\d.]+)", err).group(1))
     return {"seconds": wall, "rss_bytes": rss_kb * 1024, "cpu_seconds": user + sys_,
-            "tree_rss_bytes": peak[0]}
+            "tree_pss_bytes": peak[0]}
 
 
-def _sample_tree_rss(proc, peak):
+def _sample_tree_pss(proc, peak):
     """The largest sum over the CLI and its worker processes of each one's proportional
     set size (Pss: a page shared by k processes, as the workers share numpy's with the CLI
     they were forked from, counts 1/k in each, so the sum is the memory they take; time -v
@@ -80,7 +80,7 @@ def _sample_tree_rss(proc, peak):
             return []
         return [pid] + [q for k in kids for q in tree(k)]
 
-    def rss(pid):
+    def pss(pid):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
@@ -90,7 +90,7 @@ def _sample_tree_rss(proc, peak):
             pass
         return 0
     while proc.poll() is None:
-        peak[0] = max(peak[0], sum(rss(p) for p in tree(proc.pid)[1:]))   # not time itself
+        peak[0] = max(peak[0], sum(pss(p) for p in tree(proc.pid)[1:]))   # not time itself
         time.sleep(0.02)
 
 
@@ -192,11 +192,11 @@ def vs_gguf(path, fmt, threads_list, reps, side=8192):
     for t in threads_list:
         secs = statistics.median(r["seconds"] for r in runs[t])
         rss = max(r["rss_bytes"] for r in runs[t])
-        tree_rss = max(r["tree_rss_bytes"] for r in runs[t])
+        tree_pss = max(r["tree_pss_bytes"] for r in runs[t])
         cpu = statistics.median(r["cpu_seconds"] for r in runs[t])
         print(f"| {t} | {secs:.2f} | {mbps[t]:.0f} | {mbps[t]:.0f} / {peer_mbps:.0f} = "
               f"**{mbps[t] / peer_mbps:.2f}×** | {mbps[t]:.0f} / {mbps[base]:.0f} = "
-              f"{mbps[t] / mbps[base]:.2f}× | {rss / 1e6:.0f} / {tree_rss / 1e6:.0f} MB | "
+              f"{mbps[t] / mbps[base]:.2f}× | {rss / 1e6:.0f} / {tree_pss / 1e6:.0f} MB | "
               f"{cpu:.2f} ({cpu / secs:.2f}) |")
     print(f"| gguf-py Q4_0, {side}×{side} f32 (kernel alone) | {statistics.median(peer):.2f} | "
           f"{peer_mbps:.0f} | | | | |")

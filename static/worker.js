@@ -488,9 +488,10 @@ async function runQuantize(msg) {
       head = toArrayBuffer(h);
     };
     const isCancelled = () => cancelled.has(id);
+    const readerOf = (path) => readers.get(String(path).split("/").pop());   // files lie flat
     const readHint = (json) => {
       for (const [path, start, n] of JSON.parse(json)) {
-        const ra = readers.get(String(path).split("/").pop());
+        const ra = readerOf(path);
         if (ra && n > 0) ra.ranges.push([start, start + n]);
       }
       for (const ra of readers.values()) ra.ranges.sort((a, b) => a[0] - b[0]);
@@ -498,7 +499,7 @@ async function runQuantize(msg) {
     const readPending = () => (lastRead ? lastRead.reader.pending(lastRead.pos) : null);
     sizePool(msg.workers);
     pool.sent = 0;
-    pool.fileOf = (path) => readers.get(String(path).split("/").pop())?.file;
+    pool.fileOf = (path) => readerOf(path)?.file;
     const coro = api.quantize(JSON.stringify(paths), JSON.stringify(options), onChunk, onTruncate, onProgress, onDone,
       isCancelled, readHint, readPending, pool.size ? pool : null, self.q4aprProfile === true);
     let status;

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import run
+from test_threads import _st
 
 import q4apr
 from q4apr import pipeline, processes
@@ -23,13 +24,6 @@ pytestmark = pytest.mark.skipif(not processes.available(), reason="fork: Linux o
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = 4096
-
-
-def _st(tmp_path, tensors, name="model.safetensors"):
-    from safetensors.numpy import save_file
-    p = tmp_path / name
-    save_file(tensors, str(p))
-    return str(p)
 
 
 def _model(tmp_path, rows=256):

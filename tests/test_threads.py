@@ -90,9 +90,9 @@ def test_figures_do_not_depend_on_the_chunk_size(st_path):
     assert all(r == reps[0] for r in reps)
 
 
-def _st(tmp_path, arrays):
+def _st(tmp_path, arrays, name="m.safetensors"):
     from safetensors.numpy import save_file
-    p = tmp_path / "m.safetensors"
+    p = tmp_path / name
     save_file(arrays, str(p))
     return str(p)
 

@@ -402,7 +402,7 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
         threads_read = as_stored and pool is not None and hasattr(os, "preadv")
         read_at = entry.offset
         if send and reads:
-            where = {"path": path, "file": _file_id(f.fileno())}
+            identity = _file_id(f.fileno())
         try:
             while i < n_total or pending:
                 while i < n_total and free and len(pending) < limit:   # read ahead
@@ -415,7 +415,7 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
                             "add": entry.add, "path": path, "name": entry.name}
                     job = None
                     if send and reads:   # None back: every worker busy, it is read here
-                        job = executor.submit_chunk(dict(spec, at=read_at, size=k, **where), None)
+                        job = executor.submit_chunk(dict(spec, at=read_at, size=k, file=identity), None)
                         if job is None:
                             f.seek(read_at)
                             _read_chunk(f, view, path, entry.name)
@@ -539,14 +539,15 @@ class ChunkConverter:
     def _open(self, job):
         path = job["path"]
         fd = self._files.get(path)
-        if fd is None:
+        if fd is None:   # checked once: the descriptor keeps to the file it opened
             try:
                 fd = os.open(path, os.O_RDONLY)
             except OSError as e:
                 raise BadInput(f"cannot read ({e.strerror or e})", path, job["name"]) from None
+            if list(_file_id(fd)) != list(job["file"]):
+                os.close(fd)
+                raise BadInput("the file was replaced during the run", path, job["name"])
             self._files[path] = fd
-        if list(_file_id(fd)) != list(job["file"]):
-            raise BadInput("the file was replaced during the run", path, job["name"])
         return fd
 
 
