@@ -302,12 +302,15 @@ def main_worker(page):
 
 
 def run_e2e(browser, url, path, out_dir, fmt="apr", timeout_s=3600, selector="#file-input",
-            formats=None, workers=None, qtype="Q4_0", profile=False):
+            formats=None, workers=None, qtype="Q4_0", profile=False, cores=None):
     """One fresh page: boot, choose `path` (a file, or a folder with selector="#folder-input"),
     wait for the folder's description (if any), then quantize to each of `formats` (default
     [fmt]) in turn, saving each download. Returns the first run's dict; with several
     formats, "runs" holds one dict per format (heap read after each)."""
     ctx = browser.new_context(accept_downloads=True)
+    if cores:   # what the page is told of the machine (Auto workers, spare cores)
+        ctx.add_init_script("Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', "
+                            f"{{get: () => {int(cores)}}});")
     runs = []
     try:
         page = ctx.new_page()
@@ -579,6 +582,11 @@ def main():
     ap.add_argument("--workers", default=None,
                     help="comma-separated worker counts to run each input with (Advanced › "
                          "Workers; e.g. 1,2,4), interleaved; default: the page's Auto")
+    ap.add_argument("--cores", type=int, default=None,
+                    help="the page is told navigator.hardwareConcurrency = N (with N >= 4 the "
+                         "conversion workers take every chunk); on a machine with fewer cores "
+                         "this shows the first worker's own share of the work (--profile), "
+                         "not the speed N cores would give")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--no-verify", action="store_true")
@@ -623,7 +631,9 @@ def main():
                     for key in args.only or list(INPUTS):
                         path = ensure_input(args.dir, key)
                         size = path.stat().st_size
-                        print(f"{path.name} ({size / 1e9:.2f} GB) ...", flush=True)
+                        print(f"{path.name} ({size / 1e9:.2f} GB)"
+                              + (f", the page told of {args.cores} cores" if args.cores else "")
+                              + " ...", flush=True)
                         ceilings = []   # measured once per repetition, interleaved with the runs
                         counts = [int(w) for w in args.workers.split(",")] if args.workers else [None]
                         types = args.qtype.split(",")
@@ -639,7 +649,7 @@ def main():
                             for c in configs:   # interleaved: the machine's speed drifts
                                 qtype, w = c
                                 r = run_e2e(browser, url, path, args.dir, args.format, workers=w,
-                                            qtype=qtype, profile=args.profile)
+                                            qtype=qtype, profile=args.profile, cores=args.cores)
                                 runs[c].append(r)
                                 ok, last = (True, ["not checked"]) if args.no_verify else verify(r["out"])
                                 r["verify_ok"], r["verify"] = ok, last[0]
@@ -715,7 +725,10 @@ def print_profiles(runs):
         med = {k: statistics.median(p.get(k, 0.0) for p in profs) for k in keys}
         med["rest"] = med["total"] - sum(v for k, v in med.items() if k != "total")
         meds[w] = med
-    for key, label in PROFILE_PARTS + [("total", "total (in the worker)")]:
+    for m in meds.values():   # what bounds the run where the other workers have cores
+        m["own"] = m["total"] - sum(m.get(k, 0.0) for k in ("wait_read", "wait_pool", "yield"))
+    for key, label in PROFILE_PARTS + [("total", "total (in the worker)"),
+                                       ("own", "its own work (total - waiting - turns)")]:
         cells = [f"{m.get(key, 0.0):.2f} ({m.get(key, 0.0) / m['total']:.0%})" for m in meds.values()]
         print(f"  | {label} | " + " | ".join(cells) + " |")
 

@@ -704,9 +704,12 @@ function readOptions() {
 const MAX_AUTO_WORKERS = 8;
 const WORKER_HEAP_MIB = 256;
 
+function coreCount() {
+  return Math.max(1, Math.floor(navigator.hardwareConcurrency || 1));
+}
+
 function autoWorkers() {
-  const cores = Math.max(1, Math.floor(navigator.hardwareConcurrency || 1));
-  let n = Math.min(cores, MAX_AUTO_WORKERS);
+  let n = Math.min(coreCount(), MAX_AUTO_WORKERS);
   const gib = navigator.deviceMemory;
   if (typeof gib === "number" && gib > 0) n = Math.min(n, Math.max(1, Math.floor((gib * 1024 / 2) / WORKER_HEAP_MIB)));
   return n;
@@ -714,7 +717,7 @@ function autoWorkers() {
 
 function fillWorkerChoices() {
   const sel = $("opt-workers");
-  const most = Math.max(4, Math.min(16, Math.floor(navigator.hardwareConcurrency || 1)));
+  const most = Math.max(4, Math.min(16, coreCount()));
   sel.options[0].textContent = `Auto (${autoWorkers()})`;
   for (let i = 1; i <= most; i++) sel.add(new Option(String(i), String(i)));
 }
@@ -725,7 +728,7 @@ function workerCount() {
 }
 
 function configureWorkers() {
-  if (worker && ready) worker.postMessage({ type: MSG.CONFIGURE, workers: workerCount() });
+  if (worker && ready) worker.postMessage({ type: MSG.CONFIGURE, workers: workerCount(), cores: coreCount() });
 }
 
 function saveOptions() {
@@ -829,7 +832,7 @@ function startJob(kind, files) {
   const msg = { type: kind === "quantize" ? MSG.QUANTIZE : MSG.INSPECT, id, files };
   if (options) msg.options = options;
   if (jobFolder) msg.folder = jobFolder;
-  if (kind === "quantize") msg.workers = workerCount();
+  if (kind === "quantize") Object.assign(msg, { workers: workerCount(), cores: coreCount() });
   worker.postMessage(msg);
 }
 

@@ -24,6 +24,7 @@ export class Pool {
     this.sent = 0;              // chunks sent to conversion workers (reset by the run)
     this.killNext = false;      // tests: kill() found no chunk in flight
     this.fileOf = null;         // path -> File, set by the run (chunks workers read themselves)
+    this.spareCores = false;    // the machine has cores for them: they take every chunk
   }
 
   // Conversion workers wanted (the main worker converts too: total = n + 1).

@@ -6,9 +6,10 @@
 //   {type: "inspect", id, files: [File...]}
 //   {type: "describe", id, files: [File...]}
 //   {type: "cancel", id}
-//   {type: "configure", workers}   (workers in all, this one included: the pool is started)
+//   {type: "configure", workers, cores}   (workers in all, this one included: the pool is
+//                                  started; cores: navigator.hardwareConcurrency)
 //   {type: "kill-converter"}       (tests only: a conversion worker stops as if it crashed)
-//   quantize may carry `workers` too (as configure, before the run).
+//   quantize may carry `workers` and `cores` too (as configure, before the run).
 //   A model folder (quantize, inspect, describe) also carries `folder`: the folder's name.
 //   The worker mounts its files in a directory of that name and hands the core the
 //   directory, as the CLI gets it (the name is the model's and the download's).

@@ -347,6 +347,34 @@ def test_executor_reading_byte_ranges_same_bytes_and_report(st_path, tmp_path):
     assert ex.ranges > 0 and ex.local > 0
 
 
+@pytest.mark.parametrize("spare", [True, False])
+def test_executor_with_spare_cores_waits_for_a_worker_rather_than_converting_here(
+        st_path, monkeypatch, spare):
+    """With cores to spare (the page on 4+ cores) a chunk the workers would read is not
+    converted here while another is in flight: the run waits for a worker, this one only
+    hands out chunks and writes (here at most the first chunk of a tensor, when nothing is
+    in flight yet).  Without, a refused chunk is converted here.  Same bytes either way."""
+    import threading
+    from q4apr import pipeline
+    a, ra = run([st_path], threads=1, chunk_bytes=CHUNK, format="apr", type="Q4_0")
+    ra["totals"].pop("seconds")
+    here, convert = [], pipeline._convert
+
+    def counted(*args):   # (bufs, view, n, i, src, dtype_out, q4, add, path, name)
+        if threading.current_thread() is threading.main_thread() and args[6] is not None:
+            here.append(args[9])
+        return convert(*args)
+    monkeypatch.setattr(pipeline, "_convert", counted)
+    ex = Loopback(2, busy=lambda k: k % 2 == 1, reads=True)
+    ex.spare_cores = spare
+    b, rb = run([st_path], executor=ex, chunk_bytes=CHUNK, format="apr", type="Q4_0")
+    rb["totals"].pop("seconds")
+    assert a == b and ra == rb
+    assert ex.local > 0 and ex.ranges > 0
+    once = len(here) == len(set(here))   # no tensor had a second chunk converted here
+    assert once == spare, here
+
+
 def test_executor_failure_fails_the_run_and_leaves_nothing(st_path, tmp_path):
     out = tmp_path / "o.apr"
     with q4apr.open_model([st_path]) as m:

@@ -205,8 +205,10 @@ def quantize_steps(model, sink, options, executor=None):
     ChunkConverter.convert's result (in the other worker), or None when every worker is
     busy (the chunk is then converted here).  Its futures have done(), result() and
     cancel() (the run abandons it); while the oldest is not done, Wait(future) is yielded.
-    Optional: .in_flight (chunks queued at once; default workers + 1) and .reads_files
-    (a job with "at", "path" and "file" and raw None is read by the worker itself).
+    Optional: .in_flight (chunks queued at once; default workers + 1), .reads_files
+    (a job with "at", "path" and "file" and raw None is read by the worker itself) and
+    .spare_cores (its workers have cores of their own: every chunk is offered, and a chunk
+    they read themselves waits for a free worker rather than being converted here).
     Without one, threads > 1 natively makes one (processes.ProcessExecutor, Linux)."""
     t0 = time.perf_counter()
     decisions = plan(model, options)
@@ -398,7 +400,8 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
             getattr(executor, "in_flight", executor.workers + 1)   # processes queue more
         as_stored = entry.opener is None and entry.row_order is None   # plain file, in place
         reads = as_stored and getattr(executor, "reads_files", False)   # the worker reads it
-        send = executor is not None and q4 is not None and _worth_sending(q4)
+        send = executor is not None and q4 is not None and _worth_sending(q4, executor)
+        waits = send and reads and getattr(executor, "spare_cores", False)   # not convert here
         threads_read = as_stored and pool is not None and hasattr(os, "preadv")
         read_at = entry.offset
         if send and reads:
@@ -416,6 +419,9 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
                     job = None
                     if send and reads:   # None back: every worker busy, it is read here
                         job = executor.submit_chunk(dict(spec, at=read_at, size=k, file=identity), None)
+                        if job is None and waits and pending:   # a worker frees up first
+                            free.append(slot)
+                            break
                         if job is None:
                             f.seek(read_at)
                             _read_chunk(f, view, path, entry.name)
@@ -605,13 +611,16 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
     return r
 
 
-def _worth_sending(q4):
-    """Whether a chunk costs more to convert than to hand to another worker as a copy (the
-    result back): quantizing with numpy or with a codec that searches its scales (the
-    K-quants) does; a kernel that measures as it quantizes a 32-value format (Q4_0, APR Q4
-    in the page: ~1 GB/s) does not (nor when the worker reads the chunk itself: on 2
-    cores the page's 1 GiB F32 run fell from 364 to 273 MB/s with 2 workers)."""
-    return q4.searches or not codecs.kernel_measures(q4)
+def _worth_sending(q4, executor):
+    """Whether to hand a chunk to another worker.  Always where the executor says its
+    workers have cores of their own (.spare_cores); else only where converting costs more
+    than handing it over: quantizing with numpy or with a codec that searches its scales
+    (the K-quants), not a kernel that measures as it quantizes a 32-value format (Q4_0,
+    APR Q4 in the page: ~1 GB/s), whose chunks, sent on 2 cores, took the page's 1 GiB F32
+    run from 364 to 273 MB/s with 2 workers (the browser's reading already keeps ~1.7 of
+    the cores busy)."""
+    return bool(getattr(executor, "spare_cores", False)) or q4.searches \
+        or not codecs.kernel_measures(q4)
 
 
 def _find_non_finite(r, x):

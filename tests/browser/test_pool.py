@@ -88,6 +88,40 @@ def test_one_two_three_workers_same_bytes_as_the_cli(page, site_url, lopsided, f
         assert "wasm" in kernels and set(kernels) <= {"wasm", None}, kernels
 
 
+# the page's navigator.hardwareConcurrency, as self.testCores says (the machine's without)
+CORES_SAID = """
+const real = Object.getOwnPropertyDescriptor(Navigator.prototype, "hardwareConcurrency").get;
+Object.defineProperty(Navigator.prototype, "hardwareConcurrency",
+                      {configurable: true, get() { return self.testCores ?? real.call(this); }});
+"""
+
+
+def test_with_cores_to_spare_the_pool_takes_the_q4_0_chunks_too(page, site_url, lopsided):
+    """On 2 cores the Q4_0 chunks stay in the first worker (only the K-quant ones go); with
+    cores to spare (8 said here) the conversion workers take every chunk, reading their
+    byte ranges, while the first worker hands them out and writes: same bytes."""
+    want, _ = native(lopsided, format="apr", type="Q4_0", chunk_bytes=CHUNK)
+    page.add_init_script(CORES_SAID)
+    open_app(page, site_url)
+    set_options(page, format="apr", type="Q4_0", chunk_bytes=CHUNK)
+    set_workers(page, 3)
+    wait_pool_ready(page, 3)
+    pooled = {}
+    for cores in (2, 8, 2):
+        page.evaluate(f"self.testCores = {cores}")
+        choose(page, *lopsided)
+        total, pooled[cores] = run_page(page)
+        assert download(page)[1] == want, f"{cores} cores"
+        assert total == 3
+    chunks = sum(-(-a.nbytes // CHUNK) for a in lopsided_arrays(lopsided))
+    assert 0 < pooled[2] < chunks // 2 < pooled[8], (pooled, chunks)
+
+
+def lopsided_arrays(paths):
+    from safetensors.numpy import load_file
+    return [a for p in paths if p.suffix == ".safetensors" for a in load_file(str(p)).values()]
+
+
 def test_the_setting_persists_and_auto_is_the_default(page, site_url):
     open_app(page, site_url)
     assert page.input_value("#opt-workers") == "auto"
