@@ -35,10 +35,14 @@ let convert = null;
 let heap = null;
 // For the benchmarks, as worker.js's: this worker's wasm heap in bytes (its peak).
 self.q4aprHeapBytes = () => (heap ? heap.HEAPU8.length : 0);
-const booted = bootPython(DRIVER_PY, { makeSnapshot: false }).then(
+// ... and when each boot step began and when it was ready (ms since this worker started).
+self.q4aprBootMarks = {};
+const mark = (name) => { self.q4aprBootMarks[name] = performance.now(); };
+const booted = bootPython(DRIVER_PY, { makeSnapshot: false, stage: mark }).then(
   ({ py, ns }) => {
     heap = py._module;
     convert = ns.get("convert");
+    mark("ready");
     self.postMessage({ ready: true });
   },
   (err) => self.postMessage({ failed: describe(err) }),
