@@ -310,16 +310,23 @@ PY
 
 # Bytecode compiled at build time by Pyodide's own CPython (in Node, static/build/pyc_compile.*), so
 # that no start compiles Python: dist's numpy wheel becomes the verified wheel with each .py
-# replaced by its .pyc (and dist's pyodide-lock.json gets its sha256), and the core's zip
-# ($1/static/q4apr.zip, .py) gets a __pycache__/*.pyc beside each .py. Unchecked-hash pycs:
-# deterministic. Cached in .cache/pyc-$V/ by the inputs' and the tool's hashes.
+# replaced by its .pyc (and dist's pyodide-lock.json gets its sha256), Pyodide's
+# python_stdlib.zip likewise (zipimport compiled tarfile, pickle, dataclasses... from source
+# at each start: ~0.15-0.25 s of a worker's boot), and the core's zip ($1/static/q4apr.zip,
+# .py) gets a __pycache__/*.pyc beside each .py. Unchecked-hash pycs: deterministic. Cached
+# in .cache/pyc-$V/ by the inputs' and the tool's hashes. runtime.js's __STDLIB_ID__ becomes
+# the stdlib zip's hash: a runtime snapshot holds zipimport's table of that zip's members,
+# so one made with another zip must not be restored.
 precompile() {
   local out=$1 dir=$CACHE/pyc-$PYODIDE_VERSION tool core
   tool=$(cat static/build/pyc_compile.mjs static/build/pyc_compile.py | sha256sum | cut -c1-16)
   core=$(sha256_of "$out/static/q4apr.zip" | cut -c1-16)
   local np_whl=$dir/numpy-${NUMPY_SHA256:0:16}-$tool.whl core_zip=$dir/core-$core-$tool.zip
+  local stdlib_src=$CACHE/pyodide-$PYODIDE_VERSION/python_stdlib.zip stdlib_zip
+  stdlib_zip=$dir/stdlib-$(sha256_of "$stdlib_src" | cut -c1-16)-$tool.zip
   local jobs=()
   [ -f "$np_whl" ] || jobs+=("numpy:$CACHE/$NUMPY_WHEEL:$np_whl.part")
+  [ -f "$stdlib_zip" ] || jobs+=("stdlib:$stdlib_src:$stdlib_zip.part")
   [ -f "$core_zip" ] || jobs+=("core:$out/static/q4apr.zip:$core_zip.part")
   if [ ${#jobs[@]} -gt 0 ]; then
     ensure_node
@@ -327,12 +334,17 @@ precompile() {
     node static/build/pyc_compile.mjs "$CACHE/pyodide-$PYODIDE_VERSION" "${jobs[@]}" \
       || die "compiling Python to .pyc under Pyodide failed (static/build/pyc_compile.mjs)"
     [ -f "$np_whl" ] || mv "$np_whl.part" "$np_whl"
-    if [ ! -f "$core_zip" ]; then
-      find "$dir" -name 'core-*.zip' -delete   # the core's older builds
-      mv "$core_zip.part" "$core_zip"
-    fi
+    [ -f "$stdlib_zip" ] || mv "$stdlib_zip.part" "$stdlib_zip"
+    [ -f "$core_zip" ] || mv "$core_zip.part" "$core_zip"
   fi
+  # older builds (another core, another tool)
+  find "$dir" -type f ! -name "${np_whl##*/}" ! -name "${stdlib_zip##*/}" ! -name "${core_zip##*/}" -delete
   cp "$np_whl" "$out/static/pyodide/$NUMPY_WHEEL"
+  cp "$stdlib_zip" "$out/static/pyodide/python_stdlib.zip"
+  local stdlib_id
+  stdlib_id=$(sha256_of "$stdlib_zip" | cut -c1-16)
+  grep -q __STDLIB_ID__ "$out/static/runtime.js" || die "static/runtime.js has no __STDLIB_ID__ to fill in"
+  sed -i "s/__STDLIB_ID__/$stdlib_id/" "$out/static/runtime.js"
   cp "$core_zip" "$out/static/q4apr.zip"
   python3 - "$out/static/pyodide/pyodide-lock.json" "$NUMPY_SHA256" "$(sha256_of "$np_whl")" <<'PY' \
     || die "could not point dist's pyodide-lock.json at the compiled numpy wheel"

@@ -94,7 +94,9 @@ async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot)
 // snapshot API is experimental: Pyodide checks the snapshot's build id on restore, and
 // any failure while starting from a snapshot deletes it and starts afresh here.
 const SNAPSHOT_DB = "q4apr-runtime";
-const SNAPSHOT_KEY = `pyodide-${pyodideVersion}-v1`;
+// build.sh fills in the hash of dist's python_stdlib.zip: the snapshot holds zipimport's
+// table of that zip's members (offsets), so it is only good with the same zip.
+const SNAPSHOT_KEY = `pyodide-${pyodideVersion}-stdlib-__STDLIB_ID__`;
 
 function snapshotStore(mode, op) {
   return new Promise((resolve, reject) => {

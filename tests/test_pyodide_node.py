@@ -92,6 +92,36 @@ def test_dist_numpy_wheel_is_the_verified_one_precompiled(dist_dir):
         assert sorted(line.split(",")[0] for line in record.splitlines()) == sorted(out_names)
 
 
+def test_dist_stdlib_zip_is_pyodides_precompiled(dist_dir):
+    """Pyodide's python_stdlib.zip with each module's .py replaced by its .pyc (zipimport
+    compiled them from source at every start), the rest as it was; runtime.js keys the
+    runtime snapshot by this zip (the snapshot holds zipimport's table of its members)."""
+    out_zip = dist_dir / "static" / "pyodide" / "python_stdlib.zip"
+    with zipfile.ZipFile(PYODIDE_CACHE / "python_stdlib.zip") as src, zipfile.ZipFile(out_zip) as out:
+        src_names = src.namelist()
+        py = [n for n in src_names if n.endswith(".py")]
+        assert len(py) > 400
+        assert out.namelist() == [n + "c" if n in py else n for n in src_names]
+        for n in src_names:
+            if n in py:
+                assert out.read(n + "c")[:8] == PYC_HEADER, n
+            else:
+                assert out.read(n) == src.read(n), n
+    runtime = (dist_dir / "static" / "runtime.js").read_text()
+    assert "__STDLIB_ID__" not in runtime
+    assert f"-stdlib-{hashlib.sha256(out_zip.read_bytes()).hexdigest()[:16]}`" in runtime
+
+
+def test_stdlib_modules_load_from_their_pycs():
+    out = run_in_pyodide("import tarfile, dataclasses, json, traceback\n"
+                         "print(tarfile.__file__, dataclasses.__spec__.origin)\n"
+                         "try:\n    json.loads('{')\n"
+                         "except ValueError:\n    print(traceback.format_exc().splitlines()[-1])\n")
+    files, error = out.splitlines()
+    assert files.split() == ["/lib/python312.zip/tarfile.pyc", "/lib/python312.zip/dataclasses.pyc"]
+    assert error.startswith("json.decoder.JSONDecodeError: Expecting property name")
+
+
 def test_core_zip_is_the_package_sources(dist_dir):
     src = sorted("q4apr/" + p.relative_to(REPO / "py" / "q4apr").as_posix()
                  for p in (REPO / "py" / "q4apr").rglob("*.py") if "__pycache__" not in p.parts)
@@ -108,19 +138,22 @@ def test_core_zip_is_the_package_sources(dist_dir):
 
 
 # The .pyc in dist are exactly what Pyodide's CPython compiles from the sources: the core's
-# from py/q4apr, numpy's from the verified wheel (unchecked-hash pycs name their source's hash).
+# from py/q4apr, numpy's from the verified wheel, the standard library's from Pyodide's zip
+# (unchecked-hash pycs name their source's hash).
 PYC_CHECK = r"""
 import importlib._bootstrap_external as be, importlib.util, sys, zipfile
 def pyc(source, filename):
     code = compile(source, filename, "exec", dont_inherit=True, optimize=-1)
     return bytes(be._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
-src_whl, out_whl, core_zip, pkg = sys.argv[1:]
+src_whl, out_whl, core_zip, pkg, src_stdlib, out_stdlib = sys.argv[1:]
 n = 0
-with zipfile.ZipFile(src_whl) as s, zipfile.ZipFile(out_whl) as o:
-    for name in s.namelist():
-        if name.endswith(".py") and ".dist-info/" not in name:
-            assert o.read(name + "c") == pyc(s.read(name), "/lib/python3.12/site-packages/" + name), name
-            n += 1
+for src, out, root in ((src_whl, out_whl, "/lib/python3.12/site-packages/"),
+                       (src_stdlib, out_stdlib, "/lib/python312.zip/")):
+    with zipfile.ZipFile(src) as s, zipfile.ZipFile(out) as o:
+        for name in s.namelist():
+            if name.endswith(".py") and ".dist-info/" not in name:
+                assert o.read(name + "c") == pyc(s.read(name), root + name), name
+                n += 1
 with zipfile.ZipFile(core_zip) as z:
     for name in z.namelist():
         if name.endswith(".pyc"):
@@ -138,8 +171,11 @@ def test_pycs_are_compiled_from_the_sources_by_pyodide(dist_dir):
     whl, _ = verified_numpy_wheel()
     pkg = REPO / "py" / "q4apr"
     out = run_in_pyodide(PYC_CHECK, whl, dist_dir / "static" / "pyodide" / NUMPY_WHEEL,
-                         dist_dir / "static" / "q4apr.zip", args=(pkg,), mounts=(pkg,))
-    assert int(out) > 100
+                         dist_dir / "static" / "q4apr.zip",
+                         args=(pkg, PYODIDE_CACHE / "python_stdlib.zip",
+                               dist_dir / "static" / "pyodide" / "python_stdlib.zip"),
+                         mounts=(pkg, PYODIDE_CACHE))
+    assert int(out) > 600
 
 
 def test_sample_model_is_deterministic_safetensors(dist_dir, tmp_path):

@@ -2,7 +2,8 @@
 // CPython 3.12, loaded in Node from the runtime files build.sh unpacked.
 //
 //   node static/build/pyc_compile.mjs INDEX_DIR JOB...
-//     JOB = numpy:IN.whl:OUT.whl | core:IN.zip:OUT.zip   (see static/build/pyc_compile.py)
+//     JOB = numpy:IN.whl:OUT.whl | core:IN.zip:OUT.zip | stdlib:IN.zip:OUT.zip
+//           (see static/build/pyc_compile.py)
 //
 // Host paths are mounted (NODEFS) at the same absolute path inside Pyodide.
 import fs from "node:fs";
@@ -12,7 +13,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const [indexDir, ...jobs] = process.argv.slice(2);
 if (!indexDir || !jobs.length) {
-  process.stderr.write("usage: node pyc_compile.mjs INDEX_DIR numpy:IN:OUT|core:IN:OUT...\n");
+  process.stderr.write("usage: node pyc_compile.mjs INDEX_DIR numpy|core|stdlib:IN:OUT...\n");
   process.exit(2);
 }
 const { loadPyodide } = await import(pathToFileURL(path.join(path.resolve(indexDir), "pyodide.mjs")).href);

@@ -5,6 +5,9 @@
                                           RECORD is rewritten to match
     pyc_compile.py core:IN.zip:OUT.zip    the .py stay; q4apr/**/__pycache__/X.cpython-312.pyc
                                           is added beside each (tracebacks keep their source)
+    pyc_compile.py stdlib:IN.zip:OUT.zip  Pyodide's python_stdlib.zip (imported from the zip
+                                          by zipimport): every .py becomes a .pyc in its place,
+                                          as in CPython's own embeddable zip
 
 The .pyc are unchecked-hash pycs (PEP 552): no mtime in them, and the importer never
 stats or rereads the source, so the bytes depend only on the sources and this Python.
@@ -18,6 +21,7 @@ import sys
 import zipfile
 
 SITE = "/lib/python%d.%d/site-packages/" % sys.version_info[:2]
+STDLIB_ZIP = "/lib/python%d%d.zip/" % sys.version_info[:2]
 CORE_DIR = "/lib/q4apr/"
 
 
@@ -39,6 +43,16 @@ def clone(info, name):
     return new
 
 
+def sourceless(info, data, root):
+    """The member, or its .pyc in its place if it is a module (compiled as found at root)."""
+    if info.filename.endswith(".py") and ".dist-info/" not in info.filename:
+        try:
+            return clone(info, info.filename[:-3] + ".pyc"), to_pyc(data, root + info.filename)
+        except SyntaxError:
+            pass  # not a module (kept as it is)
+    return clone(info, info.filename), data
+
+
 def rewrite_wheel(src, dst):
     out, record = [], None
     with zipfile.ZipFile(src) as z:
@@ -47,15 +61,7 @@ def rewrite_wheel(src, dst):
             if info.filename.endswith(".dist-info/RECORD"):
                 record = info
                 continue
-            if info.filename.endswith(".py") and ".dist-info/" not in info.filename:
-                try:
-                    pyc = to_pyc(data, SITE + info.filename)
-                except SyntaxError:
-                    pass  # not a module (kept as it is)
-                else:
-                    out.append((clone(info, info.filename[:-3] + ".pyc"), pyc))
-                    continue
-            out.append((clone(info, info.filename), data))
+            out.append(sourceless(info, data, SITE))
     if record is None:
         raise SystemExit("%s has no RECORD" % src)
     lines = [record_line(i.filename, d) for i, d in out] + [record.filename + ",,"]
@@ -80,6 +86,13 @@ def rewrite_core(src, dst):
     return n
 
 
+def rewrite_stdlib(src, dst):
+    with zipfile.ZipFile(src) as z:
+        out = [sourceless(info, z.read(info), STDLIB_ZIP) for info in z.infolist()]
+    write(dst, out)
+    return sum(i.filename.endswith(".pyc") for i, _ in out)
+
+
 def write(dst, members):
     with zipfile.ZipFile(dst, "w") as z:
         for info, data in members:
@@ -89,7 +102,7 @@ def write(dst, members):
 def main():
     for job in sys.argv[1:]:
         kind, src, dst = job.split(":")
-        n = {"numpy": rewrite_wheel, "core": rewrite_core}[kind](src, dst)
+        n = {"numpy": rewrite_wheel, "core": rewrite_core, "stdlib": rewrite_stdlib}[kind](src, dst)
         print("[pyc_compile] %s: %d modules compiled -> %s" % (kind, n, dst), file=sys.stderr)
 
 
