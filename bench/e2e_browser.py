@@ -43,6 +43,7 @@ This is a benchmark: it prints figures and ratios; nothing asserts a time.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -218,28 +219,34 @@ postMessage("ready");
 """
 
 
-def bare_starts(browser, dist, n):
-    """([empty-cache seconds], [HTTP-cache seconds]) of the bare page (BARE_PAGE)."""
-    empty, cached = [], []
+@contextlib.contextmanager
+def bare_site(dist):
+    """The bare page (BARE_PAGE) served on its own: yields its URL."""
     with tempfile.TemporaryDirectory(prefix="q4bench-bare-") as tmp:
         (Path(tmp) / "index.html").write_text(BARE_PAGE)
         (Path(tmp) / "bare-worker.mjs").write_text(BARE_WORKER)
         os.symlink(Path(dist) / "static" / "pyodide", Path(tmp) / "pyodide")
         server, url = serve(tmp)
         try:
-            for _ in range(n):
-                ctx = browser.new_context()
-                try:
-                    for into in (empty, cached):
-                        page = ctx.new_page()
-                        page.goto(url)
-                        into.append(wait_ready(page))
-                        page.close()
-                finally:
-                    ctx.close()
+            yield url
         finally:
             server.shutdown()
             server.server_close()
+
+
+def bare_starts(browser, url, n):
+    """([empty-cache seconds], [HTTP-cache seconds]) of the bare page at url."""
+    empty, cached = [], []
+    for _ in range(n):
+        ctx = browser.new_context()
+        try:
+            for into in (empty, cached):
+                page = ctx.new_page()
+                page.goto(url)
+                into.append(wait_ready(page))
+                page.close()
+        finally:
+            ctx.close()
     return empty, cached
 
 
@@ -614,9 +621,19 @@ def main():
                     results["folders"] = run_folders(browser, url, args)
                 if not args.no_cold and not args.folders:
                     print(f"cold start x{args.cold} ...", flush=True)
-                    empty, cached, phases = cold_starts(browser, url, args.cold)
+                    empty, cached, phases = [], [], {"empty": [], "cached": []}
+                    bare_empty, bare_cached = [], []
+                    with bare_site(dist) as bare_url:
+                        for _ in range(args.cold):   # interleaved: the machine's speed drifts
+                            e, c, ph = cold_starts(browser, url, 1)
+                            empty += e
+                            cached += c
+                            for k in phases:
+                                phases[k] += ph[k]
+                            e, c = bare_starts(browser, bare_url, 1)
+                            bare_empty += e
+                            bare_cached += c
                     results["cold"] = {"empty": empty, "cached": cached, "phases": phases}
-                    bare_empty, bare_cached = bare_starts(browser, dist, args.cold)
                     results["cold"]["bare"] = {"empty": bare_empty, "cached": bare_cached}
                     for kind, xs, bare in (("empty cache", empty, bare_empty), ("sw cache", cached, bare_cached)):
                         ph = phases["empty" if kind == "empty cache" else "cached"]

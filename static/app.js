@@ -241,7 +241,10 @@ function startWorker(restart = false) {
   showBootStage("runtime", 0);
   updateControls();
 
-  const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "q4apr" });
+  // the first start adopts the worker boot.js started while the page loaded
+  const early = restart ? null : self.q4aprEarlyWorker;
+  self.q4aprEarlyWorker = null;
+  const w = early ? early.worker : new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "q4apr" });
   worker = w;
   self.q4aprWorker = w;   // for the tests and benchmarks (Playwright), e.g. MSG.KILL_CONVERTER
   w.onmessage = (ev) => { if (worker === w) onWorkerMessage(ev.data); };
@@ -251,6 +254,10 @@ function startWorker(restart = false) {
     bootFailure(ev.message || "the worker script could not be loaded");
   };
   w.onmessageerror = () => { if (worker === w) failJob("a message from the worker could not be read"); };
+  for (const ev of early ? early.early : []) {   // what it said before we listened
+    const on = { message: w.onmessage, error: w.onerror, messageerror: w.onmessageerror }[ev.type];
+    if (on) on(ev);
+  }
 }
 
 function bootFailure(message) {

@@ -11,9 +11,11 @@ export function describe(err) {
 }
 
 // Boot and run `driver` (Python source) in fresh globals.  stage(name, progress) reports
-// the steps ("runtime", "numpy", "core").  makeSnapshot: whether this worker may store the
-// runtime snapshot when none exists (the main worker does; pool workers only read it).
-// Returns {py, ns}: the Pyodide instance and the driver's globals (a PyProxy of a dict).
+// the steps ("runtime", "numpy", "core").  makeSnapshot: whether this worker may take the
+// runtime snapshot when none is stored (the main worker does; pool workers only read it).
+// Returns {py, ns, snapshot}: the Pyodide instance, the driver's globals (a PyProxy of a
+// dict) and the snapshot taken (bytes, or null): the caller stores it (storeSnapshot) once
+// it is ready, as storing 21 MB in IndexedDB takes CPU a 2-core start needs for numpy.
 export async function bootPython(driver, { stage = () => {}, makeSnapshot = true } = {}) {
   stage("runtime", 0.02);
   // the core's zip comes while the runtime starts
@@ -27,7 +29,8 @@ export async function bootPython(driver, { stage = () => {}, makeSnapshot = true
   const snapshot = await snapshotGet();
   if (snapshot) {
     try {
-      return await bootRuntime(snapshot, core, kernels, driver, stage, false);
+      return await Promise.race([bootRuntime(snapshot, core, kernels, driver, stage, false),
+        new Promise((_, no) => setTimeout(() => no(new Error("it did not start in time")), SNAPSHOT_BOOT_MS))]);
     } catch (err) {
       console.warn(`starting from the stored runtime snapshot failed, starting afresh: ${describe(err)}`);
       if (makeSnapshot) await snapshotDrop();
@@ -45,9 +48,10 @@ async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot)
   if (snapshot) options._loadSnapshot = snapshot;
   else if (makeSnapshot && typeof indexedDB !== "undefined") options._makeSnapshot = true;
   const py = await loadPyodide(options);
+  let taken = null;
   if (options._makeSnapshot) {
     try {
-      snapshotPut(py.makeMemorySnapshot());   // stored in the background
+      taken = py.makeMemorySnapshot();   // now, before any shared library is loaded
     } catch (err) {
       console.warn(`no runtime snapshot: ${describe(err)}`);
     }
@@ -82,7 +86,8 @@ async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot)
   } catch (e) {
     throw new Error(`the q4apr core could not be imported (${describe(e).split("\n").filter(Boolean).pop()})`);
   }
-  return { py, ns };
+  self.q4aprBootedFrom = snapshot ? "snapshot" : "fresh";   // tests
+  return { py, ns, snapshot: taken };
 }
 
 // ---- start-up from a snapshot ----
@@ -94,6 +99,12 @@ async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot)
 // snapshot API is experimental: Pyodide checks the snapshot's build id on restore, and
 // any failure while starting from a snapshot deletes it and starts afresh here.
 const SNAPSHOT_DB = "q4apr-runtime";
+// Pyodide 0.27's heap starts at 20 MiB (320 pages): a shorter value cannot be a snapshot,
+// and loadPyodide never settles on one (the wasm memory is too small to instantiate).
+// Anything else wrong with a snapshot makes loadPyodide throw; should it hang instead,
+// the start gives up on the snapshot after SNAPSHOT_BOOT_MS (it takes ~0.3 s).
+const MIN_SNAPSHOT_BYTES = 320 * 65536;
+const SNAPSHOT_BOOT_MS = 30000;
 // build.sh fills in the hash of dist's python_stdlib.zip: the snapshot holds zipimport's
 // table of that zip's members (offsets), so it is only good with the same zip.
 const SNAPSHOT_KEY = `pyodide-${pyodideVersion}-stdlib-__STDLIB_ID__`;
@@ -117,13 +128,14 @@ async function snapshotGet() {
   if (typeof indexedDB === "undefined") return null;
   try {
     const v = await snapshotStore("readonly", (s) => s.get(SNAPSHOT_KEY));
-    return v instanceof Uint8Array ? v : null;
+    return v instanceof Uint8Array && v.byteLength > MIN_SNAPSHOT_BYTES ? v : null;
   } catch (_) {
     return null;
   }
 }
 
-function snapshotPut(bytes) {   // the only snapshot kept: older versions' go
+// Store a snapshot bootPython took; settles (never rejects) once stored or given up.
+export function storeSnapshot(bytes) {   // the only snapshot kept: older versions' go
   return snapshotStore("readwrite", (s) => { s.clear(); return s.put(bytes, SNAPSHOT_KEY); }).catch(() => {});
 }
 

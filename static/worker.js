@@ -2,7 +2,7 @@
 // and the q4apr Python core running in Pyodide.  Module worker.
 
 import { MSG } from "./protocol.js";
-import { bootPython, describe } from "./runtime.js";
+import { bootPython, describe, storeSnapshot } from "./runtime.js";
 import { Pool } from "./pool.js";
 
 const PROGRESS_EVERY_S = 0.1;
@@ -211,10 +211,15 @@ let workersWanted = 1;
 // here (on 2 cores sending them measured 364 -> 273 MB/s), the K-quants' go.
 const SPARE_CORES_FROM = 4;
 
+// The runtime snapshot this worker took, being stored: the pool boots from it, so it
+// starts once the snapshot is stored (null: nothing to wait for).
+let storing = null;
+
 function sizePool(total, cores) {
   if (Number.isSafeInteger(total) && total >= 1 && total <= MAX_WORKERS) workersWanted = total;
   if (Number.isSafeInteger(cores) && cores >= 1) pool.spareCores = cores >= SPARE_CORES_FROM;
-  pool.resize(workersWanted - 1);
+  if (storing) storing.then(() => pool.resize(workersWanted - 1));
+  else pool.resize(workersWanted - 1);
 }
 
 function post(msg, transfer) {
@@ -233,6 +238,7 @@ async function boot() {
   versions.pyodide = py.version;
   stage("core", 1);
   post({ type: MSG.READY, versions });
+  if (booted.snapshot) storing = storeSnapshot(booted.snapshot).then(() => { storing = null; });
 }
 
 // For the benchmarks (bench/e2e_browser.py, through Playwright): the size of the wasm

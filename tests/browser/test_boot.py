@@ -1,0 +1,119 @@
+"""Starting the page: the first boot stores the runtime snapshot (keyed by the standard
+library's zip), later boots and the conversion workers start from it, a broken snapshot
+only costs a fresh start, and a worker that cannot load says so (the early worker that
+static/boot.js starts is adopted with whatever it said before app.js listened)."""
+
+import pytest
+
+from test_app import open_app, wait_booted
+from test_pool import set_workers, site_with, wait_pool_ready
+
+SNAPSHOT_KEYS = """async () => {
+  const db = await new Promise((ok, no) => {
+    const r = indexedDB.open("q4apr-runtime", 1);
+    r.onupgradeneeded = () => r.result.createObjectStore("snapshots");
+    r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error);
+  });
+  const keys = await new Promise((ok, no) => {
+    const r = db.transaction("snapshots").objectStore("snapshots").getAllKeys();
+    r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error);
+  });
+  db.close();
+  return keys;
+}"""
+
+PUT_SNAPSHOT = """async ([key, size]) => {
+  const db = await new Promise((ok, no) => {
+    const r = indexedDB.open("q4apr-runtime", 1);
+    r.onupgradeneeded = () => r.result.createObjectStore("snapshots");
+    r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error);
+  });
+  await new Promise((ok, no) => {
+    const tx = db.transaction("snapshots", "readwrite");
+    tx.objectStore("snapshots").put(new Uint8Array(size).fill(7), key);
+    tx.oncomplete = ok; tx.onerror = () => no(tx.error);
+  });
+  db.close();
+}"""
+
+
+def booted_from(page):
+    """How each Python worker started: {"main": ..., "converters": [...]}."""
+    kinds = {"main": None, "converters": []}
+    for w in page.workers:
+        how = w.evaluate("self.q4aprBootedFrom || null")
+        if how is None:
+            continue
+        if w.evaluate("!!self.q4aprPoolReady"):
+            kinds["main"] = how
+        else:
+            kinds["converters"].append(how)
+    return kinds
+
+
+def stdlib_key(dist_dir):
+    import re
+    return re.search(r"`pyodide-\$\{pyodideVersion\}-stdlib-([0-9a-f]{16})`",
+                     (dist_dir / "static" / "runtime.js").read_text()).group(1)
+
+
+def wait_snapshot_stored(page, key, timeout_ms=30_000):
+    for _ in range(timeout_ms // 250):
+        if page.evaluate(SNAPSHOT_KEYS) == [key]:
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError(f"no snapshot stored under {key}: {page.evaluate(SNAPSHOT_KEYS)}")
+
+
+def test_the_first_boot_stores_the_snapshot_and_later_boots_start_from_it(page, site_url, dist_dir):
+    key = f"pyodide-0.27.7-stdlib-{stdlib_key(dist_dir)}"
+    open_app(page, site_url)
+    assert booted_from(page)["main"] == "fresh"
+    wait_snapshot_stored(page, key)
+    page.reload()
+    wait_booted(page)
+    set_workers(page, 3)
+    wait_pool_ready(page, 3)
+    assert booted_from(page) == {"main": "snapshot", "converters": ["snapshot", "snapshot"]}
+
+
+@pytest.mark.parametrize("size", [4096, 21 << 20])   # too short to be one; refused by Pyodide
+def test_a_broken_snapshot_costs_a_fresh_start_and_is_replaced(page, site_url, dist_dir, size):
+    key = f"pyodide-0.27.7-stdlib-{stdlib_key(dist_dir)}"
+    page.goto(site_url)   # the origin's IndexedDB, before the app has stored anything
+    page.evaluate(PUT_SNAPSHOT, [key, size])
+    page.evaluate(PUT_SNAPSHOT, ["pyodide-0.27.7-v1", 64])   # an older build's
+    page.reload()
+    wait_booted(page)
+    assert booted_from(page)["main"] == "fresh"
+    wait_snapshot_stored(page, key)   # a good one, the older build's gone
+    page.reload()
+    wait_booted(page)
+    assert booted_from(page)["main"] == "snapshot"
+
+
+@pytest.mark.parametrize("app_late", [False, True])
+def test_a_worker_that_cannot_load_says_so_and_offers_to_try_again(page, dist_dir, tmp_path, app_late):
+    """app_late: app.js arrives after the worker has failed (boot.js started it): app.js
+    learns of the failure from the events boot.js kept."""
+    import functools
+    import threading
+    import time
+    import serve
+    site = site_with(dist_dir, tmp_path, "worker.js", "this is not JavaScript (\n")
+
+    class Handler(serve.Handler):
+        def do_GET(self):
+            if app_late and self.path.endswith("/static/app.js"):
+                time.sleep(2)
+            super().do_GET()
+    server = serve.Server(("127.0.0.1", 0), functools.partial(Handler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = "http://127.0.0.1:%d/" % server.server_address[1]
+    try:
+        page.goto(root)
+        page.wait_for_selector('body[data-boot="failed"]', state="attached", timeout=30_000)
+        assert page.is_visible("#boot-retry")
+        assert "could not start" in page.text_content("#error-panel").lower()
+    finally:
+        server.shutdown()
