@@ -11,6 +11,12 @@
 //                {id, fail: message}                   (anything else)
 
 import { bootPython, describe } from "./runtime.js";
+// runtime.js's own imports, named here too so that they are all requested at once: a
+// module's imports are only asked for once it has arrived, and runtime.js -> kernels.js ->
+// kquants_wasm.js were round trips in a row before Pyodide could start.
+import "./pyodide/pyodide.mjs";
+import "./kernels.js";
+import "./kquants_wasm.js";
 
 const DRIVER_PY = String.raw`
 import json

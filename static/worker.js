@@ -4,6 +4,12 @@
 import { MSG } from "./protocol.js";
 import { bootPython, describe, storeSnapshot } from "./runtime.js";
 import { Pool } from "./pool.js";
+// runtime.js's own imports, named here too so that they are all requested at once: a
+// module's imports are only asked for once it has arrived, and runtime.js -> kernels.js ->
+// kquants_wasm.js were round trips in a row before Pyodide could start.
+import "./pyodide/pyodide.mjs";
+import "./kernels.js";
+import "./kquants_wasm.js";
 
 const PROGRESS_EVERY_S = 0.1;
 const MAX_WORKERS = 64;
