@@ -28,15 +28,27 @@ export async function bootPython(driver, { stage = () => {}, makeSnapshot = true
   kernels.catch(() => {});   // reported where it is awaited
   const snapshot = await snapshotGet();
   if (snapshot) {
+    let givenUp = false;   // an attempt that outlives its time says nothing more
+    let timer;
+    const late = new Promise((_, no) => {
+      timer = setTimeout(() => no(new Error("it did not start in time")), SNAPSHOT_BOOT_MS);
+    });
     try {
-      return await Promise.race([bootRuntime(snapshot, core, kernels, driver, stage, false),
-        new Promise((_, no) => setTimeout(() => no(new Error("it did not start in time")), SNAPSHOT_BOOT_MS))]);
+      const booted = await Promise.race([
+        bootRuntime(snapshot, core, kernels, driver, (...a) => { if (!givenUp) stage(...a); }, false), late]);
+      self.q4aprBootedFrom = "snapshot";   // tests
+      return booted;
     } catch (err) {
+      givenUp = true;
       console.warn(`starting from the stored runtime snapshot failed, starting afresh: ${describe(err)}`);
       if (makeSnapshot) await snapshotDrop();
+    } finally {
+      clearTimeout(timer);
     }
   }
-  return bootRuntime(null, core, kernels, driver, stage, makeSnapshot);
+  const booted = await bootRuntime(null, core, kernels, driver, stage, makeSnapshot);
+  self.q4aprBootedFrom = "fresh";   // tests
+  return booted;
 }
 
 async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot) {
@@ -86,7 +98,6 @@ async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot)
   } catch (e) {
     throw new Error(`the q4apr core could not be imported (${describe(e).split("\n").filter(Boolean).pop()})`);
   }
-  self.q4aprBootedFrom = snapshot ? "snapshot" : "fresh";   // tests
   return { py, ns, snapshot: taken };
 }
 
