@@ -234,45 +234,42 @@ def bare_site(dist):
             server.server_close()
 
 
-def bare_starts(browser, url, n):
-    """([empty-cache seconds], [HTTP-cache seconds]) of the bare page at url."""
-    empty, cached = [], []
-    for _ in range(n):
-        ctx = browser.new_context()
-        try:
-            for into in (empty, cached):
-                page = ctx.new_page()
-                page.goto(url)
-                into.append(wait_ready(page))
-                page.close()
-        finally:
-            ctx.close()
-    return empty, cached
-
-
-def cold_starts(browser, url, n):
-    """([empty-cache seconds], [service-worker-cache seconds], phases), interleaved."""
-    empty, cached, phases = [], [], {"empty": [], "cached": []}
-    for _ in range(n):
-        ctx = browser.new_context()
-        ctx.add_init_script(BOOT_MARKS)
-        try:
+def bare_start(browser, url):
+    """(empty-cache seconds, HTTP-cache seconds) of the bare page at url: one round."""
+    ctx = browser.new_context()
+    try:
+        times = []
+        for _ in range(2):
             page = ctx.new_page()
             page.goto(url)
-            empty.append(wait_ready(page))
-            phases["empty"].append({**boot_phases(page), "ready": empty[-1]})
-            page.wait_for_selector('body[data-offline="ready"]', state="attached", timeout=120_000)
+            times.append(wait_ready(page))
             page.close()
-            page = ctx.new_page()
-            page.goto(url)
-            cached.append(wait_ready(page))
-            phases["cached"].append({**boot_phases(page), "ready": cached[-1]})
-            controlled = page.evaluate("!!navigator.serviceWorker.controller")
-            if not controlled:
-                print("  warning: the second page was not controlled by the service worker")
-        finally:
-            ctx.close()
-    return empty, cached, phases
+        return tuple(times)
+    finally:
+        ctx.close()
+
+
+def cold_start(browser, url):
+    """One round of the app: (empty-cache seconds, service-worker-cache seconds,
+    {"empty": phases, "cached": phases})."""
+    ctx = browser.new_context()
+    ctx.add_init_script(BOOT_MARKS)
+    try:
+        page = ctx.new_page()
+        page.goto(url)
+        empty = wait_ready(page)
+        phases = {"empty": {**boot_phases(page), "ready": empty}}
+        page.wait_for_selector('body[data-offline="ready"]', state="attached", timeout=120_000)
+        page.close()
+        page = ctx.new_page()
+        page.goto(url)
+        cached = wait_ready(page)
+        phases["cached"] = {**boot_phases(page), "ready": cached}
+        if not page.evaluate("!!navigator.serviceWorker.controller"):
+            print("  warning: the second page was not controlled by the service worker")
+        return empty, cached, phases
+    finally:
+        ctx.close()
 
 
 def browser_cpu_seconds():
@@ -621,18 +618,12 @@ def main():
                     results["folders"] = run_folders(browser, url, args)
                 if not args.no_cold and not args.folders:
                     print(f"cold start x{args.cold} ...", flush=True)
-                    empty, cached, phases = [], [], {"empty": [], "cached": []}
-                    bare_empty, bare_cached = [], []
-                    with bare_site(dist) as bare_url:
-                        for _ in range(args.cold):   # interleaved: the machine's speed drifts
-                            e, c, ph = cold_starts(browser, url, 1)
-                            empty += e
-                            cached += c
-                            for k in phases:
-                                phases[k] += ph[k]
-                            e, c = bare_starts(browser, bare_url, 1)
-                            bare_empty += e
-                            bare_cached += c
+                    with bare_site(dist) as bare_url:   # interleaved: the machine's speed drifts
+                        rounds = [(cold_start(browser, url), bare_start(browser, bare_url))
+                                  for _ in range(args.cold)]
+                    empty, cached, app_phases = zip(*(app for app, _ in rounds))
+                    bare_empty, bare_cached = zip(*(bare for _, bare in rounds))
+                    phases = {k: [p[k] for p in app_phases] for k in ("empty", "cached")}
                     results["cold"] = {"empty": empty, "cached": cached, "phases": phases}
                     results["cold"]["bare"] = {"empty": bare_empty, "cached": bare_cached}
                     for kind, xs, bare in (("empty cache", empty, bare_empty), ("sw cache", cached, bare_cached)):

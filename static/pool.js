@@ -13,6 +13,8 @@
 // ({parts} | {bad} | {fail}); wait(t) -> a promise settled when done(t); drop(t) forgets a
 // chunk the run no longer wants (its worker becomes idle when it has finished it).
 
+const SPARE_CORES_FROM = 4;
+
 export class Pool {
   constructor(url) {
     this.url = url;
@@ -24,7 +26,17 @@ export class Pool {
     this.sent = 0;              // chunks sent to conversion workers (reset by the run)
     this.killNext = false;      // tests: kill() found no chunk in flight
     this.fileOf = null;         // path -> File, set by the run (chunks workers read themselves)
-    this.spareCores = false;    // the machine has cores for them: they take every chunk
+    this.cores = 1;             // the machine's (navigator.hardwareConcurrency, from the page)
+  }
+
+  // Whether the conversion workers take every chunk (the first worker then only hands them
+  // out and writes).  This worker's reading and writing, with the browser's own reads of the
+  // file, keep about two cores busy (1.7 of 2 measured with one worker): with more cores and
+  // two conversion workers or more, they do (its own work for 1 GiB F32: 2.05 -> 0.6-0.9 s);
+  // else the chunks a wasm kernel converts about as fast as they are handed over (Q4_0, APR
+  // Q4) stay there (on 2 cores sending them measured 364 -> 273 MB/s), the K-quants' go.
+  get spareCores() {
+    return this.cores >= SPARE_CORES_FROM && this.size >= 2;
   }
 
   // Conversion workers wanted (the main worker converts too: total = n + 1).

@@ -75,7 +75,7 @@ class _PageExecutor:
 
     def __init__(self, pool, workers):
         self.pool, self.workers = pool, workers
-        self.spare_cores = bool(pool.spareCores) and workers >= 2   # one alone: convert here too
+        self.spare_cores = bool(pool.spareCores)
 
     def submit_chunk(self, job, raw):
         t = self.pool.submit(json.dumps(job), raw)
@@ -209,21 +209,13 @@ let queue = Promise.resolve();
 const pool = new Pool(new URL("./converter.js", import.meta.url));
 let workersWanted = 1;
 
-// This worker's reading and writing, with the browser's own reads of the file, keep about
-// two cores busy (1.7 of 2 measured with one worker).  Where the machine has more and
-// there are two conversion workers or more, they take every chunk and this worker only
-// hands them out and writes (its own work for 1 GiB F32: 2.05 -> 0.6-0.9 s); else the
-// chunks a wasm kernel converts about as fast as they are handed over (Q4_0, APR Q4) stay
-// here (on 2 cores sending them measured 364 -> 273 MB/s), the K-quants' go.
-const SPARE_CORES_FROM = 4;
-
 // The runtime snapshot this worker took, being stored: the pool boots from it, so it
 // starts once the snapshot is stored (null: nothing to wait for).
 let storing = null;
 
 function sizePool(total, cores) {
   if (Number.isSafeInteger(total) && total >= 1 && total <= MAX_WORKERS) workersWanted = total;
-  if (Number.isSafeInteger(cores) && cores >= 1) pool.spareCores = cores >= SPARE_CORES_FROM;
+  if (Number.isSafeInteger(cores) && cores >= 1) pool.cores = cores;
   if (storing) storing.then(() => pool.resize(workersWanted - 1));
   else pool.resize(workersWanted - 1);
 }

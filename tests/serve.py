@@ -49,14 +49,14 @@ class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def make_server(directory, port=0, host="127.0.0.1"):
-    handler = functools.partial(Handler, directory=str(directory))
-    return Server((host, port), handler)
+def make_server(directory, port=0, host="127.0.0.1", handler=Handler):
+    return Server((host, port), functools.partial(handler, directory=str(directory)))
 
 
-def start_server(directory, port=0, host="127.0.0.1"):
-    """Serve `directory` in a daemon thread; returns (server, base_url ending in '/')."""
-    server = make_server(directory, port, host)
+def start_server(directory, port=0, host="127.0.0.1", handler=Handler):
+    """Serve `directory` in a daemon thread; returns (server, base_url ending in '/').
+    handler: a Handler subclass (tests that slow or change some answers)."""
+    server = make_server(directory, port, host, handler)
     threading.Thread(target=server.serve_forever, name="serve", daemon=True).start()
     h, p = server.server_address[:2]
     return server, f"http://{h}:{p}/"

@@ -8,12 +8,15 @@ import pytest
 from test_app import open_app, wait_booted
 from test_pool import set_workers, site_with, wait_pool_ready
 
-SNAPSHOT_KEYS = """async () => {
+# runtime.js's IndexedDB store of runtime snapshots, opened as it opens it
+OPEN_DB = """
   const db = await new Promise((ok, no) => {
     const r = indexedDB.open("q4apr-runtime", 1);
     r.onupgradeneeded = () => r.result.createObjectStore("snapshots");
     r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error);
-  });
+  });"""
+
+SNAPSHOT_KEYS = """async () => {""" + OPEN_DB + """
   const keys = await new Promise((ok, no) => {
     const r = db.transaction("snapshots").objectStore("snapshots").getAllKeys();
     r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error);
@@ -22,12 +25,7 @@ SNAPSHOT_KEYS = """async () => {
   return keys;
 }"""
 
-PUT_SNAPSHOT = """async ([key, size]) => {
-  const db = await new Promise((ok, no) => {
-    const r = indexedDB.open("q4apr-runtime", 1);
-    r.onupgradeneeded = () => r.result.createObjectStore("snapshots");
-    r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error);
-  });
+PUT_SNAPSHOT = """async ([key, size]) => {""" + OPEN_DB + """
   await new Promise((ok, no) => {
     const tx = db.transaction("snapshots", "readwrite");
     tx.objectStore("snapshots").put(new Uint8Array(size).fill(7), key);
@@ -96,8 +94,6 @@ def test_a_broken_snapshot_costs_a_fresh_start_and_is_replaced(page, site_url, d
 def test_a_worker_that_cannot_load_says_so_and_offers_to_try_again(page, dist_dir, tmp_path, app_late):
     """app_late: app.js arrives after the worker has failed (boot.js started it): app.js
     learns of the failure from the events boot.js kept."""
-    import functools
-    import threading
     import time
     import serve
     site = site_with(dist_dir, tmp_path, "worker.js", "this is not JavaScript (\n")
@@ -107,9 +103,7 @@ def test_a_worker_that_cannot_load_says_so_and_offers_to_try_again(page, dist_di
             if app_late and self.path.endswith("/static/app.js"):
                 time.sleep(2)
             super().do_GET()
-    server = serve.Server(("127.0.0.1", 0), functools.partial(Handler, directory=str(site)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    root = "http://127.0.0.1:%d/" % server.server_address[1]
+    server, root = serve.start_server(str(site), handler=Handler)
     try:
         page.goto(root)
         page.wait_for_selector('body[data-boot="failed"]', state="attached", timeout=30_000)
