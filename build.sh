@@ -316,7 +316,8 @@ PY
 # .py) gets a __pycache__/*.pyc beside each .py. Unchecked-hash pycs: deterministic. Cached
 # in .cache/pyc-$V/ by the inputs' and the tool's hashes. runtime.js's __STDLIB_ID__ becomes
 # the stdlib zip's hash: a runtime snapshot holds zipimport's table of that zip's members,
-# so one made with another zip must not be restored.
+# so one made with another zip must not be restored; __NUMPY_WHEEL__ / __NUMPY_INTEGRITY__
+# the numpy wheel's name and sha256 (runtime.js unpacks it itself: static/wheel.js).
 precompile() {
   local out=$1 dir=$CACHE/pyc-$PYODIDE_VERSION tool core
   tool=$(cat static/build/pyc_compile.mjs static/build/pyc_compile.py | sha256sum | cut -c1-16)
@@ -343,8 +344,14 @@ precompile() {
   cp "$stdlib_zip" "$out/static/pyodide/python_stdlib.zip"
   local stdlib_id
   stdlib_id=$(sha256_of "$stdlib_zip" | cut -c1-16)
-  grep -q __STDLIB_ID__ "$out/static/runtime.js" || die "static/runtime.js has no __STDLIB_ID__ to fill in"
-  sed -i "s/__STDLIB_ID__/$stdlib_id/" "$out/static/runtime.js"
+  local np_integrity
+  np_integrity=sha256-$(python3 -c 'import base64,hashlib,sys; print(base64.b64encode(hashlib.sha256(open(sys.argv[1],"rb").read()).digest()).decode())' "$np_whl")
+  local fill
+  for fill in __STDLIB_ID__ __NUMPY_WHEEL__ __NUMPY_INTEGRITY__; do
+    grep -q "$fill" "$out/static/runtime.js" || die "static/runtime.js has no $fill to fill in"
+  done
+  sed -i -e "s/__STDLIB_ID__/$stdlib_id/" -e "s/__NUMPY_WHEEL__/$NUMPY_WHEEL/" \
+    -e "s|__NUMPY_INTEGRITY__|$np_integrity|" "$out/static/runtime.js"
   cp "$core_zip" "$out/static/q4apr.zip"
   python3 - "$out/static/pyodide/pyodide-lock.json" "$NUMPY_SHA256" "$(sha256_of "$np_whl")" <<'PY' \
     || die "could not point dist's pyodide-lock.json at the compiled numpy wheel"

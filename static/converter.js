@@ -2,7 +2,8 @@
 // sent with the core's ChunkConverter (the same _convert as the main worker and the CLI)
 // and sends back the parts.  Module worker, started by worker.js.
 //
-// main -> here   {id, job: JSON string, raw: ArrayBuffer (transferred)}
+// main -> here   {kit: {snapshot, wheel}}   (first: runtime.js's bootPython starts from it)
+//                {id, job: JSON string, raw: ArrayBuffer (transferred)}
 //                {id, job, file: File, start, end}   (read here: the bytes [start, end))
 // here -> main   {ready: true} once booted, or {failed: message}
 //                {id, parts: {out, dtype, signal, noise, maxerr, low_scales, overflow,
@@ -17,6 +18,7 @@ import { bootPython, describe } from "./runtime.js";
 import "./pyodide/pyodide.mjs";
 import "./kernels.js";
 import "./kquants_wasm.js";
+import "./wheel.js";
 
 const DRIVER_PY = String.raw`
 import json
@@ -44,7 +46,9 @@ self.q4aprHeapBytes = () => (heap ? heap.HEAPU8.length : 0);
 // ... and when each boot step began and when it was ready (ms since this worker started).
 self.q4aprBootMarks = {};
 const mark = (name) => { self.q4aprBootMarks[name] = performance.now(); };
-const booted = bootPython(DRIVER_PY, { makeSnapshot: false, stage: mark }).then(
+let gotKit;
+const kit = new Promise((resolve) => { gotKit = resolve; });
+const booted = bootPython(DRIVER_PY, { makeSnapshot: false, stage: mark, kit }).then(
   ({ py, ns }) => {
     heap = py._module;
     convert = ns.get("convert");
@@ -71,6 +75,7 @@ function readRange(job, file, start, end) {
 }
 
 self.onmessage = async (ev) => {
+  if (ev.data && ev.data.kit) return gotKit(ev.data.kit);
   const { id, job, file, start, end } = ev.data || {};
   let { raw } = ev.data || {};
   await booted;

@@ -3,6 +3,11 @@
 
 import { loadPyodide, version as pyodideVersion } from "./pyodide/pyodide.mjs";
 import { installKernels, loadKernels } from "./kernels.js";
+import { fetchWheel, installWheel } from "./wheel.js";
+
+// build.sh fills these in from dist's pyodide-lock.json (unbuilt: numpy by loadPackage).
+const NUMPY_WHEEL = "__NUMPY_WHEEL__";
+const NUMPY_INTEGRITY = "__NUMPY_INTEGRITY__";
 
 export function describe(err) {
   if (!err) return "unknown error";
@@ -12,11 +17,16 @@ export function describe(err) {
 
 // Boot and run `driver` (Python source) in fresh globals.  stage(name, progress) reports
 // the steps ("runtime", "numpy", "core").  makeSnapshot: whether this worker may take the
-// runtime snapshot when none is stored (the main worker does; pool workers only read it).
-// Returns {py, ns, snapshot}: the Pyodide instance, the driver's globals (a PyProxy of a
-// dict) and the snapshot taken (bytes, or null): the caller stores it (storeSnapshot) once
-// it is ready, as storing 21 MB in IndexedDB takes CPU a 2-core start needs for numpy.
-export async function bootPython(driver, { stage = () => {}, makeSnapshot = true } = {}) {
+// runtime snapshot when it has none to start from (the main worker does).  kit: a promise
+// of what the main worker hands its pool's workers, {snapshot, wheel} (the runtime
+// snapshot to start from, or null: afresh; numpy's wheel, or null: fetch it); by default
+// the snapshot stored in IndexedDB and numpy's wheel fetched.
+// Returns {py, ns, kit, taken}: the Pyodide instance, the driver's globals (a PyProxy of a
+// dict), the kit for the pool's workers (the snapshot it started from or took, and numpy's
+// wheel: bytes or null), and whether it took the snapshot now: the caller stores it then
+// (storeSnapshot) once it is ready, as storing 21 MB in IndexedDB takes CPU a 2-core start
+// needs for numpy.
+export async function bootPython(driver, { stage = () => {}, makeSnapshot = true, kit = null } = {}) {
   stage("runtime", 0.02);
   // the core's zip comes while the runtime starts
   const core = fetch(new URL("./q4apr.zip", import.meta.url)).then((res) => {
@@ -26,32 +36,38 @@ export async function bootPython(driver, { stage = () => {}, makeSnapshot = true
   core.catch(() => {});   // reported where it is awaited
   const kernels = loadKernels();   // wasm, else JavaScript
   kernels.catch(() => {});   // reported where it is awaited
-  const snapshot = await snapshotGet();
-  if (snapshot) {
+  const given = kit ? await kit : {};
+  // numpy's wheel too (loadPackage would only ask for it once the runtime has started)
+  const numpy = given.wheel ? Promise.resolve(given.wheel)
+    : !NUMPY_WHEEL.startsWith("__") ? fetchWheel(new URL(`./pyodide/${NUMPY_WHEEL}`, import.meta.url), NUMPY_INTEGRITY)
+      : null;
+  numpy?.catch(() => {});   // reported where it is awaited
+  const start = usable(kit ? given.snapshot : await snapshotGet());
+  if (start) {
     let givenUp = false;   // an attempt that outlives its time says nothing more
     let timer;
     const late = new Promise((_, no) => {
       timer = setTimeout(() => no(new Error("it did not start in time")), SNAPSHOT_BOOT_MS);
     });
     try {
-      const booted = await Promise.race([
-        bootRuntime(snapshot, core, kernels, driver, (...a) => { if (!givenUp) stage(...a); }, false), late]);
+      const { py, ns, wheel } = await Promise.race([
+        bootRuntime(start, core, kernels, numpy, driver, (...a) => { if (!givenUp) stage(...a); }, false), late]);
       self.q4aprBootedFrom = "snapshot";   // tests
-      return booted;
+      return { py, ns, kit: { snapshot: start, wheel }, taken: false };
     } catch (err) {
       givenUp = true;
-      console.warn(`starting from the stored runtime snapshot failed, starting afresh: ${describe(err)}`);
+      console.warn(`starting from the runtime snapshot failed, starting afresh: ${describe(err)}`);
       if (makeSnapshot) await snapshotDrop();
     } finally {
       clearTimeout(timer);
     }
   }
-  const booted = await bootRuntime(null, core, kernels, driver, stage, makeSnapshot);
+  const { py, ns, wheel, took } = await bootRuntime(null, core, kernels, numpy, driver, stage, makeSnapshot);
   self.q4aprBootedFrom = "fresh";   // tests
-  return booted;
+  return { py, ns, kit: { snapshot: took, wheel }, taken: took !== null };
 }
 
-async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot) {
+async function bootRuntime(snapshot, core, kernels, numpy, driver, stage, makeSnapshot) {
   const options = {
     indexURL: new URL("./pyodide/", import.meta.url).href,
     stdout: (s) => console.log("[py]", s),
@@ -60,28 +76,17 @@ async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot)
   if (snapshot) options._loadSnapshot = snapshot;
   else if (makeSnapshot && typeof indexedDB !== "undefined") options._makeSnapshot = true;
   const py = await loadPyodide(options);
-  let taken = null;
+  let took = null;
   if (options._makeSnapshot) {
     try {
-      taken = py.makeMemorySnapshot();   // now, before any shared library is loaded
+      took = py.makeMemorySnapshot();   // now, before any shared library is loaded
     } catch (err) {
       console.warn(`no runtime snapshot: ${describe(err)}`);
     }
   }
 
   stage("numpy", 0.6);
-  const loadErrors = [];
-  await py.loadPackage("numpy", {
-    messageCallback: () => {},
-    errorCallback: (m) => loadErrors.push(String(m)),
-  });
-  // loadPackage resolves even when it failed: check that numpy really imports.
-  try {
-    py.runPython("import numpy");
-  } catch (e) {
-    const why = loadErrors.length ? loadErrors.join("; ") : describe(e).split("\n").filter(Boolean).pop();
-    throw new Error(`numpy could not be loaded (${why})`);
-  }
+  const wheel = await loadNumpy(py, numpy);
 
   stage("core", 0.85);
   py.unpackArchive(await core, "zip", { extractDir: "/lib/q4apr" });
@@ -98,7 +103,40 @@ async function bootRuntime(snapshot, core, kernels, driver, stage, makeSnapshot)
   } catch (e) {
     throw new Error(`the q4apr core could not be imported (${describe(e).split("\n").filter(Boolean).pop()})`);
   }
-  return { py, ns, snapshot: taken };
+  return { py, ns, took, wheel };
+}
+
+// numpy from its wheel (wheel.js: fetched while the runtime started, unpacked here, and
+// only the shared libraries `import numpy` needs are loaded), else by loadPackage (unbuilt,
+// or the wheel could not be had or unpacked: said in the console).  Returns the wheel's
+// bytes if it was unpacked here (for the pool's workers), else null.
+async function loadNumpy(py, wheel) {
+  let unpacked = null;
+  if (wheel) {
+    try {
+      const bytes = await wheel;
+      installWheel(py, bytes, NUMPY_WHEEL);
+      unpacked = bytes;
+    } catch (err) {
+      console.warn(`numpy's wheel could not be unpacked here, loading it with loadPackage: ${describe(err)}`);
+    }
+  }
+  const loadErrors = [];
+  if (!unpacked) {
+    await py.loadPackage("numpy", {
+      messageCallback: () => {},
+      errorCallback: (m) => loadErrors.push(String(m)),
+    });
+  }
+  // loadPackage resolves even when it failed: check that numpy really imports.
+  try {
+    py.runPython("import numpy");
+  } catch (e) {
+    const why = loadErrors.length ? loadErrors.join("; ") : describe(e).split("\n").filter(Boolean).pop();
+    throw new Error(`numpy could not be loaded (${why})`);
+  }
+  self.q4aprNumpyFrom = unpacked ? "wheel" : "loadPackage";   // tests
+  return unpacked;
 }
 
 // ---- start-up from a snapshot ----
@@ -138,11 +176,14 @@ function snapshotStore(mode, op) {
 async function snapshotGet() {
   if (typeof indexedDB === "undefined") return null;
   try {
-    const v = await snapshotStore("readonly", (s) => s.get(SNAPSHOT_KEY));
-    return v instanceof Uint8Array && v.byteLength > MIN_SNAPSHOT_BYTES ? v : null;
+    return await snapshotStore("readonly", (s) => s.get(SNAPSHOT_KEY));
   } catch (_) {
     return null;
   }
+}
+
+function usable(v) {
+  return v instanceof Uint8Array && v.byteLength > MIN_SNAPSHOT_BYTES ? v : null;
 }
 
 // Store a snapshot bootPython took; settles (never rejects) once stored or given up.

@@ -10,6 +10,7 @@ import { Pool } from "./pool.js";
 import "./pyodide/pyodide.mjs";
 import "./kernels.js";
 import "./kquants_wasm.js";
+import "./wheel.js";
 
 const PROGRESS_EVERY_S = 0.1;
 const MAX_WORKERS = 64;
@@ -209,15 +210,10 @@ let queue = Promise.resolve();
 const pool = new Pool(new URL("./converter.js", import.meta.url));
 let workersWanted = 1;
 
-// The runtime snapshot this worker took, being stored: the pool boots from it, so it
-// starts once the snapshot is stored (null: nothing to wait for).
-let storing = null;
-
 function sizePool(total, cores) {
   if (Number.isSafeInteger(total) && total >= 1 && total <= MAX_WORKERS) workersWanted = total;
   if (Number.isSafeInteger(cores) && cores >= 1) pool.cores = cores;
-  if (storing) storing.then(() => pool.resize(workersWanted - 1));
-  else pool.resize(workersWanted - 1);
+  pool.resize(workersWanted - 1);
 }
 
 function post(msg, transfer) {
@@ -236,7 +232,8 @@ async function boot() {
   versions.pyodide = py.version;
   stage("core", 1);
   post({ type: MSG.READY, versions });
-  if (booted.snapshot) storing = storeSnapshot(booted.snapshot).then(() => { storing = null; });
+  pool.kit = booted.kit;   // its workers start from this worker's snapshot and wheel
+  if (booted.taken) storeSnapshot(booted.kit.snapshot);
 }
 
 // For the benchmarks (bench/e2e_browser.py, through Playwright): the size of the wasm

@@ -215,6 +215,91 @@ def test_numpy_under_pyodide_is_2_0_2():
     assert out.split() == ["2.0.2", "emscripten"]
 
 
+NUMPY_FROM_WHEEL = r"""
+import os, sys, zipfile
+import pyodide_js
+site = next(p for p in sys.path if p.endswith("/site-packages"))
+def libs():
+    return sorted(k.rsplit("/", 1)[1].split(".")[0] for k in pyodide_js._module.LDSO.loadedLibsByName.object_keys()
+                  if "/numpy/" in k)
+print(" ".join(libs()))
+with zipfile.ZipFile(sys.argv[1]) as z:
+    members = {n for n in z.namelist() if not n.endswith("/")}
+    for n in members:
+        with open(f"{site}/{n}", "rb") as f:
+            assert f.read() == z.read(n), n
+tops = {n.split("/")[0] for n in members}
+written = {os.path.relpath(os.path.join(d, f), site) for t in tops for d, _, fs in os.walk(f"{site}/{t}") for f in fs}
+print(len(members), written == members)
+import numpy.random, numpy.fft
+print(numpy.random.default_rng(7).integers(0, 100, 4).tolist(), numpy.fft.rfft([1.0, 2.0, 3.0, 4.0]).real.tolist())
+print(" ".join(libs()))
+"""
+
+
+def test_numpy_is_its_wheel_unpacked_and_loads_its_libraries_when_imported(dist_dir):
+    """The workers install numpy by unpacking its wheel (static/wheel.js; run_core.mjs
+    does the same): every member is written as it is in the wheel and nothing else, and
+    of numpy's 19 shared libraries only the 3 `import numpy` needs are loaded until a
+    module that needs another is imported (Pyodide's loadPackage compiled all 19)."""
+    out = run_in_pyodide(NUMPY_FROM_WHEEL, dist_dir / "static" / "pyodide" / NUMPY_WHEEL).splitlines()
+    assert out[0].split() == ["_multiarray_tests", "_multiarray_umath", "_umath_linalg"]
+    assert out[1] == "338 True"
+    assert out[2] == "[94, 62, 68, 89] [10.0, -2.0, -2.0]"   # as natively (numpy 2.4.6 too)
+    assert {"_generator", "mtrand", "_pocketfft_umath"} <= set(out[3].split())
+
+
+INSTALL_WHEEL = r"""
+import { loadPyodide } from "%(pyodide)s";
+import { installWheel } from "%(wheel)s";
+import fs from "node:fs";
+const py = await loadPyodide({ indexURL: "%(index)s" });
+const results = {};
+for (const name of process.argv.slice(2)) {
+  try {
+    results[name] = { files: installWheel(py, new Uint8Array(fs.readFileSync(name)), name.split("/").pop()) };
+  } catch (e) {
+    results[name] = { error: String(e.message).trim().split("\n").pop() };
+  }
+}
+results.site = py.runPython("import os; sorted(os.listdir('/lib/python3.12/site-packages'))").toJs();
+results.escaped = py.runPython("import os; os.path.exists('/lib/python3.12/evil.py')");
+console.log(JSON.stringify(results));
+"""
+
+
+def test_install_wheel_refuses_a_damaged_wheel_and_one_that_escapes_its_folder(dist_dir, tmp_path):
+    """static/wheel.js checks each member's size and CRC (fetch checks the whole wheel's
+    sha256 first, in the browser) and never writes outside site-packages."""
+    pdir = dist_dir / "static" / "pyodide"
+    good = tmp_path / "good.whl"
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("pkg/__init__.py", "x = 1\n" * 50)
+        z.writestr("pkg/data.bin", bytes(range(256)))
+        z.writestr("pkg-1.0.dist-info/RECORD", "")
+    damaged = tmp_path / "damaged.whl"
+    data = bytearray(good.read_bytes())
+    data[data.index(b"pkg/__init__.py") + len("pkg/__init__.py") + 3] ^= 0xFF   # a byte of its deflate stream
+    damaged.write_bytes(bytes(data))
+    escaping = tmp_path / "escaping.whl"
+    with zipfile.ZipFile(escaping, "w") as z:
+        z.writestr("../evil.py", "boom\n")
+    not_zip = tmp_path / "not.whl"
+    not_zip.write_bytes(b"not a zip at all" * 10)
+    script = tmp_path / "install.mjs"
+    script.write_text(INSTALL_WHEEL % {"pyodide": (pdir / "pyodide.mjs").as_uri(), "index": f"{pdir}/",
+                                       "wheel": (dist_dir / "static" / "wheel.js").as_uri()})
+    r = subprocess.run(["node", str(script), str(good), str(damaged), str(escaping), str(not_zip)],
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
+    res = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    assert res[str(good)] == {"files": 3}
+    assert "damaged.whl" in res[str(damaged)]["error"] and "pkg/__init__.py" in res[str(damaged)]["error"]
+    assert res[str(escaping)]["error"] == "ValueError: escaping.whl: member '../evil.py' is outside the wheel's folder"
+    assert "BadZipFile" in res[str(not_zip)]["error"]
+    assert res["site"] == ["pkg", "pkg-1.0.dist-info"] and res["escaped"] is False
+
+
 def test_harness_reports_python_exceptions():
     r = run_in_pyodide("import sys\nprint('before')\nraise ValueError('boom-42')\n", check=False)
     assert r.returncode == 1

@@ -1,11 +1,12 @@
 """Starting the page: the first boot stores the runtime snapshot (keyed by the standard
-library's zip), later boots and the conversion workers start from it, a broken snapshot
+library's zip), later boots start from it and the conversion workers from the first
+worker's, each worker unpacks numpy's wheel itself (loadPackage if it cannot), a broken snapshot
 only costs a fresh start, and a worker that cannot load says so (the early worker that
 static/boot.js starts is adopted with whatever it said before app.js listened)."""
 
 import pytest
 
-from test_app import open_app, wait_booted
+from test_app import download, native, open_app, wait_booted, wait_state
 from test_pool import set_workers, site_with, wait_pool_ready
 
 # runtime.js's IndexedDB store of runtime snapshots, opened as it opens it
@@ -35,18 +36,23 @@ PUT_SNAPSHOT = """async ([key, size]) => {""" + OPEN_DB + """
 }"""
 
 
-def booted_from(page):
-    """How each Python worker started: {"main": ..., "converters": [...]}."""
+def worker_facts(page, fact):
+    """A fact of each Python worker (a JS expression): {"main": ..., "converters": [...]}."""
     kinds = {"main": None, "converters": []}
     for w in page.workers:
-        how = w.evaluate("self.q4aprBootedFrom || null")
-        if how is None:
+        value = w.evaluate(f"{fact} || null")
+        if value is None:
             continue
         if w.evaluate("!!self.q4aprPoolReady"):
-            kinds["main"] = how
+            kinds["main"] = value
         else:
-            kinds["converters"].append(how)
+            kinds["converters"].append(value)
     return kinds
+
+
+def booted_from(page):
+    """How each Python worker started: "fresh" or "snapshot"."""
+    return worker_facts(page, "self.q4aprBootedFrom")
 
 
 def stdlib_key(dist_dir):
@@ -70,9 +76,13 @@ def test_the_first_boot_stores_the_snapshot_and_later_boots_start_from_it(page, 
     wait_snapshot_stored(page, key)
     page.reload()
     wait_booted(page)
+    # the conversion workers get the snapshot from the first worker, not from IndexedDB
+    page.evaluate(PUT_SNAPSHOT, [key, 4096])
     set_workers(page, 3)
     wait_pool_ready(page, 3)
     assert booted_from(page) == {"main": "snapshot", "converters": ["snapshot", "snapshot"]}
+    # numpy unpacked from its wheel by each (static/wheel.js), not by loadPackage
+    assert worker_facts(page, "self.q4aprNumpyFrom") == {"main": "wheel", "converters": ["wheel", "wheel"]}
 
 
 @pytest.mark.parametrize("size", [4096, 21 << 20])   # too short to be one; refused by Pyodide
@@ -88,6 +98,32 @@ def test_a_broken_snapshot_costs_a_fresh_start_and_is_replaced(page, site_url, d
     page.reload()
     wait_booted(page)
     assert booted_from(page)["main"] == "snapshot"
+
+
+def test_numpy_comes_by_loadpackage_when_its_wheel_cannot_be_had_first(page, dist_dir):
+    """The worker's own fetch of numpy's wheel fails (HTTP 503 once): it starts all the
+    same, numpy loaded by Pyodide's loadPackage, and converts as the CLI does."""
+    import serve
+    failed = []
+
+    class Handler(serve.Handler):
+        def do_GET(self):
+            # the first request for the wheel that is not the service worker's precache
+            # (cache: "no-cache" sends Cache-Control)
+            if self.path.endswith(".whl") and not failed and "Cache-Control" not in self.headers:
+                failed.append(self.path)
+                self.send_error(503)
+                return
+            super().do_GET()
+    server, root = serve.start_server(str(dist_dir), handler=Handler)
+    try:
+        open_app(page, root)
+        assert failed and worker_facts(page, "self.q4aprNumpyFrom")["main"] == "loadPackage"
+        page.click("#sample-btn")
+        assert wait_state(page, "done", "error") == "done", page.text_content("#error-panel")
+        assert download(page)[1] == native(dist_dir / "static" / "sample" / "model.safetensors")[0]
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.parametrize("app_late", [False, True])

@@ -1,5 +1,6 @@
 // Run a Python file under Pyodide in Node, loaded the same way the browser worker does:
-// the runtime and numpy from dist/static/pyodide/, the core from dist/static/q4apr.zip.
+// the runtime and numpy's wheel from dist/static/pyodide/ (numpy unpacked by
+// dist/static/wheel.js), the core from dist/static/q4apr.zip.
 //
 //   node tests/node/run_core.mjs [--dist DIR] [--mount HOSTDIR]... [--kernels wasm|js|numpy] SCRIPT.py [ARGS...]
 //
@@ -64,13 +65,14 @@ try {
 pyodide.setStdout(write(1));
 pyodide.setStderr(write(2));
 
-// loadPackage resolves even when a package failed to load: check numpy imported.
-const loadErrors = [];
-await pyodide.loadPackage("numpy", { messageCallback: () => {}, errorCallback: (m) => loadErrors.push(m) });
+// numpy as the workers install it (static/wheel.js: its wheel unpacked into site-packages).
+const numpyWheel = JSON.parse(fs.readFileSync(path.join(indexDir, "pyodide-lock.json"), "utf8")).packages.numpy.file_name;
+const { installWheel } = await import(pathToFileURL(path.join(dist, "static", "wheel.js")).href);
 try {
+  installWheel(pyodide, new Uint8Array(fs.readFileSync(path.join(indexDir, numpyWheel))), numpyWheel);
   pyodide.runPython("import numpy");
 } catch (e) {
-  fail(`numpy did not load from ${indexDir}: ${loadErrors.join("; ") || e.message}`);
+  fail(`numpy did not load from ${path.join(indexDir, numpyWheel)}: ${e.message}`);
 }
 
 // The core, as the worker gets it: fetch the zip, unpack, put its folder on sys.path.
