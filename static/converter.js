@@ -2,7 +2,7 @@
 // sent with the core's ChunkConverter (the same _convert as the main worker and the CLI)
 // and sends back the parts.  Module worker, started by worker.js.
 //
-// main -> here   {kit: {snapshot, wheel}}   (first: runtime.js's bootPython starts from it)
+// main -> here   {kit: {snapshot, numpy}}   (first: runtime.js's bootPython starts from it)
 //                {id, job: JSON string, raw: ArrayBuffer (transferred)}
 //                {id, job, file: File, start, end}   (read here: the bytes [start, end))
 // here -> main   {ready: true} once booted, or {failed: message}

@@ -27,7 +27,7 @@ export class Pool {
     this.killNext = false;      // tests: kill() found no chunk in flight
     this.fileOf = null;         // path -> File, set by the run (chunks workers read themselves)
     this.cores = 1;             // the machine's (navigator.hardwareConcurrency, from the page)
-    this.kit = {};              // {snapshot, wheel}: what its workers start from (runtime.js)
+    this.kit = () => ({});      // -> {snapshot, numpy}: what its workers start from (runtime.js)
   }
 
   // Whether the conversion workers take every chunk (the first worker then only hands them
@@ -66,10 +66,10 @@ export class Pool {
           !m.ready);
       };
       worker.onmessageerror = () => this.stop(m, "a conversion worker's reply could not be read");
-      // first message: the runtime snapshot and numpy's wheel to start from (copies of 21 and
-      // 3.5 MB, ~10 ms; reading the snapshot from IndexedDB took 0.15 s, fetching the wheel
-      // competed with the runtime's own files)
-      worker.postMessage({ kit: this.kit });
+      // first message: the runtime snapshot and numpy's files to start from (copies of 21 and
+      // 13 MB, ~20 ms; reading the snapshot from IndexedDB took 0.15 s, fetching and unpacking
+      // numpy's wheel 0.2-0.3 s, competing with the runtime's own files)
+      worker.postMessage({ kit: this.kit() });
       this.members.push(m);
     }
   }

@@ -3,7 +3,7 @@
 
 import { loadPyodide, version as pyodideVersion } from "./pyodide/pyodide.mjs";
 import { installKernels, loadKernels } from "./kernels.js";
-import { fetchWheel, installWheel } from "./wheel.js";
+import { fetchWheel, installWheel, readFiles, writeFiles } from "./wheel.js";
 
 // build.sh fills these in from dist's pyodide-lock.json (unbuilt: numpy by loadPackage).
 const NUMPY_WHEEL = "__NUMPY_WHEEL__";
@@ -18,12 +18,13 @@ export function describe(err) {
 // Boot and run `driver` (Python source) in fresh globals.  stage(name, progress) reports
 // the steps ("runtime", "numpy", "core").  makeSnapshot: whether this worker may take the
 // runtime snapshot when it has none to start from (the main worker does).  kit: a promise
-// of what the main worker hands its pool's workers, {snapshot, wheel} (the runtime
-// snapshot to start from, or null: afresh; numpy's wheel, or null: fetch it); by default
-// the snapshot stored in IndexedDB and numpy's wheel fetched.
+// of what the main worker hands its pool's workers, {snapshot, numpy} (the runtime
+// snapshot to start from, or null: afresh; numpy's files as wheel.js's readFiles gives
+// them, or null: fetch the wheel); by default the snapshot stored in IndexedDB and numpy's
+// wheel fetched.
 // Returns {py, ns, kit, taken}: the Pyodide instance, the driver's globals (a PyProxy of a
-// dict), the kit for the pool's workers (the snapshot it started from or took, and numpy's
-// wheel: bytes or null), and whether it took the snapshot now: the caller stores it then
+// dict), kit() -> the kit for the pool's workers (the snapshot this worker started from or
+// took, numpy's files), and the snapshot it took now (or null): the caller stores it
 // (storeSnapshot) once it is ready, as storing 21 MB in IndexedDB takes CPU a 2-core start
 // needs for numpy.
 export async function bootPython(driver, { stage = () => {}, makeSnapshot = true, kit = null } = {}) {
@@ -38,11 +39,15 @@ export async function bootPython(driver, { stage = () => {}, makeSnapshot = true
   kernels.catch(() => {});   // reported where it is awaited
   const given = kit ? await kit : {};
   // numpy's wheel too (loadPackage would only ask for it once the runtime has started)
-  const numpy = given.wheel ? Promise.resolve(given.wheel)
-    : !NUMPY_WHEEL.startsWith("__") ? fetchWheel(new URL(`./pyodide/${NUMPY_WHEEL}`, import.meta.url), NUMPY_INTEGRITY)
+  const numpy = given.numpy ? Promise.resolve({ files: given.numpy })
+    : !NUMPY_WHEEL.startsWith("__")
+      ? fetchWheel(new URL(`./pyodide/${NUMPY_WHEEL}`, import.meta.url), NUMPY_INTEGRITY).then((wheel) => ({ wheel }))
       : null;
   numpy?.catch(() => {});   // reported where it is awaited
   const start = usable(kit ? given.snapshot : await snapshotGet());
+  let booted = null;
+  let from = null;    // the snapshot this worker started from or took
+  let taken = null;   // ... if it took it now
   if (start) {
     let givenUp = false;   // an attempt that outlives its time says nothing more
     let timer;
@@ -50,10 +55,10 @@ export async function bootPython(driver, { stage = () => {}, makeSnapshot = true
       timer = setTimeout(() => no(new Error("it did not start in time")), SNAPSHOT_BOOT_MS);
     });
     try {
-      const { py, ns, wheel } = await Promise.race([
+      booted = await Promise.race([
         bootRuntime(start, core, kernels, numpy, driver, (...a) => { if (!givenUp) stage(...a); }, false), late]);
+      from = start;
       self.q4aprBootedFrom = "snapshot";   // tests
-      return { py, ns, kit: { snapshot: start, wheel }, taken: false };
     } catch (err) {
       givenUp = true;
       console.warn(`starting from the runtime snapshot failed, starting afresh: ${describe(err)}`);
@@ -62,9 +67,15 @@ export async function bootPython(driver, { stage = () => {}, makeSnapshot = true
       clearTimeout(timer);
     }
   }
-  const { py, ns, wheel, took } = await bootRuntime(null, core, kernels, numpy, driver, stage, makeSnapshot);
-  self.q4aprBootedFrom = "fresh";   // tests
-  return { py, ns, kit: { snapshot: took, wheel }, taken: took !== null };
+  if (!booted) {
+    booted = await bootRuntime(null, core, kernels, numpy, driver, stage, makeSnapshot);
+    from = taken = booted.took;
+    self.q4aprBootedFrom = "fresh";   // tests
+  }
+  const { py, ns, numpyFiles } = booted;
+  let handed = null;
+  const kitOf = () => (handed ??= { snapshot: from, numpy: numpyFiles && readFiles(py, numpyFiles) });
+  return { py, ns, kit: kitOf, taken };
 }
 
 async function bootRuntime(snapshot, core, kernels, numpy, driver, stage, makeSnapshot) {
@@ -86,7 +97,7 @@ async function bootRuntime(snapshot, core, kernels, numpy, driver, stage, makeSn
   }
 
   stage("numpy", 0.6);
-  const wheel = await loadNumpy(py, numpy);
+  const numpyFiles = await loadNumpy(py, numpy);
 
   stage("core", 0.85);
   py.unpackArchive(await core, "zip", { extractDir: "/lib/q4apr" });
@@ -103,26 +114,33 @@ async function bootRuntime(snapshot, core, kernels, numpy, driver, stage, makeSn
   } catch (e) {
     throw new Error(`the q4apr core could not be imported (${describe(e).split("\n").filter(Boolean).pop()})`);
   }
-  return { py, ns, took, wheel };
+  return { py, ns, took, numpyFiles };
 }
 
-// numpy from its wheel (wheel.js: fetched while the runtime started, unpacked here, and
-// only the shared libraries `import numpy` needs are loaded), else by loadPackage (unbuilt,
-// or the wheel could not be had or unpacked: said in the console).  Returns the wheel's
-// bytes if it was unpacked here (for the pool's workers), else null.
-async function loadNumpy(py, wheel) {
-  let unpacked = null;
-  if (wheel) {
+// numpy from its files (wheel.js: the main worker's, or its wheel fetched while the runtime
+// started and unpacked here; only the shared libraries `import numpy` needs are loaded),
+// else by loadPackage (unbuilt, or the wheel could not be had or unpacked: said in the
+// console).  Returns the files' paths under site-packages (for readFiles), or null.
+async function loadNumpy(py, source) {
+  let paths = null;
+  let how = "loadPackage";
+  if (source) {
     try {
-      const bytes = await wheel;
-      installWheel(py, bytes, NUMPY_WHEEL);
-      unpacked = bytes;
+      const { files, wheel } = await source;
+      if (files) {
+        writeFiles(py, files);
+        paths = files.map(([p]) => p);
+        how = "kit";
+      } else {
+        paths = installWheel(py, wheel, NUMPY_WHEEL);
+        how = "wheel";
+      }
     } catch (err) {
       console.warn(`numpy's wheel could not be unpacked here, loading it with loadPackage: ${describe(err)}`);
     }
   }
   const loadErrors = [];
-  if (!unpacked) {
+  if (!paths) {
     await py.loadPackage("numpy", {
       messageCallback: () => {},
       errorCallback: (m) => loadErrors.push(String(m)),
@@ -135,8 +153,8 @@ async function loadNumpy(py, wheel) {
     const why = loadErrors.length ? loadErrors.join("; ") : describe(e).split("\n").filter(Boolean).pop();
     throw new Error(`numpy could not be loaded (${why})`);
   }
-  self.q4aprNumpyFrom = unpacked ? "wheel" : "loadPackage";   // tests
-  return unpacked;
+  self.q4aprNumpyFrom = how;   // tests: "wheel", "kit" (the main worker's files) or "loadPackage"
+  return paths;
 }
 
 // ---- start-up from a snapshot ----

@@ -232,8 +232,8 @@ async function boot() {
   versions.pyodide = py.version;
   stage("core", 1);
   post({ type: MSG.READY, versions });
-  pool.kit = booted.kit;   // its workers start from this worker's snapshot and wheel
-  if (booted.taken) storeSnapshot(booted.kit.snapshot);
+  pool.kit = booted.kit;   // its workers start from this worker's snapshot and numpy files
+  if (booted.taken) storeSnapshot(booted.taken);
 }
 
 // For the benchmarks (bench/e2e_browser.py, through Playwright): the size of the wasm

@@ -251,13 +251,19 @@ def test_numpy_is_its_wheel_unpacked_and_loads_its_libraries_when_imported(dist_
 
 INSTALL_WHEEL = r"""
 import { loadPyodide } from "%(pyodide)s";
-import { installWheel } from "%(wheel)s";
+import { installWheel, readFiles, writeFiles } from "%(wheel)s";
 import fs from "node:fs";
 const py = await loadPyodide({ indexURL: "%(index)s" });
 const results = {};
 for (const name of process.argv.slice(2)) {
   try {
     results[name] = { files: installWheel(py, new Uint8Array(fs.readFileSync(name)), name.split("/").pop()) };
+    if (name.endsWith("good.whl")) {   // handed to another worker: read back, written again
+      const files = readFiles(py, results[name].files);
+      py.runPython("import shutil; shutil.rmtree('/lib/python3.12/site-packages/pkg')");
+      writeFiles(py, files);
+      results.again = py.runPython("open('/lib/python3.12/site-packages/pkg/__init__.py').read() + open('/lib/python3.12/site-packages/pkg/data.bin', 'rb').read().hex()");
+    }
   } catch (e) {
     results[name] = { error: String(e.message).trim().split("\n").pop() };
   }
@@ -293,7 +299,8 @@ def test_install_wheel_refuses_a_damaged_wheel_and_one_that_escapes_its_folder(d
                        capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
     res = json.loads(r.stdout.decode().strip().splitlines()[-1])
-    assert res[str(good)] == {"files": 3}
+    assert res[str(good)] == {"files": ["pkg/__init__.py", "pkg/data.bin", "pkg-1.0.dist-info/RECORD"]}
+    assert res["again"] == "x = 1\n" * 50 + bytes(range(256)).hex()
     assert "damaged.whl" in res[str(damaged)]["error"] and "pkg/__init__.py" in res[str(damaged)]["error"]
     assert res[str(escaping)]["error"] == "ValueError: escaping.whl: member '../evil.py' is outside the wheel's folder"
     assert "BadZipFile" in res[str(not_zip)]["error"]

@@ -81,8 +81,8 @@ def test_the_first_boot_stores_the_snapshot_and_later_boots_start_from_it(page, 
     set_workers(page, 3)
     wait_pool_ready(page, 3)
     assert booted_from(page) == {"main": "snapshot", "converters": ["snapshot", "snapshot"]}
-    # numpy unpacked from its wheel by each (static/wheel.js), not by loadPackage
-    assert worker_facts(page, "self.q4aprNumpyFrom") == {"main": "wheel", "converters": ["wheel", "wheel"]}
+    # numpy unpacked from its wheel (static/wheel.js), not by loadPackage; its files handed on
+    assert worker_facts(page, "self.q4aprNumpyFrom") == {"main": "wheel", "converters": ["kit", "kit"]}
 
 
 @pytest.mark.parametrize("size", [4096, 21 << 20])   # too short to be one; refused by Pyodide
