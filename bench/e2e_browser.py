@@ -274,9 +274,11 @@ def cold_start(browser, url):
 
 
 def extra_worker_start(page):
-    """Advanced › Workers = 2 on a page that is ready (the first worker idle): when the
-    conversion worker, from its creation, began each boot step and was ready (seconds;
-    converter.js's boot marks, on its own clock, which starts when the pool creates it)."""
+    """Advanced › Workers = 2 on a page that is ready (the first worker idle; on 2 cores
+    "Auto" is 2 already, and the conversion worker was created as the page became ready):
+    when the conversion worker, from its creation, began each boot step and was ready
+    (seconds; converter.js's boot marks, on its own clock, which starts when the pool
+    creates it)."""
     set_workers(page, 2)
     for w in page.workers:
         marks = w.evaluate("self.q4aprPoolReady ? null : self.q4aprBootMarks || null")
