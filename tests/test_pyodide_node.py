@@ -474,7 +474,8 @@ def test_sample_model_round_trip_same_bytes_under_pyodide(dist_dir, tmp_path):
 # ------------------------------------------------------------------ the same files in Chromium
 
 PROBE_WORKER = r'''
-// The loading sequence the worker uses, against the built files.
+// Pyodide's own loading sequence (loadPackage for numpy: the workers' fallback when they
+// cannot unpack its wheel themselves), against the built files in a module worker.
 import { loadPyodide } from "./static/pyodide/pyodide.mjs";
 const t0 = performance.now();
 try {
