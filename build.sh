@@ -344,8 +344,9 @@ precompile() {
   cp "$stdlib_zip" "$out/static/pyodide/python_stdlib.zip"
   local stdlib_id
   stdlib_id=$(sha256_of "$stdlib_zip" | cut -c1-16)
-  local np_integrity
-  np_integrity=sha256-$(python3 -c 'import base64,hashlib,sys; print(base64.b64encode(hashlib.sha256(open(sys.argv[1],"rb").read()).digest()).decode())' "$np_whl")
+  local np_sha np_integrity
+  np_sha=$(sha256_of "$np_whl")
+  np_integrity=sha256-$(python3 -c 'import base64,sys; print(base64.b64encode(bytes.fromhex(sys.argv[1])).decode())' "$np_sha")
   local fill
   for fill in __STDLIB_ID__ __NUMPY_WHEEL__ __NUMPY_INTEGRITY__; do
     grep -q "$fill" "$out/static/runtime.js" || die "static/runtime.js has no $fill to fill in"
@@ -353,7 +354,7 @@ precompile() {
   sed -i -e "s/__STDLIB_ID__/$stdlib_id/" -e "s/__NUMPY_WHEEL__/$NUMPY_WHEEL/" \
     -e "s|__NUMPY_INTEGRITY__|$np_integrity|" "$out/static/runtime.js"
   cp "$core_zip" "$out/static/q4apr.zip"
-  python3 - "$out/static/pyodide/pyodide-lock.json" "$NUMPY_SHA256" "$(sha256_of "$np_whl")" <<'PY' \
+  python3 - "$out/static/pyodide/pyodide-lock.json" "$NUMPY_SHA256" "$np_sha" <<'PY' \
     || die "could not point dist's pyodide-lock.json at the compiled numpy wheel"
 import sys
 path, old, new = sys.argv[1:]

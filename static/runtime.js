@@ -106,9 +106,7 @@ async function bootRuntime(snapshot, core, kernels, numpy, driver, stage, makeSn
   installKernels(py, chosen);   // the drivers below find the core on sys.path from here
   self.q4aprKernels = chosen.name;   // "wasm" or "js" (tests, benchmarks)
 
-  const dict = py.globals.get("dict");
-  const ns = dict();
-  dict.destroy();
+  const ns = py.toPy({});   // fresh globals
   try {
     py.runPython(driver, { globals: ns });
   } catch (e) {
@@ -128,8 +126,7 @@ async function loadNumpy(py, source) {
     try {
       const { files, wheel } = await source;
       if (files) {
-        writeFiles(py, files);
-        paths = files.map(([p]) => p);
+        paths = writeFiles(py, files);
         how = "kit";
       } else {
         paths = installWheel(py, wheel, NUMPY_WHEEL);

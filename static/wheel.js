@@ -16,10 +16,9 @@ export async function fetchWheel(url, integrity) {
 }
 
 const UNPACK_PY = String.raw`
-def _q4apr_unpack_wheel(wheel, name):
-    """Unpack the wheel (a JS Uint8Array) into site-packages; the files' paths there."""
-    import io, os, struct, sys, zipfile, zlib
-    site = next(p for p in sys.path if p.endswith("/site-packages"))
+def unpack_wheel(wheel, name, site):
+    """Unpack the wheel (a JS Uint8Array) into site; the files' paths there."""
+    import io, os, struct, zipfile, zlib
     buf = wheel.to_py()
     made = set()
     written = []
@@ -53,14 +52,12 @@ def _q4apr_unpack_wheel(wheel, name):
 
 // Unpack `bytes` (a wheel) into Pyodide's site-packages.  Returns the files' paths there.
 export function installWheel(py, bytes, name) {
-  const dict = py.globals.get("dict");
-  const ns = dict();
-  dict.destroy();
+  const ns = py.toPy({});   // fresh globals
   try {
     py.runPython(UNPACK_PY, { globals: ns });
-    const unpack = ns.get("_q4apr_unpack_wheel");
+    const unpack = ns.get("unpack_wheel");
     try {
-      const written = unpack(bytes, name);
+      const written = unpack(bytes, name, sitePackages(py));
       try { return written.toJs(); } finally { written.destroy(); }
     } finally {
       unpack.destroy();
@@ -78,13 +75,15 @@ export function readFiles(py, paths) {
   return paths.map((p) => [p, py.FS.readFile(`${site}/${p}`)]);
 }
 
+// Returns the files' paths, as installWheel does.
 export function writeFiles(py, files) {
   const site = sitePackages(py);
-  for (const [p, data] of files) {
+  return files.map(([p, data]) => {
     const path = `${site}/${p}`;
     py.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
     py.FS.writeFile(path, data);
-  }
+    return p;
+  });
 }
 
 function sitePackages(py) {

@@ -55,10 +55,12 @@ def booted_from(page):
     return worker_facts(page, "self.q4aprBootedFrom")
 
 
-def stdlib_key(dist_dir):
+def snapshot_key(dist_dir):
+    """runtime.js's SNAPSHOT_KEY, as built (keyed by the stdlib zip's hash)."""
     import re
-    return re.search(r"`pyodide-\$\{pyodideVersion\}-stdlib-([0-9a-f]{16})`",
-                     (dist_dir / "static" / "runtime.js").read_text()).group(1)
+    stdlib = re.search(r"`pyodide-\$\{pyodideVersion\}-stdlib-([0-9a-f]{16})`",
+                       (dist_dir / "static" / "runtime.js").read_text()).group(1)
+    return f"pyodide-0.27.7-stdlib-{stdlib}"
 
 
 def wait_snapshot_stored(page, key, timeout_ms=30_000):
@@ -70,7 +72,7 @@ def wait_snapshot_stored(page, key, timeout_ms=30_000):
 
 
 def test_the_first_boot_stores_the_snapshot_and_later_boots_start_from_it(page, site_url, dist_dir):
-    key = f"pyodide-0.27.7-stdlib-{stdlib_key(dist_dir)}"
+    key = snapshot_key(dist_dir)
     open_app(page, site_url)
     assert booted_from(page)["main"] == "fresh"
     wait_snapshot_stored(page, key)
@@ -87,7 +89,7 @@ def test_the_first_boot_stores_the_snapshot_and_later_boots_start_from_it(page, 
 
 @pytest.mark.parametrize("size", [4096, 21 << 20])   # too short to be one; refused by Pyodide
 def test_a_broken_snapshot_costs_a_fresh_start_and_is_replaced(page, site_url, dist_dir, size):
-    key = f"pyodide-0.27.7-stdlib-{stdlib_key(dist_dir)}"
+    key = snapshot_key(dist_dir)
     page.goto(site_url)   # the origin's IndexedDB, before the app has stored anything
     page.evaluate(PUT_SNAPSHOT, [key, size])
     page.evaluate(PUT_SNAPSHOT, ["pyodide-0.27.7-v1", 64])   # an older build's
