@@ -1072,7 +1072,7 @@ function renderRuntimes(runtimes) {
       make("span", { className: "rt-mark", text: r.loads ? "✓" : "✕" }),
       make("span", { className: "rt-text" }, [
         make("strong", { className: "rt-name", text: r.runtime }),
-        make("span", { className: "rt-verdict", text: r.loads ? " can load it" : " cannot run it" }),
+        make("span", { className: "rt-verdict", text: ` ${r.verdict || (r.loads ? "can load it" : "cannot run it")}` }),
         make("span", { className: "rt-why", text: String(r.why || "") }),
       ]),
     ]);

@@ -97,12 +97,24 @@ def _apr_q8(data, n):
 
 
 def _ggml_k(data, n, shape, kind):
-    """Q4_K (12) / Q6_K (14): raw GGML super-blocks, row by row. Hook only: decoded with
-    gguf-py's reference (a test dependency); nothing in q4apr writes these yet."""
+    """Q4_K (12) / Q6_K (14): raw GGML super-blocks, decoded with gguf-py's reference (a test
+    dependency). A 2-D tensor is stored as Aprender's writer stores it, row by row, each row
+    zero padded to whole 256-value super-blocks (its runtime's matmul reads them so); a 1-D
+    one is flat, its last super-block zero padded."""
     from gguf import GGMLQuantizationType, quants
     t = {"Q4_K": GGMLQuantizationType.Q4_K, "Q6_K": GGMLQuantizationType.Q6_K}[kind]
-    rows = n // shape[-1]
-    return quants.dequantize(data.reshape(rows, -1), t).astype(np.float32).reshape(-1)
+    size = {"Q4_K": 144, "Q6_K": 210}[kind]
+    if len(shape) == 2:
+        rows, cols = shape
+        per_row = -(-cols // 256)
+        if data.size != rows * per_row * size:
+            raise ValueError(f"{kind} {shape}: {data.size} bytes, Aprender's row layout has "
+                             f"{rows * per_row * size}")
+        x = quants.dequantize(data.reshape(rows, per_row * size), t)
+        return x[:, :cols].astype(np.float32).reshape(-1)
+    if data.size != -(-n // 256) * size:
+        raise ValueError(f"{kind} {shape}: {data.size} bytes for {n} values")
+    return quants.dequantize(data.reshape(1, -1), t).astype(np.float32).reshape(-1)[:n]
 
 
 def dequantize(code, shape, data):
@@ -177,10 +189,18 @@ class AprModel:
         if emb is None or emb[1] != (meta.get("vocab_size", emb[1][0]), self.dim):
             raise ValueError(f"{path}: embedding shape {emb and emb[1]} does not match "
                              f"vocab_size/hidden_size")
-        if "lm_head.weight" not in self._raw:
-            raise ValueError(f"{path}: no lm_head.weight (Aprender has no tied fallback)")
         self.vocab = emb[1][0]
         self._cache = {}
+        # Aprender's runtime ties a missing lm_head.weight, or one of its full shape and 0
+        # data bytes (what its exporters write), to the embedding
+        head = self._raw.get("lm_head.weight")
+        if head is None or head[2].size == 0:
+            if head is not None and head[1] != emb[1]:
+                raise ValueError(f"{path}: empty lm_head.weight of shape {head[1]}, the "
+                                 f"embedding's is {emb[1]}")
+            if meta.get("tied_embeddings") is not True:
+                raise ValueError(f"{path}: no lm_head.weight data and no tied_embeddings")
+            self._raw["lm_head.weight"] = emb
 
     def has(self, name):
         return name in self._raw

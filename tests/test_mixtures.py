@@ -8,7 +8,8 @@ models cannot reach (their rows of 32/64 fall back to Q5_0/Q8_0): the attn_v / f
 bumps by layer, the untied output head, and the fallbacks of a 384-wide ffn_down.
 
 For APR the same choices map to Aprender's codes: Q4_0 -> APR Q4 (128), Q4_K/Q6_K -> 12/14
-with the bytes llama-quantize writes, F16 where llama.cpp falls back to Q5_0/Q8_0.
+with the bytes llama-quantize writes, and where llama.cpp falls back to Q5_0/Q8_0 for the
+row length, the Q4_K/Q6_K it wanted in Aprender's row layout (rows zero padded).
 """
 import os
 import subprocess
@@ -202,14 +203,15 @@ def read_apr(path):
 @pytest.mark.parametrize("qtype", TYPES)
 def test_apr_takes_llama_quantizes_choices(tmp_path, qtype):
     """APR from the synthetic GGUF: Q4_0 -> APR Q4, Q4_K/Q6_K -> codes 12/14 with llama's
-    bytes (rows of whole 256-blocks: flattened = row by row), Q5_0/Q8_0 -> F16."""
+    bytes (rows of whole 256-blocks: flattened = row by row), Q5_0/Q8_0 (the 384-wide
+    ffn_down's fallbacks) -> the Q4_K/Q6_K llama.cpp wanted, rows padded to 512."""
     src = synthetic(tmp_path / "syn.gguf", 384, True)
     ref = tensors(llama_quantize(src, tmp_path / "ref.gguf", qtype))
     out = tmp_path / "ours.apr"
     q4apr_cli(src, "-o", out, "--type", qtype)
     ours = read_apr(out)
     assert sorted(ours) == sorted(ref)
-    want = {"Q4_0": "APR_Q4", "Q4_K": "Q4_K", "Q6_K": "Q6_K", "Q5_0": "F16", "Q8_0": "F16",
+    want = {"Q4_0": "APR_Q4", "Q4_K": "Q4_K", "Q6_K": "Q6_K", "Q5_0": "Q4_K", "Q8_0": "Q6_K",
             "F32": "F32"}
     seen = set()
     for name, (shape, t, data) in ref.items():
@@ -222,7 +224,13 @@ def test_apr_takes_llama_quantizes_choices(tmp_path, qtype):
             # an independent decoder (gguf-py's numpy port of ggml) reads them as ggml does
             x = gguf.quants.dequantize(np.frombuffer(raw, np.uint8).reshape(ashape[0], -1), Q[t])
             assert x.shape == tuple(ashape) and np.isfinite(x).all()
-    assert seen == ({"APR_Q4", "Q6_K", "F32"} if qtype == "Q4_0" else {"Q4_K", "Q6_K", "F16", "F32"})
+        elif t in ("Q5_0", "Q8_0"):   # rows padded: decoded row by row, near llama's values
+            from apr_forward import dequantize as apr_dequantize
+            x = apr_dequantize({"Q4_K": 12, "Q6_K": 14}[dtype], tuple(ashape),
+                               np.frombuffer(raw, np.uint8))
+            y = gguf.quants.dequantize(np.frombuffer(data, np.uint8).reshape(ashape[0], -1), Q[t])
+            assert np.abs(x - y).max() < 0.15 * np.abs(y).max(), name
+    assert seen == ({"APR_Q4", "Q6_K", "F32"} if qtype == "Q4_0" else {"Q4_K", "Q6_K", "F32"})
     codes = {e.name: e.dtype.apr for e in q4apr.open_model(str(out)).tensors}
     assert codes["blk.0.attn_v.weight"] == (128 if qtype == "Q4_0" else 14)
 
@@ -230,7 +238,7 @@ def test_apr_takes_llama_quantizes_choices(tmp_path, qtype):
 @pytest.mark.parametrize("qtype", TYPES)
 def test_apr_from_a_folder_follows_its_gguf(tmp_path, qtype):
     """The APR of a folder gets, tensor by tensor (by Hugging Face source name), the type
-    the folder's GGUF gets, mapped to APR; the tied lm_head copy goes with the embedding."""
+    the folder's GGUF gets, mapped to APR; the tied lm_head is 0 bytes (Aprender's way)."""
     name = "tiny-llama"
     folder = hf.model_dir(name)
     g, a = tmp_path / "x.gguf", tmp_path / "x.apr"
@@ -241,10 +249,11 @@ def test_apr_from_a_folder_follows_its_gguf(tmp_path, qtype):
     assert r.returncode == 0, r.stderr
     import json
     rep = {t["name"]: t for t in json.loads(r.stdout)["tensors"]}
-    assert rep["lm_head.weight"]["dtype_out"] == rep["model.embed_tokens.weight"]["dtype_out"]
+    assert rep["lm_head.weight"]["bytes_out"] == 0 and "tied" in rep["lm_head.weight"]["reason"]
     gt = {n: t for n, (_, t, _) in tensors(g).items()}
     assert gt["token_embd.weight"] in ("Q6_K", "Q8_0")
-    apr_of = {"Q4_0": "APR_Q4", "Q5_0": "F16", "Q8_0": "F16", "F32": "F32", "Q4_K": "Q4_K",
+    # llama.cpp's Q5_0 / Q8_0 are its fallbacks for rows of 64: APR pads the rows instead
+    apr_of = {"Q4_0": "APR_Q4", "Q5_0": "Q4_K", "Q8_0": "Q6_K", "F32": "F32", "Q4_K": "Q4_K",
               "Q6_K": "Q6_K"}
     assert rep["model.layers.0.self_attn.v_proj.weight"]["dtype_out"] == \
         apr_of[gt["blk.0.attn_v.weight"]]

@@ -74,6 +74,32 @@ def tensor_nbytes(dtype, shape):
     return dtype.nbytes(n)
 
 
+# Aprender's 2-D K-quant layout: its writer (quantize_q4_k_matrix / quantize_q6_k_matrix)
+# stores each row on its own, zero padded to whole 256-value super-blocks, and its runtime's
+# matmul reads them so. Rows that are whole super-blocks are the flat (GGML) layout anyway.
+ROW_PADDED = ("Q4_K", "Q6_K")
+
+
+def padded_row(dtype, shape):
+    """(cols, padded cols) when an APR tensor of this dtype and shape is stored row by row
+    with zero padding (a 2-D Q4_K / Q6_K whose rows are not whole super-blocks), else None."""
+    if dtype.name not in ROW_PADDED or len(shape) != 2 or not shape[1] or shape[1] % dtype.block_size == 0:
+        return None
+    cols = int(shape[1])
+    return cols, -(-cols // dtype.block_size) * dtype.block_size
+
+
+def apr_nbytes(dtype, shape):
+    """Byte size of an APR tensor: flat blocks (APR flattens), except Aprender's row layout of
+    2-D K-quants (padded_row) and APR Q8's whole-tensor scale."""
+    if dtype.name == "APR_Q8":
+        return tensor_nbytes(dtype, shape)
+    pad = padded_row(dtype, shape)
+    if pad is not None:
+        return int(shape[0]) * dtype.nbytes(pad[1])
+    return dtype.nbytes(numel(shape))
+
+
 def numel(shape):
     n = 1
     for d in shape:

@@ -46,6 +46,7 @@ class Choice:
     type: str
     wanted: str
     reason: str
+    apr_wanted: str = None   # what APR wants where llama.cpp's pick was for the row length only
 
 
 # ---------------------------------------------------------------- names
@@ -190,13 +191,14 @@ def choose(tensors, qtype="Q4_0", ctx=None, pure=False, weight_like=None, ggml_d
         if not allows_quantization(name, shape, ctx.arch, weight_like, ggml_dims):
             out[name] = None
             continue
-        wanted, why = base, f"{qtype}: {base}"
+        wanted, why, apr_wanted = base, f"{qtype}: {base}", None
         if not pure:
-            wanted, why = _impl(name, shape, cats[name], wanted, qtype, ctx, st)
+            wanted, why, *rest = _impl(name, shape, cats[name], wanted, qtype, ctx, st)
+            apr_wanted = rest[0] if rest else None
         else:
             why = f"{qtype} --pure: {base}"
         final, note = fallback(shape[-1] if shape else 1, wanted)
-        out[name] = Choice(final, wanted, why + (f"; {note}" if note else ""))
+        out[name] = Choice(final, wanted, why + (f"; {note}" if note else ""), apr_wanted)
     return out
 
 
@@ -213,8 +215,11 @@ def _impl(name, shape, cat, new, qtype, ctx, st):
     n_expert = max(1, ctx.n_expert)
     if cat == "output" or (st["tied"] and cat == "token_embd"):
         what = "output head" if cat == "output" else "token embedding (tied: also the output)"
-        if falcon or shape[-1] % BLOCK[new]:
+        if falcon:
             return "Q8_0", f"{qtype}: {what} at Q8_0"
+        if shape[-1] % BLOCK[new]:   # for the row length only: APR's row layout takes Q6_K
+            return "Q8_0", (f"{qtype}: {what} at Q8_0 (rows of {shape[-1]} are not whole "
+                            f"{new} blocks)"), "Q6_K"
         if new != "Q8_0":
             return "Q6_K", f"{qtype}: {what} at Q6_K"
         return new, f"{qtype}: {what}"
@@ -270,20 +275,27 @@ def _layer_info(i_layer, n_layer, name, n_expert):
 # ---------------------------------------------------------------- APR
 
 def apr_type(choice, shape):
-    """The APR dtype name for llama.cpp's choice (from its `wanted` type: APR flattens, so
-    32-block fallbacks are not needed for APR Q4). Q4_0 -> APR Q4 (code 128); Q4_K / Q6_K
-    (codes 12 / 14) where each row is whole 256-blocks; F16 where llama.cpp falls back to a
-    type APR lacks (Q5_0, Q8_0): Aprender's runtime reads a 2-D K-quant tensor whose rows
-    are not whole 256-blocks row by row, padded (realizar GH-202), while its reader and the
-    APR size rule (144 * ceil(n/256)) flatten, so no K-quant layout is safe there."""
-    w = choice.wanted
+    """The APR dtype name for llama.cpp's choice, and a note on the layout (or None).
+
+    From the choice's `wanted` type, before llama.cpp's row-length fallback: APR flattens
+    APR Q4, so 32-blocks need no fallback (Q4_0 -> APR Q4, code 128), and a 2-D Q4_K / Q6_K
+    whose rows are not whole 256-blocks is stored as Aprender's writer stores it, each row
+    zero padded to whole super-blocks (dtypes.padded_row), where llama.cpp falls back to
+    Q5_0 / Q8_0, which APR lacks. Rows that are whole super-blocks are GGML's layout, the
+    bytes llama-quantize writes. Other shapes (3-D and up) of such rows, and llama.cpp's
+    own Q8_0 choices, go to F16."""
+    w = choice.apr_wanted or choice.wanted
     if w == "Q4_0":
         return "APR_Q4", "Q4_0 -> APR Q4"
     if w in ("Q4_K", "Q6_K"):
         if len(shape) < 2 or shape[-1] % 256 == 0:
             return w, None
-        return "F16", (f"rows of {shape[-1]} are not whole 256-blocks (llama.cpp: "
-                       f"{choice.type}; APR has no such type): F16")
+        if len(shape) == 2:
+            cols = shape[-1]
+            return w, (f"Aprender's row layout: each row of {cols} zero padded to "
+                       f"{-(-cols // 256) * 256} (whole 256-blocks; llama.cpp: {choice.type})")
+        return "F16", (f"rows of {shape[-1]} are not whole 256-blocks in a {len(shape)}-D "
+                       f"tensor (llama.cpp: {choice.type}; Aprender pads 2-D rows only): F16")
     return "F16", f"llama.cpp writes {choice.type}, which APR lacks: F16"
 
 

@@ -61,6 +61,7 @@ class TensorEntry:
     add: float = None         # a constant added to every value (Gemma's norms), or None
     source: str = None        # the name in the input file, when the output renames it
     keep_f32: str = None      # why it must stay F32 whatever the options (a runtime needs it)
+    tied_to: str = None       # 0 data bytes: an LM head tied to this embedding (Aprender's way)
 
     def open(self):
         """A binary reader positioned at the first byte of this tensor (its rows reordered

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import codecs, mixtures, nonfinite, policy, runnable
-from .dtypes import APR_Q4, BY_NAME, F16, F32, numel
+from .dtypes import APR_Q4, BY_NAME, F16, F32, apr_nbytes, numel, padded_row
 from .errors import BadInput, Cancelled, Q4Error
 from .formats import apr, gguf
 from .model import model_name
@@ -154,7 +154,15 @@ def make_layout(model, options, decisions, params):
             raise BadInput(f"APR holds at most {apr.MAX_NDIM} dims", model.paths[0], e.name)
         if len(e.name.encode("utf-8")) > apr.MAX_NAME:
             raise BadInput(f"APR names are at most {apr.MAX_NAME} bytes", model.paths[0], e.name)
-    return apr.Layout(apr.output_metadata(model, params), names_shapes)
+    mixture = options.type + (" --pure" if options.pure else "")
+
+    def metadata(held):
+        return apr.output_metadata(model, params, held, mixture)
+    planned = [(d.dtype_out, apr_nbytes(d.dtype_out, e.shape), numel(e.shape))
+               for e, d in decisions if not e.tied_to]
+    tied = {e.name for e, _ in decisions if e.tied_to}
+    return apr.Layout(metadata(planned), names_shapes, remake=lambda records: metadata(
+        [(r[2], r[4], numel(r[1])) for r in records if r[0] not in tied]))
 
 
 def _out_bytes(n):
@@ -173,6 +181,14 @@ class _Buffers:
         self.y = np.empty(chunk_elems, np.float32)          # decoded output, for the error
         self.f16 = np.empty(chunk_elems, np.float16)
         self.q = np.empty(_out_bytes(chunk_elems), np.uint8)
+        self._p = None
+
+    @property
+    def p(self):
+        """Rows padded to whole super-blocks (Aprender's K-quants): made on first use."""
+        if self._p is None:
+            self._p = np.empty(self.n, np.float32)
+        return self._p
 
 
 class _Now:
@@ -216,6 +232,9 @@ def quantize_steps(model, sink, options, executor=None):
     layout = make_layout(model, options, decisions, params)
     total = sum(e.nbytes for e, _ in decisions)
     chunk_elems = max(256, options.chunk_bytes // 4 // 256 * 256)   # whole Q4_K/Q6_K blocks, SUM_UNITs
+    # a row stored padded (Aprender's K-quant layout) is converted whole: one fits a chunk
+    pads = [_row_pad(e, d.dtype_out, options.format) for e, d in decisions]
+    chunk_elems = max([chunk_elems] + [max(p) for p in pads if p])
     raw = max([chunk_elems * 4] + [e.dtype.nbytes(chunk_elems) for e, _ in decisions
                                    if not e.dtype.quantized])
     pool = own = None
@@ -238,7 +257,8 @@ def quantize_steps(model, sink, options, executor=None):
                     output_name(model.paths, options.format,
                                 model.name if described else None, options.type),
                     params=params, model=model.description.summary() if described else None,
-                    runtimes=runnable.runtimes(model, options.format))
+                    runtimes=runnable.runtimes(model, options.format,
+                                               [d.dtype_out.name for _, d in decisions]))
     sink.begin(layout.head_len)
     try:
         records, crc, done = [], 0, 0
@@ -260,10 +280,14 @@ def quantize_steps(model, sink, options, executor=None):
             crc = _pad(sink, layout.tensor_end(sink.size), layout, crc)
             done += entry.nbytes
             records.append((entry.name, entry.shape, decision.dtype_out, start, size))
+            warning = stats.get("warning")
+            if options.format == "apr" and decision.dtype_out.name in runnable.APRENDER_UNDECODABLE:
+                warning = (f"Aprender's `apr validate` cannot decode {decision.dtype_out.name} "
+                           "tensors (it fails the file)")
             report.add_tensor(TensorReport(
                 entry.name, list(entry.shape), entry.dtype.name, decision.dtype_out.name,
                 entry.nbytes, size, decision.action, decision.reason,
-                stats.get("mse"), stats.get("max_abs_err"), stats.get("warning"),
+                stats.get("mse"), stats.get("max_abs_err"), warning,
                 stats.get("non_finite", 0), source=entry.source),
                 stats.get("signal"), stats.get("noise"))
         head = layout.head(records)
@@ -330,10 +354,28 @@ def _read_chunk(f, view, path, name, at=None):
         got += n
 
 
+def _row_pad(entry, dtype_out, fmt):
+    """(cols, padded cols of the input or 0, padded cols of the output or 0) when the
+    tensor's input or its APR output is stored row by row with padding (dtypes.padded_row:
+    chunks are then whole rows), else None."""
+    src = padded_row(entry.dtype, entry.shape)
+    out = padded_row(dtype_out, entry.shape) if fmt == "apr" else None
+    if src is None and out is None:
+        return None
+    return entry.shape[1], src[1] if src else 0, out[1] if out else 0
+
+
+def _in_bytes(src, n, pad):
+    """Bytes of n input values (whole rows when the input is row padded)."""
+    if pad and pad[1]:
+        return n // pad[0] * src.nbytes(pad[1])
+    return src.nbytes(n)
+
+
 def _read_convert(fd, at, args):
     """A thread's job: read its chunk (the view of _convert's args) at byte `at`, then
     convert it."""
-    _, view, *_, path, name = args
+    _, view, *_, path, name, _pad = args
     _read_chunk(fd, view, path, name, at)
     return _convert(*args)
 
@@ -395,6 +437,10 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
         if q4 is None and dtype_out not in (F16, F32):
             raise Q4Error(f"internal: no conversion {src.name} -> {dtype_out.name}")
         sq, signal, maxerr, low_scales, pos_in, i = 0.0, 0.0, 0.0, 0, 0, 0
+        pad = _row_pad(entry, dtype_out, layout.format)
+        step_elems = None
+        if pad:   # whole rows per chunk, as many as the buffers hold padded
+            step_elems = max(1, slots[0].n // max(pad[1], pad[2], pad[0])) * pad[0]
         free, pending = list(slots), collections.deque()
         limit = len(slots) if executor is None else \
             getattr(executor, "in_flight", executor.workers + 1)   # processes queue more
@@ -410,12 +456,14 @@ def _write_tensor(entry, dtype_out, sink, slots, done, total, layout, crc, allow
             while i < n_total or pending:
                 while i < n_total and free and len(pending) < limit:   # read ahead
                     slot = free.pop()
-                    n = min(slot.n, n_total - i)
-                    k = src.nbytes(n)
+                    n = min(step_elems or slot.n, n_total - i)
+                    k = _in_bytes(src, n, pad)
                     view = memoryview(slot.raw)[:k]
-                    args = (slot, view, n, i, src, dtype_out, q4, entry.add, path, entry.name)
+                    args = (slot, view, n, i, src, dtype_out, q4, entry.add, path, entry.name,
+                            pad)
                     spec = {"n": n, "i": i, "src": src.name, "out": dtype_out.name,
-                            "add": entry.add, "path": path, "name": entry.name}
+                            "add": entry.add, "path": path, "name": entry.name,
+                            "pad": list(pad) if pad else None}
                     job = None
                     if send and reads:   # None back: every worker busy, it is read here
                         job = executor.submit_chunk(dict(spec, at=read_at, size=k, file=identity), None)
@@ -529,17 +577,19 @@ class ChunkConverter:
     def convert(self, job, raw):
         n = int(job["n"])
         src, dtype_out = BY_NAME[job["src"]], BY_NAME[job["out"]]
-        size = src.nbytes(n) if raw is None else 1
-        if self._bufs is None or self._bufs.n < n or len(self._bufs.raw) < size:
+        pad = tuple(job["pad"]) if job.get("pad") else None
+        size = _in_bytes(src, n, pad) if raw is None else 1
+        need = n if not pad else n // pad[0] * max(pad)   # the rows padded
+        if self._bufs is None or self._bufs.n < need or len(self._bufs.raw) < size:
             self._bufs = None   # the old buffers go first: one set at a time
-            self._bufs = _Buffers(n, size)
+            self._bufs = _Buffers(need, size)
         if raw is None:
             view = memoryview(self._bufs.raw)[:size]
             _read_chunk(self._open(job), view, job["path"], job["name"], int(job["at"]))
         else:
             view = memoryview(raw).cast("B")
         r = _convert(self._bufs, view, n, int(job["i"]), src, dtype_out,
-                     codecs.CODECS.get(dtype_out.name), job["add"], job["path"], job["name"])
+                     codecs.CODECS.get(dtype_out.name), job["add"], job["path"], job["name"], pad)
         return r.parts()
 
     def _open(self, job):
@@ -563,10 +613,18 @@ def _file_id(fd):
     return st.st_dev, st.st_ino
 
 
-def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
+def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name, pad=None):
     """Decode n elements (flat index i on) from view and convert them to dtype_out in bufs;
-    no side effect beyond bufs, so chunks may be converted on several threads at once."""
-    x = _decode(src, view, n, bufs.x[:n])
+    no side effect beyond bufs, so chunks may be converted on several threads at once.
+    pad (_row_pad): the input's rows, or the output's, are stored padded to whole
+    super-blocks (Aprender's K-quant layout); n is then whole rows."""
+    if pad and pad[1]:   # decode the padded rows, keep their values
+        rows = n // pad[0]
+        full = _decode(src, view, rows * pad[1], bufs.y[: rows * pad[1]])
+        x = bufs.x[:n]
+        x.reshape(rows, pad[0])[:] = full.reshape(rows, pad[1])[:, : pad[0]]
+    else:
+        x = _decode(src, view, n, bufs.x[:n])
     if src.name == "F64":
         _check_f32_range(view, x, n, i, path, name)
     if add is not None:   # as llama.cpp's converter: in f32, or in f16 for F16
@@ -574,9 +632,17 @@ def _convert(bufs, view, n, i, src, dtype_out, q4, add, path, name):
         if src is F16:
             x[:] = x.astype(np.float16)
     if q4 is not None:
+        xq, m = x, n
+        if pad and pad[2]:   # each row zero padded to whole super-blocks, quantized so
+            rows = n // pad[0]
+            m = rows * pad[2]
+            xq = bufs.p[:m]
+            grid = xq.reshape(rows, pad[2])
+            grid[:, : pad[0]] = x.reshape(rows, pad[0])
+            grid[:, pad[0]:] = 0
         # the round trip's statistics (y: scratch), fused into the kernel where one is set
         out, signal, noise, maxerr = codecs.quantize_measured(
-            q4, x, bufs.q[: dtype_out.nbytes(n)], bufs.y[:n])
+            q4, xq, bufs.q[: dtype_out.nbytes(m)], bufs.y[:m])
         r = _Chunk(out)
         scales = codecs.scales_f16(q4, out)
         # |scale| on the f16 bits (native numpy's f16 isfinite/abs are slow): 0x7C00 and up

@@ -136,7 +136,8 @@ def format_table(report):
         if m["ignored"]:
             lines.append("ignored: " + ", ".join(m["ignored"]))
     for r in d["runtimes"]:
-        lines.append(f"{r['runtime']}: {'loads it' if r['loads'] else 'cannot run it'} ({r['why']})")
+        verdict = r.get("verdict") or ("can load it" if r["loads"] else "cannot run it")
+        lines.append(f"{r['runtime']}: {verdict} ({r['why']})")
     return "\n".join(lines)
 
 

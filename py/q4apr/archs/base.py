@@ -383,6 +383,8 @@ class Family:
         out = [TensorMap(name, name, norm=e.kind == "norm", shape=tuple(shapes[name]))
                for name, new, e in self._mapped(hp, shapes, None)]
         if self.LM_HEAD and not any(t.name == self.LM_HEAD for t in out):
+            # as Aprender's exporter writes a tied head: its shape, no data (the runtime reads
+            # the embedding's bytes; a copy would double a small model's largest tensor)
             out.append(TensorMap(self.EMBEDDING, self.LM_HEAD,
-                                 shape=tuple(shapes[self.EMBEDDING])))
+                                 shape=tuple(shapes[self.EMBEDDING]), tied=True))
         return out

@@ -30,6 +30,7 @@ class TensorMap:
     norm: a norm weight/bias: APR stores it as F32 (Aprender reads norms as raw f32)
     shape: the output shape, numpy order ([out, in])
     value: for src None, the tensor's F32 values (a tuple), e.g. Phi-3 rope factors
+    tied: an LM head tied to src (the embedding): 0 data bytes, its full shape (APR)
     """
     src: Optional[str]
     name: str
@@ -38,6 +39,7 @@ class TensorMap:
     norm: bool = False
     shape: tuple = ()
     value: Optional[tuple] = None
+    tied: bool = False
 
 
 def apply(tm, data, src_dtype=None):

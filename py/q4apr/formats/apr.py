@@ -7,7 +7,7 @@ import struct
 import zlib
 
 from .._version import __version__
-from ..dtypes import BY_APR, tensor_nbytes
+from ..dtypes import BY_APR, BY_NAME, apr_nbytes, numel, padded_row
 from ..errors import BadInput
 from ..model import Model, TensorEntry, check_names, check_overlaps, load_json, model_name
 
@@ -20,7 +20,9 @@ MAX_INDEX = 64 << 20     # about 200,000 tensors of long names
 MIN_ENTRY = 21           # bytes of an index entry with a 1-byte name and one dim
 MAX_TENSORS = 1 << 20
 ALIGN = 64
-QUANTIZATION = {"quant_type": "q4_0", "bits": 4, "block_size": 32, "symmetric": True}
+# an LM head of 0 data bytes (its full shape kept) is tied to the embedding: Aprender's
+# exporters write a tied head so, and its runtime reads the embedding's bytes for it
+TIED_HEADS = {"lm_head.weight": "model.embed_tokens.weight", "output.weight": "token_embd.weight"}
 
 
 def align64(n):
@@ -71,8 +73,10 @@ def metadata_json(metadata, slice_items=1 << 14):
     return b"{" + b",".join(items) + b"}"
 
 
-def output_metadata(model, param_count):
-    """An APR input keeps its metadata (so a second pass changes nothing); others get ours."""
+def output_metadata(model, param_count, tensors=(), mixture=None):
+    """An APR input keeps its metadata (so a second pass changes nothing); others get ours.
+    tensors: [(dtype, bytes, elements)] of the tensors that hold data, for `quantization`;
+    mixture: the --type (with " --pure"), or None."""
     if model.format == "apr":
         meta = dict(model.metadata)
     elif model.description is not None:
@@ -92,9 +96,52 @@ def output_metadata(model, param_count):
         elif model.metadata:
             meta["source_metadata"] = model.metadata
     meta["param_count"] = param_count
-    meta["quantization"] = dict(QUANTIZATION)
+    meta["quantization"] = quantization(tensors, mixture)
     meta["writer"] = f"q4apr {__version__}"   # which tool (and version) made these bytes
     return meta
+
+
+# bits of one value of each type (of its codes; the block scales are in bits_per_weight)
+_BITS = {"APR_Q4": 4, "Q4_0": 4, "Q4_K": 4, "Q5_0": 5, "Q6_K": 6, "Q8_0": 8, "APR_Q8": 8,
+         "F16": 16, "BF16": 16, "F32": 32, "F64": 64}
+_ASYMMETRIC = ("Q4_K",)   # a block minimum besides the scale
+
+
+def quantization(tensors, mixture=None):
+    """The `quantization` block: Aprender's typed fields (quant_type, bits as a u8,
+    block_size, symmetric) for the type that holds most of the weights, then what the file
+    holds: bits per weight over every tensor with data, and how many tensors of each type."""
+    counts, elems, nbytes, total = {}, {}, 0, 0
+    for dtype, size, n in tensors:
+        counts[dtype.name] = counts.get(dtype.name, 0) + 1
+        elems[dtype.name] = elems.get(dtype.name, 0) + n
+        nbytes += size
+        total += n
+    four = [k for k in ("Q4_K", "APR_Q4") if k in elems]   # the 4-bit type, else the most
+    main = max(four or elems, key=lambda k: (elems[k], k)) if elems else "F32"
+    dt = BY_NAME[main]
+    name = main
+    if mixture == "Q4_K_M" and main == "Q4_K":
+        name = "Q4_K_M"   # the mixture: Q4_K with Q6_K where llama.cpp puts more bits
+    q = {"quant_type": name, "bits": _BITS.get(main, 8),
+         "block_size": dt.block_size if dt.quantized else None,
+         "symmetric": main not in _ASYMMETRIC}
+    if mixture:
+        q["mixture"] = mixture
+    q["bits_per_weight"] = round(8 * nbytes / total, 3) if total else 0.0
+    q["tensor_types"] = dict(sorted(counts.items()))
+    return q
+
+
+def fit_metadata(new, old):
+    """The metadata JSON `new` in place of `old` without moving the tensor index: the same
+    length rounded up to 64, padded with spaces (JSON whitespace) when shorter; `old` when
+    `new` would need more room (the data is written already)."""
+    if align64(len(new)) == align64(len(old)):
+        return new
+    if len(new) < len(old):
+        return new + b" " * (len(old) - len(new))
+    return old
 
 
 class Layout:
@@ -102,9 +149,12 @@ class Layout:
 
     format = "apr"
 
-    def __init__(self, metadata, names_shapes, flags=None):
+    def __init__(self, metadata, names_shapes, flags=None, remake=None):
         self.metadata = metadata_json(metadata)
         self.flags = flags
+        # records -> the metadata of the file as written (a tensor planned as Q4 may have
+        # gone to F32 on an overflow, which `quantization` counts), or None: as planned
+        self._remake = remake
         self._order = sorted(names_shapes, key=lambda ns: ns[0].encode("utf-8"))
         index_len = sum(2 + len(n.encode("utf-8")) + 2 + 8 * len(s) + 16 for n, s in names_shapes)
         self._index_len = index_len
@@ -128,8 +178,11 @@ class Layout:
         index = b"".join(pack_entry(r[0], r[2], r[1], r[3], r[4]) for r in
                          sorted(records, key=lambda r: r[0].encode("utf-8")))
         assert len(index) == self._index_len
-        m = len(self.metadata)
-        return (pack_header(flags, len(records), m, len(index)) + self.metadata
+        meta = self.metadata
+        if self._remake is not None:
+            meta = fit_metadata(metadata_json(self._remake(records)), meta)
+        m = len(meta)
+        return (pack_header(flags, len(records), m, len(index)) + meta
                 + bytes(align64(m) - m) + index + bytes(align64(len(index)) - len(index)))
 
     def footer(self, head, data_crc, data_len):
@@ -219,11 +272,17 @@ def _entry(path, name, dcode, shape, offset, nbytes, data_off, size):
         raise BadInput(f"unknown dtype code {dcode}", path, name)
     if any(d >= 1 << 48 for d in shape):
         raise BadInput(f"shape {list(shape)} is too large", path, name)
-    n = 1
-    for d in shape:
-        n *= d
-    want = tensor_nbytes(dtype, shape) if dtype.name == "APR_Q8" else dtype.nbytes(n)
-    if nbytes != want:
+    n = numel(shape)
+    want = apr_nbytes(dtype, shape)
+    tied = None
+    if nbytes == 0 and n and name in TIED_HEADS:
+        tied = TIED_HEADS[name]   # Aprender's exporters write a tied head so: 0 data bytes
+    elif nbytes != want:
+        pad = padded_row(dtype, shape)
+        if pad is not None and nbytes == dtype.nbytes(n):
+            raise BadInput(f"{dtype.name} {list(shape)} is stored flat ({nbytes} bytes), not row "
+                           f"by row: Aprender's layout pads each row of {pad[0]} to {pad[1]} "
+                           f"({want} bytes), and its runtime reads it so", path, name)
         raise BadInput(f"size {nbytes} does not match shape {list(shape)} of {dtype.name} "
                        f"({want} bytes)", path, name)
     if offset % ALIGN:
@@ -231,7 +290,7 @@ def _entry(path, name, dcode, shape, offset, nbytes, data_off, size):
     start = data_off + offset
     if start + nbytes > size - 4:
         raise BadInput(f"data at {start}..{start + nbytes} runs past the end of the file", path, name)
-    return TensorEntry(name, tuple(shape), dtype, nbytes, path, start)
+    return TensorEntry(name, tuple(shape), dtype, nbytes, path, start, tied_to=tied)
 
 
 def check_footer(path, size=None):
