@@ -260,3 +260,83 @@ def test_rope_type_is_read_literally(model_folder, tmp_path):
     write_apr(tmp_path / "none.apr", without, perm)
     with pytest.raises(ValueError, match="rope_type"):
         AprModel(tmp_path / "none.apr")
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_K_M: the APR (Aprender's row layout, 0-byte tied head) against the GGUF of the same type.
+
+# Hugging Face name of each GGUF tensor (llama.cpp's converter's renaming, for these families)
+_GGUF_TO_HF = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
+               "output_norm.weight": "model.norm.weight"}
+_BLK = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm"}
+
+
+def _unpermute_qk(w, n_head):
+    """The inverse of _permute_qk (llama.cpp's adjacent pairs -> Hugging Face's split halves)."""
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def load_gguf_weights(model, gguf_path, config):
+    """Give the transformers model the weights a GGUF decodes to (gguf-py's decoders, an
+    independent reading), Q/K rows un-permuted for the llama family: its forward pass is the
+    GGUF's semantics."""
+    import gguf
+    permuted = config["model_type"] in ("llama", "mistral")
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    sd = {}
+    for t in gguf.GGUFReader(str(gguf_path)).tensors:
+        shape = tuple(int(d) for d in reversed(t.shape))
+        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+        name = _GGUF_TO_HF.get(t.name)
+        if name is None:
+            _, i, part, kind = t.name.split(".")
+            name = f"model.layers.{i}.{_BLK[part]}.{kind}"
+            if permuted and part == "attn_q":
+                a = _unpermute_qk(a, heads)
+            elif permuted and part == "attn_k":
+                a = _unpermute_qk(a, kv)
+        sd[name] = torch.from_numpy(np.ascontiguousarray(a))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+
+
+def test_apr_q4_k_m_matches_its_gguf(name, model_folder, tmp_path, record_property):
+    """The APR of --type Q4_K_M (K-quant rows padded where llama.cpp falls back to Q5_0 /
+    Q8_0; the tied head 0 bytes), read by the reference forward pass, against the GGUF of
+    the same type (what llama-quantize writes: tests/test_mixtures.py): top-1 agreement with
+    the original model and perplexity within 2 % of the GGUF's on the same tokens."""
+    from q4apr import cli
+    folder = model_folder(name)
+    ids = token_ids(folder)
+    model = hf_model(folder)
+    ref_top, ref_ppl = next_token_stats(hf_logits(model, ids), ids)
+    apr, gg = tmp_path / "m.apr", tmp_path / "m.gguf"
+    for out in (apr, gg):
+        assert cli.main(["quantize", str(folder), "-o", str(out), "-q", "--force",
+                         "--type", "Q4_K_M"]) == 0
+    m = AprModel(apr)
+    assert m._raw["lm_head.weight"][2].size == m.vocab * m.dim * 0 or m.meta["tied_embeddings"] \
+        is not True or m._raw["lm_head.weight"] is m._raw["model.embed_tokens.weight"]
+    a_top, a_ppl = next_token_stats(m.forward(ids), ids)
+    load_gguf_weights(model, gg, json.loads((Path(folder) / "config.json").read_text()))
+    g_top, g_ppl = next_token_stats(hf_logits(model, ids), ids)
+    report = {"tokens": len(ids), "ppl_original": ref_ppl, "ppl_apr_q4_k_m": a_ppl,
+              "ppl_gguf_q4_k_m": g_ppl, "apr_over_gguf_ppl": a_ppl / g_ppl,
+              "apr_top1": float(np.mean(a_top == ref_top)),
+              "gguf_top1": float(np.mean(g_top == ref_top)),
+              "apr_bytes": apr.stat().st_size, "gguf_bytes": gg.stat().st_size}
+    print(f"\n{name}: " + ", ".join(f"{k}={v:.6g}" for k, v in report.items()))
+    for k, v in report.items():
+        record_property(k, v)
+    assert abs(a_ppl / g_ppl - 1) < 0.02, report
+    assert report["apr_top1"] >= report["gguf_top1"] - 0.05, report
+
+
+test_apr_q4_k_m_matches_its_gguf = pytest.mark.parametrize("name", CASES)(
+    test_apr_q4_k_m_matches_its_gguf)

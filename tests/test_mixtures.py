@@ -252,10 +252,12 @@ def test_apr_from_a_folder_follows_its_gguf(tmp_path, qtype):
     assert rep["lm_head.weight"]["bytes_out"] == 0 and "tied" in rep["lm_head.weight"]["reason"]
     gt = {n: t for n, (_, t, _) in tensors(g).items()}
     assert gt["token_embd.weight"] in ("Q6_K", "Q8_0")
-    # llama.cpp's Q5_0 / Q8_0 are its fallbacks for rows of 64: APR pads the rows instead
+    # llama.cpp's Q5_0 / Q8_0 are its fallbacks for rows of 64 / 128: APR pads the rows of
+    # 128 instead (9 / 13 bits per weight), and keeps rows of 64 at F16 (padded: 18 / 26)
     apr_of = {"Q4_0": "APR_Q4", "Q5_0": "Q4_K", "Q8_0": "Q6_K", "F32": "F32", "Q4_K": "Q4_K",
               "Q6_K": "Q6_K"}
+    narrow = dict(apr_of, Q5_0="F16", Q8_0="F16")
     assert rep["model.layers.0.self_attn.v_proj.weight"]["dtype_out"] == \
-        apr_of[gt["blk.0.attn_v.weight"]]
+        narrow[gt["blk.0.attn_v.weight"]]
     assert rep["model.layers.1.mlp.down_proj.weight"]["dtype_out"] == \
         apr_of[gt["blk.1.ffn_down.weight"]]

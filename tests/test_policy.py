@@ -23,9 +23,10 @@ def out(name, shape, dtype="F32", fmt="safetensors", **opts):
     # llama-quantize's Q4_0 mixture: the output head (alone, an embedding counts as tied)
     # at Q6_K, which APR holds only for rows of whole 256-blocks: F16 here
     # at Q6_K; rows that are not whole 256-blocks go in Aprender's row layout (llama.cpp:
-    # Q8_0, which APR lacks)
-    ("model.embed_tokens.weight", (96, 64), ("Q6_K", "quantize")),
-    ("lm_head.weight", (96, 64), ("Q6_K", "quantize")),
+    # Q8_0, which APR lacks), unless padding them makes them larger than F16
+    ("model.embed_tokens.weight", (96, 576), ("Q6_K", "quantize")),
+    ("lm_head.weight", (96, 576), ("Q6_K", "quantize")),
+    ("lm_head.weight", (96, 64), ("F16", "convert")),
     ("lm_head.weight", (96, 256), ("Q6_K", "quantize")),
     ("model.norm.weight", (64,), ("F32", "keep")),
     ("model.layers.0.self_attn.q_proj.bias", (64,), ("F32", "keep")),
@@ -58,8 +59,9 @@ def test_default_gguf_policy_is_llama_quantize_q4_0(name, shape, want):
     ("blk.0.attn_v.weight", (64, 512), "gguf", ("Q6_K", "quantize")),   # layer 0 of 1
     ("output.weight", (96, 64), "gguf", ("Q8_0", "quantize")),
     ("model.layers.0.self_attn.q_proj.weight", (64, 512), "apr", ("Q4_K", "quantize")),
-    ("model.layers.0.self_attn.q_proj.weight", (64, 64), "apr", ("Q4_K", "quantize")),  # rows padded
-    ("model.layers.0.self_attn.q_proj.weight", (2, 64, 64), "apr", ("F16", "convert")),  # 3-D
+    ("model.layers.0.self_attn.q_proj.weight", (64, 576), "apr", ("Q4_K", "quantize")),  # padded
+    ("model.layers.0.self_attn.q_proj.weight", (64, 64), "apr", ("F16", "convert")),  # 18 bits
+    ("model.layers.0.self_attn.q_proj.weight", (2, 64, 576), "apr", ("F16", "convert")),  # 3-D
     ("lm_head.weight", (96, 256), "apr", ("Q6_K", "quantize")),
 ])
 def test_q4_k_m_policy(name, shape, fmt, want):
@@ -89,8 +91,9 @@ def test_pure_is_llama_quantize_pure_and_apr_pure_quantizes_vectors_too():
     assert out("lm_head.weight", (96, 64), pure=True, format="gguf") == ("Q4_0", "quantize")
     assert out("a.weight", (64, 512), pure=True, format="gguf", type="Q4_K_M") == ("Q4_K", "quantize")
     assert out("a.weight", (64, 64), pure=True, format="gguf", type="Q4_K_M") == ("Q5_0", "quantize")
-    assert out("a.weight", (64, 64), pure=True, format="apr", type="Q4_K_M") == ("Q4_K", "quantize")
-    assert out("a.weight", (2, 64, 64), pure=True, format="apr", type="Q4_K_M") == ("F16", "convert")
+    assert out("a.weight", (64, 576), pure=True, format="apr", type="Q4_K_M") == ("Q4_K", "quantize")
+    assert out("a.weight", (64, 64), pure=True, format="apr", type="Q4_K_M") == ("F16", "convert")
+    assert out("a.weight", (2, 64, 576), pure=True, format="apr", type="Q4_K_M") == ("F16", "convert")
     assert out("model.norm.weight", (40,), pure=True, type="Q4_K_M") == ("Q4_K", "quantize")
     # llama-quantize --pure never quantizes a 1-D tensor or a tensor not named like a weight
     assert out("some.matrix", (64, 64), pure=True, format="gguf") == ("F32", "keep")

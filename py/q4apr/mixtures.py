@@ -274,29 +274,43 @@ def _layer_info(i_layer, n_layer, name, n_expert):
 
 # ---------------------------------------------------------------- APR
 
+_K_BYTES = {"Q4_K": 144, "Q6_K": 210}   # bytes of a 256-value super-block
+
+
 def apr_type(choice, shape):
     """The APR dtype name for llama.cpp's choice, and a note on the layout (or None).
 
     From the choice's `wanted` type, before llama.cpp's row-length fallback: APR flattens
-    APR Q4, so 32-blocks need no fallback (Q4_0 -> APR Q4, code 128), and a 2-D Q4_K / Q6_K
-    whose rows are not whole 256-blocks is stored as Aprender's writer stores it, each row
-    zero padded to whole super-blocks (dtypes.padded_row), where llama.cpp falls back to
-    Q5_0 / Q8_0, which APR lacks. Rows that are whole super-blocks are GGML's layout, the
-    bytes llama-quantize writes. Other shapes (3-D and up) of such rows, and llama.cpp's
-    own Q8_0 choices, go to F16."""
+    APR Q4, so 32-blocks need no fallback (Q4_0 -> APR Q4, code 128), and a K-quant goes
+    through apr_k_type. llama.cpp's own Q8_0 choices go to F16 (APR has no Q8_0)."""
     w = choice.apr_wanted or choice.wanted
     if w == "Q4_0":
         return "APR_Q4", "Q4_0 -> APR Q4"
-    if w in ("Q4_K", "Q6_K"):
-        if len(shape) < 2 or shape[-1] % 256 == 0:
-            return w, None
-        if len(shape) == 2:
-            cols = shape[-1]
-            return w, (f"Aprender's row layout: each row of {cols} zero padded to "
-                       f"{-(-cols // 256) * 256} (whole 256-blocks; llama.cpp: {choice.type})")
-        return "F16", (f"rows of {shape[-1]} are not whole 256-blocks in a {len(shape)}-D "
-                       f"tensor (llama.cpp: {choice.type}; Aprender pads 2-D rows only): F16")
+    if w in _K_BYTES:
+        return apr_k_type(w, shape, f"llama.cpp: {choice.type}")
     return "F16", f"llama.cpp writes {choice.type}, which APR lacks: F16"
+
+
+def apr_k_type(w, shape, why=""):
+    """Q4_K / Q6_K in APR: rows of whole 256-blocks are GGML's layout (llama-quantize's bytes);
+    a 2-D tensor with other rows is stored as Aprender's writer stores it, each row zero
+    padded to whole super-blocks (dtypes.padded_row), where llama.cpp falls back to Q5_0 /
+    Q8_0, which APR lacks; unless the padding makes the rows larger than F16 (rows narrower
+    than ~72 / ~105 values), and other shapes (3-D and up) of such rows: F16."""
+    cols = shape[-1] if shape else 1
+    if len(shape) < 2 or cols % 256 == 0:
+        return w, None
+    why = f"; {why}" if why else ""
+    if len(shape) > 2:
+        return "F16", (f"rows of {cols} are not whole 256-blocks in a {len(shape)}-D tensor "
+                       f"(Aprender pads 2-D rows only{why}): F16")
+    padded = -(-cols // 256)
+    bits = 8 * padded * _K_BYTES[w] / cols
+    if bits >= 16:
+        return "F16", (f"rows of {cols} padded to whole 256-blocks would take {bits:.1f} bits "
+                       f"per weight in {w}, more than F16's 16{why}: F16")
+    return w, (f"Aprender's row layout: each row of {cols} zero padded to {padded * 256} "
+               f"(whole 256-blocks, {bits:.2f} bits per weight{why})")
 
 
 # ---------------------------------------------------------------- a model's context

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from . import mixtures
-from .dtypes import APR_Q4, BY_NAME, F16, F32, Q4_0, padded_row
+from .dtypes import APR_Q4, BY_NAME, F16, F32, Q4_0
 from .errors import BadInput
 
 EMBEDDING = re.compile(r"(^|\.)(token_embd|embed_tokens|tok_embeddings|word_embeddings|wte|"
@@ -74,12 +74,11 @@ def decide(entry, options, model_format, choice=False):
     if options.pure and apr:
         # today's APR --pure: every tensor, 1-D ones too, at the base type
         base = base_for(options)
-        if base.block_size == 256 and len(shape) > 2 and shape[-1] % 256:
-            return _to(F16, src, f"pure: rows of {shape[-1]} are not whole 256-blocks in a "
-                                 f"{len(shape)}-D tensor (Aprender pads 2-D rows only)")
-        if padded_row(base, shape):
-            return Decision(base, "quantize", f"pure: every tensor; Aprender's row layout: "
-                            f"each row of {shape[-1]} zero padded to {padded_row(base, shape)[1]}")
+        if base.block_size == 256:
+            t, note = mixtures.apr_k_type(base.name, shape)
+            if t == "F16":
+                return _to(F16, src, f"pure: {note}")
+            return Decision(base, "quantize", "pure: every tensor" + (f"; {note}" if note else ""))
         return Decision(base, "quantize", "pure: every tensor")
     if len(shape) < 2:
         return _to(F32, src, "1-D tensor (norm, bias or scale)")
