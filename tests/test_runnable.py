@@ -23,6 +23,8 @@ gguf = pytest.importorskip("gguf")
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "tiny-phi3",
         "tiny-bert"]
+# tokenizer.json-only folders (as transformers saves them without tokenizer.model)
+JSON_ONLY = ["tiny-gemma3-json"]
 REAL = ["smollm2-135m", "minilm"]
 ENCODERS = {"tiny-bert", "minilm"}
 
@@ -61,7 +63,7 @@ def gguf_kv(path):
     return out
 
 
-@pytest.fixture(scope="module", params=TINY + REAL)
+@pytest.fixture(scope="module", params=TINY + JSON_ONLY + REAL)
 def converted(request, tmp_path_factory):
     name = request.param
     folder = hf.model_dir(name)
@@ -111,7 +113,7 @@ def read_apr(path):
     return m.metadata, {e.name: e for e in m.tensors}
 
 
-@pytest.mark.parametrize("name", TINY + REAL)
+@pytest.mark.parametrize("name", TINY + JSON_ONLY + REAL)
 def test_apr_has_what_aprender_needs(name, tmp_path):
     folder = hf.model_dir(name)
     out = tmp_path / f"{name}.apr"
@@ -141,9 +143,13 @@ def test_apr_has_what_aprender_needs(name, tmp_path):
     assert isinstance(meta["rope_theta"], float) and isinstance(meta["rms_norm_eps"], float)
     emb = tensors["model.embed_tokens.weight"]
     assert (meta["vocab_size"], meta["hidden_size"]) == tuple(emb.shape)
-    assert "lm_head.weight" in tensors, "the runtime has no tied fallback"
-    if config.get("tie_word_embeddings"):
+    assert "lm_head.weight" in tensors
+    if config.get("tie_word_embeddings"):   # as Aprender's exporter: full shape, 0 bytes
         assert meta.get("tied_embeddings") is True
+        head = tensors["lm_head.weight"]
+        assert head.nbytes == 0 and head.shape == emb.shape and head.tied_to
+    else:
+        assert tensors["lm_head.weight"].nbytes > 0 and "tied_embeddings" not in meta
     for n, e in tensors.items():
         if "norm" in n:
             assert e.dtype.name == "F32", n
@@ -242,3 +248,32 @@ def test_report_has_snr_and_runtimes(tmp_path):
     assert quantized and all(isinstance(t["snr_db"], float) and 5 < t["snr_db"] < 40
                              for t in quantized)
     assert 5 < report["totals"]["snr_db"] < 40
+
+
+def test_gemma3_json_only_names_the_converters_pre_tokenizer():
+    """Gemma 3 saved without tokenizer.model (issue 20): the converter takes the GPT-2 route
+    and names the pre-tokenizer by hash; our file carries the same name and lists."""
+    folder = hf.model_dir("tiny-gemma3-json")
+    assert not (Path(folder) / "tokenizer.model").exists()
+    ref = gguf_kv(hf.reference_gguf("tiny-gemma3-json", "q4_0_pure"))
+    assert ref["tokenizer.ggml.pre"][1] == "granite-embed-multi-311m"
+    assert ref["tokenizer.ggml.model"][1] == "gpt2"
+    assert len(ref["tokenizer.ggml.merges"][1]) > 500000
+
+
+def test_phi3_json_only_is_refused_as_the_converter_refuses(tmp_path):
+    """phi3 without tokenizer.model (and tokenizer_class not GPT2Tokenizer): the converter
+    stops ("Missing tokenizer.model"); we stop too, naming the missing file."""
+    src = Path(hf.model_dir("tiny-phi3"))
+    folder = tmp_path / "tiny-phi3-json"
+    folder.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.name != "tokenizer.model":
+            (folder / f.name).symlink_to(f)
+    r = subprocess.run([hf._python(), str(hf.converter()), str(folder), "--outtype", "f32",
+                        "--outfile", str(tmp_path / "ref.gguf")], capture_output=True, text=True,
+                       timeout=600, cwd=str(tmp_path))
+    assert r.returncode != 0 and "tokenizer.model" in (r.stdout + r.stderr)
+    code, _, stderr = cli("quantize", folder, "-o", tmp_path / "ours.gguf", "-q")
+    assert code != 0 and "tokenizer.model" in stderr, stderr
+    assert not (tmp_path / "ours.gguf").exists()

