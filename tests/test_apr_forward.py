@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from apr_forward import AprModel, next_token_stats  # noqa: E402
+from apr_forward import AprModel, next_token_stats, read_apr  # noqa: E402
 from q4apr import codecs  # noqa: E402
 from q4apr.dtypes import APR_Q4, F32  # noqa: E402
 from q4apr.formats.apr import Layout  # noqa: E402
@@ -320,9 +320,10 @@ def test_apr_q4_k_m_matches_its_gguf(name, model_folder, tmp_path, record_proper
     for out in (apr, gg):
         assert cli.main(["quantize", str(folder), "-o", str(out), "-q", "--force",
                          "--type", "Q4_K_M"]) == 0
+    tied = read_apr(apr)[1]["lm_head.weight"]
+    assert (tied[2].size == 0) == bool(json.loads((Path(folder) / "config.json").read_text())
+                                       .get("tie_word_embeddings"))
     m = AprModel(apr)
-    assert m._raw["lm_head.weight"][2].size == m.vocab * m.dim * 0 or m.meta["tied_embeddings"] \
-        is not True or m._raw["lm_head.weight"] is m._raw["model.embed_tokens.weight"]
     a_top, a_ppl = next_token_stats(m.forward(ids), ids)
     load_gguf_weights(model, gg, json.loads((Path(folder) / "config.json").read_text()))
     g_top, g_ppl = next_token_stats(hf_logits(model, ids), ids)
@@ -334,8 +335,10 @@ def test_apr_q4_k_m_matches_its_gguf(name, model_folder, tmp_path, record_proper
     print(f"\n{name}: " + ", ".join(f"{k}={v:.6g}" for k, v in report.items()))
     for k, v in report.items():
         record_property(k, v)
-    assert abs(a_ppl / g_ppl - 1) < 0.02, report
-    assert report["apr_top1"] >= report["gguf_top1"] - 0.05, report
+    # within 2 % of the GGUF's, or better (SmolLM2: Q4_K / Q6_K in padded rows where llama.cpp
+    # has Q5_0 / Q8_0 measure 0.95x here; bench/quality.py on 2,040 scored tokens)
+    assert a_ppl / g_ppl < 1.02, report
+    assert report["apr_top1"] >= report["gguf_top1"] - 0.02, report
 
 
 test_apr_q4_k_m_matches_its_gguf = pytest.mark.parametrize("name", CASES)(

@@ -528,11 +528,13 @@ for name in ("Q4_0", "APR_Q4"):              # with the round trip, some blocks 
     y = np.empty_like(xs)
     b = codecs.quantize(name, xs, dequantized=y)
     out[name] = hashlib.sha256(b.tobytes() + y.tobytes()).hexdigest()
-for fmt, qtype in (("gguf", "Q4_K_M"), ("apr", "Q4_0")):   # small chunks
+for key, fmt, qtype in (("gguf", "gguf", "Q4_K_M"), ("apr", "apr", "Q4_0"),
+                        ("apr-k", "apr", "Q4_K_M")):   # small chunks; APR's padded K rows
     with q4apr.open_model(sys.argv[2]) as m:
         mem = q4apr.MemorySink()
         report = q4apr.quantize(m, mem, q4apr.Options(format=fmt, type=qtype, chunk_bytes=16384))
-    out[fmt] = hashlib.sha256(mem.getvalue()).hexdigest()
+    out[key] = hashlib.sha256(mem.getvalue()).hexdigest()
+    fmt = key
     # the block tensors' statistics
     out[fmt + " report"] = [t for t in report.to_dict()["tensors"]
                             if t["dtype_out"] in ("APR_Q4", "Q4_0", "Q4_K", "Q6_K")]
@@ -560,7 +562,9 @@ def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_pa
          "model.layers.0.self_attn.v_proj.weight": rng.standard_normal((256, 256)).astype(np.float32),
          "model.layers.0.mlp.down_proj.weight": rng.standard_normal((256, 512)).astype(np.float32),
          "lm_head.weight": rng.standard_normal((256, 256)).astype(np.float32),
-         "model.layers.0.mlp.up_proj.weight": rng.standard_normal((512, 256)).astype(np.float16)}
+         "model.layers.0.mlp.up_proj.weight": rng.standard_normal((512, 256)).astype(np.float16),
+         # rows of 576: Q5_0 in the GGUF, Q4_K in APR's padded rows
+         "model.layers.0.self_attn.o_proj.weight": rng.standard_normal((96, 576)).astype(np.float32)}
     save_file(t, str(tmp_path / "m.safetensors"))
     files = (tmp_path / "x.npy", tmp_path / "m.safetensors")
     native = json.loads(run_native(KQUANTS, *files, tmp_path=tmp_path))
@@ -569,11 +573,11 @@ def test_k_quants_same_bytes_under_pyodide_with_numpy_wasm_and_js_kernels(tmp_pa
         assert got["kernels"] == {"numpy": [False] * 5, "js": [True, True, False, False, False],
                                   "wasm": [True] * 5}[kernels]
         assert got["F16 kernel"] == (kernels == "wasm")
-        for k in ("Q4_K", "Q6_K", "Q4_0", "APR_Q4", "F16", "gguf", "apr"):
+        for k in ("Q4_K", "Q6_K", "Q4_0", "APR_Q4", "F16", "gguf", "apr", "apr-k"):
             assert got[k] == native[k], (kernels, k)
         # the report's figures: the same up to the order of the sums of squares (numpy's
         # einsum, the wasm kernels' halving), the max error exactly
-        for fmt in ("apr", "gguf"):
+        for fmt in ("apr", "gguf", "apr-k"):
             assert len(got[fmt + " report"]) == len(native[fmt + " report"]) >= 3
             assert {t["dtype_out"] for t in got["gguf report"]} >= {"Q4_K", "Q6_K"}
             for t, u in zip(got[fmt + " report"], native[fmt + " report"]):
