@@ -32,8 +32,8 @@ tests/llama_cpp/build.sh (hf.llama_bin(); built there when missing).
    against llama-perplexity's running figure after W chunks of the F32 GGUF.
 
 Sizes: MB = 10^6 bytes of the file; bits per weight = 8 x file bytes / the model's
-parameter count (the F32 GGUF's elements), llama.cpp's "BPW". APR files store the tied
-head twice (Aprender has no tied fallback), which their size shows.
+parameter count (the F32 GGUF's elements), llama.cpp's "BPW". APR files write a tied head
+as Aprender's exporter does: its shape and 0 data bytes.
 
 Prints a markdown table, writes .cache/quality/quality.json and the chart (--svg).
 A benchmark: it prints figures and asserts nothing. A q4apr variant that cannot be made
@@ -187,7 +187,8 @@ def compare_gguf(a, b):
 def apr_types(path):
     from apr_forward import read_apr
     _, t = read_apr(path)
-    return type_counts(APR_CODES.get(c, str(c)) for c, s, d in t.values() if len(s) == 2)
+    return type_counts(APR_CODES.get(c, str(c)) if d.size else "tied head (0 bytes)"
+                       for c, s, d in t.values() if len(s) == 2)
 
 
 def make_ours(folder, out, args):

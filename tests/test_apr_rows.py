@@ -276,3 +276,65 @@ def test_no_runtime_path_says_valid_container(name):
     assert not rt["loads"] and rt["verdict"] == "valid container"
     _, tensors = apr_tensors(data)
     assert all(c not in (3, 4, 5, 6, 7) for c, _, _ in tensors.values())   # apr validate
+
+
+# ---------------------------------------------------------------- every tensor of real folders
+
+# bytes of n values of each APR code, as shared/docs/apr-v2.md and Aprender's writer define them
+def aprender_size(code, shape):
+    n = int(np.prod(shape)) if shape else 1
+    if code in (12, 14):
+        size = {12: 144, 14: 210}[code]
+        if len(shape) == 2:                      # row by row, each row padded
+            return shape[0] * -(-shape[1] // 256) * size
+        return -(-n // 256) * size
+    return {0: 4 * n, 1: 2 * n, 30: 2 * n, 128: 18 * -(-n // 32)}[code]
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K_M"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3",
+                                  "tiny-gemma3", "tiny-phi3", "tiny-bert", "smollm2-135m"])
+def test_every_tensor_has_aprenders_size_and_decodes_near_the_original(name, qtype, tmp_path):
+    """Each tensor of the folder's APR, parsed and decoded by tests/apr_forward.py (not
+    q4apr's reader): its size is Aprender's for its code and shape, and its values are the
+    original's within what its type loses (transforms: none, APR keeps HF's layout)."""
+    hf = pytest.importorskip("fixtures.hf")
+    from safetensors.numpy import load_file
+    folder = Path(hf.model_dir(name))
+    out = tmp_path / "m.apr"
+    assert cli.main(["quantize", str(folder), "-o", str(out), "-q", "--force",
+                     "--type", qtype]) == 0
+    meta, tensors = read_apr(out)
+    original = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        original.update({k: v for k, v in _load_f32(f).items()})
+    # a lossy type's worst relative error (max |err| / max |x| over the tensor)
+    worst = {128: 0.10, 12: 0.12, 14: 0.03, 1: 1e-3, 30: 1e-2, 0: 0.0}
+    for tname, (code, shape, raw) in tensors.items():
+        if raw.size == 0:
+            assert tname == "lm_head.weight" and meta["tied_embeddings"] is True
+            assert shape == tensors["model.embed_tokens.weight"][1]
+            continue
+        assert raw.size == aprender_size(code, shape), (tname, code, shape)
+        x = original[tname].reshape(shape)
+        y = apr_dequantize(code, shape, raw)
+        scale = float(np.abs(x).max()) or 1.0
+        assert float(np.abs(y - x).max()) <= worst[code] * scale + 1e-6, (tname, code)
+    want = set(original) - DROPPED.get(name, set())
+    if meta.get("tied_embeddings"):
+        want.add("lm_head.weight")
+    assert set(tensors) == want
+
+
+DROPPED = {"tiny-bert": {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"}}
+
+
+def _load_f32(path):
+    """A safetensors file's tensors as float32 (BF16 widened), integer buffers as they are."""
+    from safetensors import safe_open
+    out = {}
+    with safe_open(str(path), framework="pt") as st:
+        for k in st.keys():
+            t = st.get_tensor(k)
+            out[k] = t.float().numpy() if t.is_floating_point() else t.numpy()
+    return out

@@ -137,6 +137,7 @@ class Bert(Family):
     def apr_metadata(self, hp, config):
         md = super().apr_metadata(hp, config)
         md["layer_norm_eps"] = md.pop("rms_norm_eps")
+        md.pop("tied_embeddings", None)   # an encoder: no LM head to tie
         md["type_vocab_size"] = hp["type_vocab_size"]
         md["causal"] = False
         if hp.get("pooling_type") is not None:
