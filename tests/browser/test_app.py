@@ -758,6 +758,10 @@ def test_folder_picker_summary_ignored_and_download(page, site_url, tmp_path):
     runtimes = page.locator("#runtimes li")
     assert runtimes.count() == 1 and "ok" in runtimes.first.get_attribute("class")
     assert "Aprender" in runtimes.first.text_content()
+    # the default type's APR Q4 is dequantized when Aprender loads it; the page says so, and
+    # beside the type choice which type its fused kernels run
+    assert "loads it slowly" in runtimes.first.text_content()
+    assert "Q4_K_M runs in its fused kernels" in page.text_content("#type-runtime-hint")
     assert "dB" in page.text_content("#totals")
     snrs = page.locator("#report-body td.snr").all_text_contents()
     assert any(s.endswith(" dB") for s in snrs)
