@@ -108,6 +108,15 @@ def test_llama_cpp_runs_ours_as_the_reference(converted):
 
 # ---------------------------------------------------------------- APR
 
+def linked_copy(src, folder, but):
+    """folder/ with links to src's files, all but the one named `but`."""
+    folder.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.name != but:
+            (folder / f.name).symlink_to(f)
+    return folder
+
+
 def read_apr(path):
     m = q4apr.open_model(str(path))
     return m.metadata, {e.name: e for e in m.tensors}
@@ -194,11 +203,7 @@ def test_unrelated_files_are_ignored_and_named(tmp_path):
 ])
 def test_contradictory_config_is_refused_naming_the_field(edit, field, tmp_path):
     src = Path(hf.model_dir("tiny-llama"))
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for p in src.iterdir():
-        if p.is_file() and p.name != "config.json":
-            (folder / p.name).symlink_to(p)
+    folder = linked_copy(src, tmp_path / "m", but="config.json")
     config = json.loads((src / "config.json").read_text())
     edit(config)
     (folder / "config.json").write_text(json.dumps(config))
@@ -264,12 +269,8 @@ def test_gemma3_json_only_names_the_converters_pre_tokenizer():
 def test_phi3_json_only_is_refused_as_the_converter_refuses(tmp_path):
     """phi3 without tokenizer.model (and tokenizer_class not GPT2Tokenizer): the converter
     stops ("Missing tokenizer.model"); we stop too, naming the missing file."""
-    src = Path(hf.model_dir("tiny-phi3"))
-    folder = tmp_path / "tiny-phi3-json"
-    folder.mkdir()
-    for f in src.iterdir():
-        if f.is_file() and f.name != "tokenizer.model":
-            (folder / f.name).symlink_to(f)
+    folder = linked_copy(Path(hf.model_dir("tiny-phi3")), tmp_path / "tiny-phi3-json",
+                         but="tokenizer.model")
     r = subprocess.run([hf._python(), str(hf.converter()), str(folder), "--outtype", "f32",
                         "--outfile", str(tmp_path / "ref.gguf")], capture_output=True, text=True,
                        timeout=600, cwd=str(tmp_path))
