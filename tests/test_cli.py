@@ -92,3 +92,52 @@ def test_output_permissions_follow_the_umask(model, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_a_closed_pipe_ends_quietly(model, tmp_path):
+    """`q4apr inspect m.apr | head -1`: no traceback, no 'internal error' (as gguf-dump)."""
+    from safetensors.numpy import save_file
+    many = tmp_path / "many.safetensors"   # a table far longer than a pipe's buffer
+    save_file({f"model.layers.{i}.some_rather_long_tensor_name.weight": np.zeros(4, np.float32)
+               for i in range(4000)}, str(many))
+    out = tmp_path / "m.apr"
+    assert cli("quantize", many, "-o", out).returncode == 0
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "py"))
+    r = subprocess.run(f"'{sys.executable}' -m q4apr inspect '{out}' | head -c 10",
+                       shell=True, capture_output=True, text=True, env=env, timeout=120,
+                       executable="/bin/bash")
+    assert len(r.stdout) == 10
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+
+
+def test_help_names_both_formats_and_types():
+    r = cli("--help")
+    assert r.returncode == 0 and "Q4_K_M" in r.stdout and "GGUF" in r.stdout and "APR" in r.stdout
+
+
+def test_inspect_counts_a_tied_head_once(tmp_path):
+    """An APR's tied head (0 bytes, its full shape) is not counted again in the parameters."""
+    from safetensors.numpy import save_file
+    t = llama_like(np.random.default_rng(0))
+    t.pop("lm_head.weight")
+    src = tmp_path / "m.safetensors"
+    save_file(t, str(src))
+    from q4apr.formats import apr
+    from q4apr.model import TensorEntry
+    from q4apr.dtypes import F32
+    import q4apr
+    with q4apr.open_model([str(src)]) as m:
+        emb = next(e for e in m.tensors if e.name == "model.embed_tokens.weight")
+        m.tensors.append(TensorEntry("lm_head.weight", emb.shape, F32, 0, emb.path,
+                                     opener=lambda: open(os.devnull, "rb"),
+                                     tied_to=emb.name))
+        out = tmp_path / "m.apr"
+        q4apr.quantize(m, q4apr.FileSink(str(out)), q4apr.Options(format="apr"))
+    params = sum(int(np.prod(a.shape)) for a in t.values())
+    info = json.loads(cli("inspect", out, "--json").stdout)
+    assert info["params"] == params
+    assert info["metadata"]["param_count"] == params
+    head = next(x for x in info["tensors"] if x["name"] == "lm_head.weight")
+    assert head["nbytes"] == 0 and head["tied_to"] == "model.embed_tokens.weight"
+    assert "tied to model.embed_tokens.weight" in cli("inspect", out).stdout
+    assert apr.read(str(out)).tensors[0].tied_to == "model.embed_tokens.weight"

@@ -25,7 +25,9 @@ EXIT_OK, EXIT_DAMAGED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2
 
 def build_parser():
     p = argparse.ArgumentParser(prog="q4apr",
-                                description="Quantize model weights to 4 bits (APR Q4 or GGUF Q4_0).")
+                                description="Quantize model weights to 4 bits: an Aprender APR "
+                                            "or a llama.cpp GGUF, with llama-quantize's Q4_0 "
+                                            "or Q4_K_M mixture.")
     p.add_argument("--version", action="version", version=f"q4apr {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -83,6 +85,10 @@ def main(argv=None):
     except Q4Error as e:
         print(f"error: {e.message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:   # `q4apr inspect m.apr | head`: the reader left; end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the exit's flush does not fail again
+        return EXIT_OK
     except Exception as e:  # a bug of ours: say so, with the traceback for the report
         traceback.print_exc()
         print(f"internal error: {type(e).__name__}: {e}", file=sys.stderr)
@@ -145,7 +151,8 @@ def cmd_inspect(args):
     w = max((len(t["name"]) for t in info["tensors"]), default=4)
     for t in info["tensors"]:
         shape = "×".join(map(str, t["shape"])) or "scalar"
-        print(f"  {t['name']:<{w}}  {t['dtype']:<7} {shape:<20} {human_bytes(t['nbytes'])}")
+        size = f"tied to {t['tied_to']}" if t.get("tied_to") else human_bytes(t["nbytes"])
+        print(f"  {t['name']:<{w}}  {t['dtype']:<7} {shape:<20} {size}")
     return EXIT_OK
 
 

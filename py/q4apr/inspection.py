@@ -18,9 +18,11 @@ def inspect_model(model):
         "bytes": sum(os.path.getsize(p) for p in model.paths),
         "name": model.name,
         "metadata": model.metadata,
-        "params": sum(numel(t.shape) for t in model.tensors),
-        "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name,
-                     "nbytes": t.nbytes, "offset": t.offset} for t in model.tensors],
+        "params": sum(numel(t.shape) for t in model.tensors if not t.tied_to),   # once
+        "tensors": [dict({"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name,
+                          "nbytes": t.nbytes, "offset": t.offset},
+                         **({"tied_to": t.tied_to} if t.tied_to else {}))
+                    for t in model.tensors],
     }
     if model.description is not None:
         info["model"] = model.description.summary()

@@ -228,7 +228,7 @@ def quantize_steps(model, sink, options, executor=None):
     Without one, threads > 1 natively makes one (processes.ProcessExecutor, Linux)."""
     t0 = time.perf_counter()
     decisions = plan(model, options)
-    params = sum(numel(e.shape) for e in model.tensors)
+    params = sum(numel(e.shape) for e in model.tensors if not e.tied_to)   # a tied head: once
     layout = make_layout(model, options, decisions, params)
     total = sum(e.nbytes for e, _ in decisions)
     chunk_elems = max(256, options.chunk_bytes // 4 // 256 * 256)   # whole Q4_K/Q6_K blocks, SUM_UNITs
