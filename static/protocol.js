@@ -51,6 +51,3 @@ export const MSG = Object.freeze({
   CANCELLED: "cancelled",
 });
 
-// Keys the core's Options.from_dict accepts (anything else is rejected by the core).
-export const OPTION_KEYS = ["format", "type", "keep_embeddings_f16", "keep_output_f16", "pure", "skip",
-  "chunk_bytes", "allow_non_finite"];

@@ -23,11 +23,7 @@ from q4apr.archs import transforms
 from q4apr.errors import BadInput
 
 REPO = Path(__file__).resolve().parent.parent
-LCP = Path("/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp")
-for cand in (LCP, REPO / ".cache" / "llama.cpp-0.3.36" / "src"):
-    if (cand / "convert_hf_to_gguf.py").is_file():
-        LCP = cand
-        break
+LCP = REPO / ".cache" / "llama.cpp-0.3.36" / "src"   # tests/llama_cpp/build.sh unpacks it
 CACHE = REPO / ".cache" / "archs"
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None

@@ -20,7 +20,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # _try_set_pooling_type); the Pooling module's config lies in a subfolder named there
 MODULES = "modules.json"
 MAX_CONFIG_BYTES = 16 << 20      # a config or tokenizer_config; tokenizer.json may be larger
-MAX_TOKENIZER_BYTES = 256 << 20  # Gemma 3's tokenizer.json is ~33 MB
 
 
 @dataclass

@@ -78,13 +78,6 @@ class TensorEntry:
         """Its bytes differ from the stored ones by more than the row order."""
         return self.add is not None
 
-    @property
-    def n_elements(self):
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
 
 class RowReader:
     """A tensor's bytes with its rows in another order, read straight from the file.
@@ -176,13 +169,6 @@ def read_exact(f, n, path, what):
     if len(data) != n:
         raise BadInput(f"file ends inside {what} (wanted {n} bytes, got {len(data)})", path)
     return data
-
-
-def check_range(path, file_size, offset, nbytes, tensor, what="data"):
-    """A tensor's bytes must lie inside the file."""
-    if offset < 0 or nbytes < 0 or offset + nbytes > file_size:
-        raise BadInput(f"{what} at bytes {offset}..{offset + nbytes} lies outside the file "
-                       f"({file_size} bytes)", path, tensor)
 
 
 def check_names(entries):
