@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO / "py"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from fixtures import hf  # noqa: E402
-from q4apr import tokenizer  # noqa: E402
+from q4apr import pretokenizer, tokenizer  # noqa: E402
+from q4apr import tokenizer_tables as tables  # noqa: E402
 from q4apr.errors import BadInput  # noqa: E402
 
 BUILD_SH = REPO / "tests" / "llama_cpp" / "build.sh"
@@ -376,7 +377,7 @@ def _splits(signatures, chktxt):
         text = tk.normalizer.normalize_str(chktxt) if tk.normalizer else chktxt
         words = [w for w, _ in tk.pre_tokenizer.pre_tokenize_str(text)] if tk.pre_tokenizer \
             else [text]
-        key = tokenizer.signature(sig)
+        key = pretokenizer.signature(sig)
         assert "\x00" not in "".join(words)
         out.setdefault(key, (label, "\x00".join(words)))
     return out
@@ -472,9 +473,9 @@ def test_pre_name_agrees_with_the_converter_hash(folders):
         s = _src_for(folder, r)
         if r["pre"] is None:
             with pytest.raises(BadInput):
-                tokenizer._pre_name(s)
+                pretokenizer._pre_name(s)
         else:
-            assert tokenizer._pre_name(s) == r["pre"], name
+            assert pretokenizer._pre_name(s) == r["pre"], name
         checked.append((name, r["pre"]))
     print("\n" + ", ".join(f"{n}={p or 'refused'}" for n, p in checked))
     assert any(p for _, p in checked)
@@ -621,23 +622,23 @@ def test_simple_split_equals_tokenizers(label):
            "post_processor": None, "decoder": None,
            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0}, "unk_token": "[UNK]"}}
     tk = tokenizers.Tokenizer.from_str(json.dumps(doc))
-    normalize, pre = tokenizer._simple_split(sig)
-    for text in (tokenizer.tables.CHKTXT, "  a  b ", "a b", " ", "ab  "):
+    normalize, pre = pretokenizer._simple_split(sig)
+    for text in (tables.CHKTXT, "  a  b ", "a b", " ", "ab  "):
         want_norm = tk.normalizer.normalize_str(text) if tk.normalizer else text
         assert normalize(text) == want_norm, (label, text)
         want = ([w for w, _ in tk.pre_tokenizer.pre_tokenize_str(want_norm)]
                 if tk.pre_tokenizer else [want_norm])
         assert pre(want_norm) == [w for w in want if w], (label, text)
-    entry = tokenizer.tables.SPLITS.get(tokenizer.signature(sig))
+    entry = tables.SPLITS.get(pretokenizer.signature(sig))
     if entry is not None:
-        assert pre(normalize(tokenizer.tables.CHKTXT)) == entry.split("\x00")
+        assert pre(normalize(tables.CHKTXT)) == entry.split("\x00")
 
 
 def test_added_tokens_in_the_test_string_split_as_tokenizers_do(tmp_path):
     """A Gemma-shaped BPE file whose added tokens occur in the converter's test string
     (normalized and not, special and not): our ids are `tokenizers`' own encode."""
     tokenizers = pytest.importorskip("tokenizers")
-    chk = tokenizer.tables.CHKTXT
+    chk = tables.CHKTXT
     norm = chk.replace(" ", "\u2581")
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
     for b in range(256):
@@ -674,7 +675,7 @@ def test_added_tokens_in_the_test_string_split_as_tokenizers_do(tmp_path):
     want = tokenizers.Tokenizer.from_str(json.dumps(tj)).encode(chk).ids
     src = tokenizer._Source(_write(tmp_path, tj), tj, "tokenizer.json", None, {}, len(vocab))
     src.check_model(tokenizer.Tokenizer())
-    got, why = tokenizer.chktxt_ids(src)
+    got, why = pretokenizer.chktxt_ids(src)
     assert why is None and got == want
 
 
@@ -688,7 +689,7 @@ def test_gemma3_json_only_names_the_pre_tokenizer_as_the_converter(folders):
     tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     assert tj["model"]["byte_fallback"] and tj["normalizer"]["type"] == "Replace"
     assert r["pre"] == "granite-embed-multi-311m"
-    assert tokenizer._pre_name(_src_for(folder, r)) == r["pre"]
+    assert pretokenizer._pre_name(_src_for(folder, r)) == r["pre"]
     assert "error" not in r["families"]["gemma3"]
 
 

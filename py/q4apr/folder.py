@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import BadInput
-from .model import load_json
+from .model import load_json, read_small  # noqa: F401  (read_small: callers')
 
 CONFIG = "config.json"
 # files the tokenizer reader may use, by name
@@ -88,18 +88,6 @@ def classify(files):
         else:
             ignored.append(base)
     return weights, parts, ignored
-
-
-def read_small(path, limit, what):
-    """The bytes of a config or tokenizer file, its size checked before it is read."""
-    try:
-        size = os.path.getsize(path)
-        if size > limit:
-            raise BadInput(f"{what} of {size} bytes is over the {limit} byte limit", path)
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise BadInput(f"cannot read ({e.strerror or e})", path) from None
 
 
 def read_config(path):

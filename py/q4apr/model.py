@@ -163,6 +163,18 @@ class Model:
         self.close()
 
 
+def read_small(path, limit, what):
+    """The bytes of a config or tokenizer file, its size checked before it is read."""
+    try:
+        size = os.path.getsize(path)
+        if size > limit:
+            raise BadInput(f"{what} of {size} bytes is over the {limit} byte limit", path)
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BadInput(f"cannot read ({e.strerror or e})", path) from None
+
+
 def read_exact(f, n, path, what):
     """n bytes from f, or a BadInput that says the file ended inside `what`."""
     data = f.read(n)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .dtypes import F32
 from .errors import BadInput
+from .ggufvalues import STRING
 from .model import TensorEntry
 
 
@@ -74,7 +75,7 @@ def gguf_kv(model, general):
     from . import tokenizer
 
     d = model.description
-    kv = [("general.architecture", 8, d.family.GGUF_ARCH)]
+    kv = [("general.architecture", STRING, d.family.GGUF_ARCH)]
     kv += general
     kv += [item for item in d.family.gguf_kv(d.hparams, d.config)
            if item[0] != "general.architecture"]

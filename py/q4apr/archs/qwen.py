@@ -6,6 +6,7 @@ biases; Qwen3 has per-head q_norm/k_norm and biases only with attention_bias.
 """
 
 from .base import Entry, Family, KV, check_rope_type, text_model_kv
+from .transforms import UINT32
 from .llama import DECODER
 
 E = Entry
@@ -46,7 +47,7 @@ class Qwen2(Family):
         kv = KV(self.GGUF_ARCH)
         text_model_kv(kv, v, self.rope(v, None))
         if hp.get("pooling_type") is not None:        # _try_set_pooling_type (modules.json)
-            kv.add("{arch}.pooling_type", 4, hp["pooling_type"])
+            kv.add("{arch}.pooling_type", UINT32, hp["pooling_type"])
         return kv.items()
 
 

@@ -10,8 +10,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-# GGUF metadata value types (gguf-py GGUFValueType), as q4apr/formats/gguf.py packs them
-UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY = 4, 5, 6, 7, 8, 9
+from ..ggufvalues import ARRAY, BOOL, FLOAT32, INT32, STRING, UINT32  # noqa: F401  (families')
 
 F16 = "F16"
 

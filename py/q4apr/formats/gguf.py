@@ -10,6 +10,7 @@ import numpy as np
 
 from ..dtypes import BY_GGUF, numel, tensor_nbytes
 from ..errors import BadInput
+from ..ggufvalues import ARRAY, STRING, UINT32
 from ..model import Model, TensorEntry, check_names, check_overlaps, model_name
 
 MAGIC = b"GGUF"
@@ -26,7 +27,6 @@ QUANTIZATION_VERSION = 2          # GGML_QNT_VERSION
 
 # value type -> struct code; 7 is bool, 8 string, 9 array
 SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-STRING, ARRAY, UINT32 = 8, 9, 4
 NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
          10: "<u8", 11: "<i8", 12: "<f8"}
 TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool",
