@@ -734,3 +734,12 @@ def test_same_bytes_under_pyodide(tmp_path):
     wasm = conftest.run_in_pyodide(PYODIDE_SCRIPT, args=(str(REPO / "py"),), mounts=(str(REPO / "py"),))
     assert native.count("\n") == 26
     assert wasm == native
+
+
+def test_codecs_register_themselves_with_dtypes_sizes():
+    """Every codec class is in CODECS by its name, with dtypes.py's block and byte sizes."""
+    from q4apr import dtypes
+    assert set(C.CODECS) == {"APR_Q4", "Q4_0", "Q8_0", "Q5_0", "Q4_K", "Q6_K"}
+    for name, c in C.CODECS.items():
+        d = dtypes.BY_NAME[name]
+        assert (c.block_size, c.type_size) == (d.block_size, d.type_size), name

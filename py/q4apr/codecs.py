@@ -178,8 +178,13 @@ def _decode_into(y: np.ndarray, q: np.ndarray, d16: np.ndarray, tmp8: np.ndarray
     y *= np.repeat(d16.astype(np.float32), 32)
 
 
+# name -> codec class, filled as each class is defined (_Codec.__init_subclass__)
+CODECS: dict[str, type["_Codec"]] = {}
+
+
 class _Codec:
-    """Common block bookkeeping; subclasses implement the per-chunk kernels."""
+    """Common block bookkeeping; subclasses implement the per-chunk kernels. A subclass with
+    a name registers itself in CODECS (as gguf-py's quants.py registers its classes)."""
 
     name: str = ""
     block_size: int = 32
@@ -195,6 +200,11 @@ class _Codec:
 
     def __init__(self):
         raise TypeError("codec classes are used through their classmethods")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            CODECS[cls.name] = cls
 
     # -- to be provided by each format -------------------------------------------
     @classmethod
@@ -557,7 +567,6 @@ class Q8_0(_Codec):
         o *= np.repeat(d, 32)
 
 
-CODECS: dict[str, type[_Codec]] = {c.name: c for c in (AprQ4, Q4_0, Q8_0)}
 
 
 def set_kernel(codec, fn, measures: bool = False) -> None:
@@ -1363,5 +1372,3 @@ class Q6_K(_SuperBlock):
         np.subtract(q.reshape(n, 16, 16), 32, out=o, dtype=np.float32, casting="unsafe")
         o *= ds
 
-
-CODECS.update({c.name: c for c in (Q5_0, Q4_K, Q6_K)})

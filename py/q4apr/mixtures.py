@@ -23,6 +23,7 @@ is caught by the attn_v branch first, so it gets Q4_K/Q6_K like attn_v.)
 import re
 from dataclasses import dataclass
 
+from .dtypes import BY_NAME, ROW_PADDED
 from .errors import BadInput
 
 TYPES = ("Q4_0", "Q4_K_M")
@@ -274,7 +275,7 @@ def _layer_info(i_layer, n_layer, name, n_expert):
 
 # ---------------------------------------------------------------- APR
 
-_K_BYTES = {"Q4_K": 144, "Q6_K": 210}   # bytes of a 256-value super-block
+_K_BYTES = {k: BY_NAME[k].type_size for k in ROW_PADDED}   # bytes of a 256-value super-block
 
 
 def apr_type(choice, shape):

@@ -214,6 +214,21 @@ def _dim_fields(expr):
 _BID = re.compile(r"\.(\d+)\.")
 
 
+# model_type -> the Family that converts it, filled by @register where each is defined
+FAMILIES = {}
+
+
+def register(cls):
+    """Class decorator (as llama.cpp's converter's ModelBase.register): one instance of the
+    family, found by each of its config.json model_types."""
+    fam = cls()
+    for mt in cls.MODEL_TYPES:
+        if mt in FAMILIES:
+            raise ValueError(f"model_type {mt!r} is registered twice")
+        FAMILIES[mt] = fam
+    return cls
+
+
 class Family:
     """One architecture family: tables plus the few rules that are not tables."""
     GGUF_ARCH = None

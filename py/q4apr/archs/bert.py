@@ -6,7 +6,7 @@ sentence-transformers modules.json names a Pooling module); 'bert.' prefixes, '.
 dropped; token type and position embeddings are kept (llama.cpp keeps them in F32).
 """
 
-from .base import SKIPPED_SUFFIXES, Entry, Family, KV, _bad, get_float, get_int, \
+from .base import SKIPPED_SUFFIXES, Entry, Family, KV, _bad, get_float, get_int, register, \
     text_model_kv
 from .transforms import BOOL, UINT32
 
@@ -61,6 +61,7 @@ def pooling_type(modules, pooling_config):
     raise ValueError("only mean, cls and last-token pooling are supported")
 
 
+@register
 class Bert(Family):
     GGUF_ARCH = "bert"
     # BertModel.set_vocab: get_vocab_base() (WordPiece) turned into "phantom space" tokens
@@ -143,7 +144,3 @@ class Bert(Family):
         if hp.get("pooling_type") is not None:
             md["pooling_type"] = hp["pooling_type"]
         return md
-
-
-BERT = Bert()
-FAMILIES = (BERT,)

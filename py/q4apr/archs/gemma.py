@@ -6,7 +6,7 @@ len(added_tokens)); the embedding scale sqrt(hidden_size) is applied by llama.cp
 time, not stored. Sliding-window and local rope base keys come from the config.
 """
 
-from .base import Entry, Family, KV, _bad, check_rope_type, get_float, get_int, \
+from .base import Entry, Family, KV, _bad, check_rope_type, get_float, get_int, register, \
     text_model_kv
 from .llama import DECODER
 from .transforms import FLOAT32, UINT32, first_rows
@@ -27,6 +27,7 @@ GEMMA3_TABLE = tuple(
 )
 
 
+@register
 class Gemma3(Family):
     GGUF_ARCH = "gemma3"
     # Gemma3Model.set_vocab: tokenizer.model -> sentencepiece (+ add_space_prefix false),
@@ -115,7 +116,3 @@ class Gemma3(Family):
             md["sliding_window"] = hp["sliding_window"]
         md["rope_local_base_freq"] = float(hp["rope_theta_swa"])
         return md
-
-
-GEMMA3 = Gemma3()
-FAMILIES = (GEMMA3,)

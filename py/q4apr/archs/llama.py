@@ -4,7 +4,7 @@ GGUF: TextModel's keys + llama.vocab_size + llama.rope.dimension_count; Q and K 
 biases) permuted so that llama.cpp's adjacent-pairs rotation applies (LlamaModel.permute).
 """
 
-from .base import Entry, Family, KV, check_rope_type, text_model_kv
+from .base import check_rope_type, Entry, Family, KV, register, text_model_kv
 from .transforms import UINT32, permute_rows
 
 E = Entry
@@ -37,6 +37,7 @@ DECODER = (
 )
 
 
+@register
 class Llama(Family):
     GGUF_ARCH = "llama"
     # LlamaModel.set_vocab for a folder without tokenizer.model: gguf.LlamaHfVocab when
@@ -81,8 +82,3 @@ class Llama(Family):
             rope_dim = v["hidden_size"] // v["num_attention_heads"]
         kv.add("{arch}.rope.dimension_count", UINT32, rope_dim)
         return kv.items()
-
-
-
-LLAMA = Llama()
-FAMILIES = (LLAMA,)

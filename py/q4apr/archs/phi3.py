@@ -9,7 +9,7 @@ the key rope.scaling.attn_factor.
 
 import math
 
-from .base import Entry, Family, KV, _bad, check_rope_type, find, rope_view
+from .base import _bad, check_rope_type, Entry, Family, find, KV, register, rope_view
 from .transforms import FLOAT32, UINT32, TensorMap
 
 E = Entry
@@ -30,6 +30,7 @@ PHI3_TABLE = (
 )
 
 
+@register
 class Phi3(Family):
     GGUF_ARCH = "phi3"
     # Phi3MiniModel.set_vocab: _set_vocab_gpt2 when tokenizer_config.json's tokenizer_class
@@ -117,7 +118,3 @@ class Phi3(Family):
         md = super().apr_metadata(hp, config)
         md["partial_rotary_factor"] = hp["partial_rotary_factor"]
         return md
-
-
-PHI3 = Phi3()
-FAMILIES = (PHI3,)

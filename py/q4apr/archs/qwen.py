@@ -5,7 +5,7 @@ no permutation (llama.cpp rotates Qwen's Q/K as split halves, NEOX). Qwen2 alway
 biases; Qwen3 has per-head q_norm/k_norm and biases only with attention_bias.
 """
 
-from .base import Entry, Family, KV, check_rope_type, text_model_kv
+from .base import check_rope_type, Entry, Family, KV, register, text_model_kv
 from .transforms import UINT32
 from .llama import DECODER
 
@@ -28,6 +28,7 @@ QWEN3_TABLE = tuple(E(e.hf, e.gguf, e.dims, e.when, "" if e.kind in ("q", "k") e
 )
 
 
+@register
 class Qwen2(Family):
     GGUF_ARCH = "qwen2"
     # Qwen2Model.set_vocab: tokenizer.model -> sentencepiece, else _set_vocab_gpt2
@@ -51,6 +52,7 @@ class Qwen2(Family):
         return kv.items()
 
 
+@register
 class Qwen3(Qwen2):
     GGUF_ARCH = "qwen3"
     MODEL_TYPES = ("qwen3",)
@@ -59,8 +61,3 @@ class Qwen3(Qwen2):
                           "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
                           "tie_word_embeddings": False, "attention_bias": False}}
     TABLE = QWEN3_TABLE
-
-
-QWEN2 = Qwen2()
-QWEN3 = Qwen3()
-FAMILIES = (QWEN2, QWEN3)
