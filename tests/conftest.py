@@ -117,10 +117,39 @@ def site_url(dist_dir):
     server.server_close()
 
 
-def _missing(reason):
-    if CI:
-        pytest.fail(f"{reason} (CI=true: browser tests must run)", pytrace=False)
-    pytest.skip(reason)
+from helpers import need as _missing  # noqa: E402  (fails under CI=true, else skips)
+
+# What a test needs, as markers set by where it lives (pytest -m "not slow and not browser
+# and not oracle and not node" is the fast subset: the core natively, ~2 minutes)
+MARKERS = {
+    "browser": "drives Debian's Chromium with Playwright (tests/browser/)",
+    "node": "runs the core under Pyodide in Node.js",
+    "oracle": "checks against llama.cpp's tools, converter or ggml's C code",
+    "slow": "real models (SmolLM2-135M, MiniLM, Gemma 3's vocabulary): minutes",
+}
+NODE = ("test_pyodide_node.py", "test_kquants_js.py", "test_codecs.py::test_same_bytes_under_pyodide")
+ORACLE = ("test_llama_cpp.py", "test_mixtures.py", "test_runnable.py", "test_archs.py",
+          "test_kquants.py", "test_tokenizer.py", "test_fixtures_smoke.py", "test_apr_rows.py",
+          "test_apr_forward.py")
+SLOW = ("smollm2", "minilm", "gemma-3", "gemma3-json", "test_apr_forward.py")
+
+
+def pytest_configure(config):
+    for name, what in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        nodeid = item.nodeid
+        if "tests/browser/" in nodeid or nodeid.startswith("browser/"):
+            item.add_marker(pytest.mark.browser)
+        if any(k in nodeid for k in NODE):
+            item.add_marker(pytest.mark.node)
+        if any(k in nodeid for k in ORACLE):
+            item.add_marker(pytest.mark.oracle)
+        if any(k in nodeid.lower() for k in SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

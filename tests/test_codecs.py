@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
+from helpers import need  # noqa: E402
 from q4apr import codecs as C  # noqa: E402
 
 try:
@@ -149,7 +150,7 @@ void q4_0_ref(const float *x, float *dd, uint8_t *qs, long nb) {
 def c_q4_0(tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
-        pytest.skip("no C compiler to build the ggml reference transcription")
+        need("no C compiler to build the ggml reference transcription")
     d = tmp_path_factory.mktemp("cref")
     (d / "q4.c").write_text(C_REF)
     lib = d / "libq4.so"
@@ -723,10 +724,8 @@ print("bf16", hashlib.sha256(C.f32_to_bf16(b).tobytes()).hexdigest(),
 
 def test_same_bytes_under_pyodide(tmp_path):
     if shutil.which("node") is None:
-        pytest.skip("node is not installed: the Pyodide runs are covered by test_pyodide_node.py")
-    conftest = pytest.importorskip("conftest")
-    if not hasattr(conftest, "run_in_pyodide"):
-        pytest.skip("tests/conftest.py has no Pyodide runner")
+        need("node is not installed (./build.sh test installs it)")
+    import conftest
     script = tmp_path / "codecs_script.py"
     script.write_text(PYODIDE_SCRIPT)
     native = subprocess.run([sys.executable, str(script), str(REPO / "py")], capture_output=True,

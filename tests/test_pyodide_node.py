@@ -15,6 +15,7 @@ import zipfile
 import pytest
 
 from conftest import REPO, run_in_pyodide
+from helpers import need
 
 NUMPY_WHEEL = "numpy-2.0.2-cp312-cp312-pyodide_2024_0_wasm32.whl"
 PYODIDE_FILES = ["pyodide.mjs", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"]
@@ -34,13 +35,10 @@ def run_native(script_text, *files, args=(), tmp_path):
 
 
 def core_ready():
-    """Skip unless the core's public API has landed."""
-    if not (REPO / "py" / "q4apr" / "__init__.py").exists():
-        pytest.skip("py/q4apr/__init__.py does not exist yet")
+    """The core's public API (help(q4apr)) is all there."""
     r = subprocess.run([sys.executable, "-c", "import q4apr, sys; sys.exit(0 if all(hasattr(q4apr, n) for n in %r) else 3)" % (CORE_API,)],
                        env=dict(os.environ, PYTHONPATH=str(REPO / "py")), capture_output=True)
-    if r.returncode == 3:
-        pytest.skip("the core's public API (help(q4apr)) is not all there yet")
+    assert r.returncode == 0, r.stderr
 
 
 # ------------------------------------------------------------------ the dist layout
@@ -54,7 +52,7 @@ def verified_numpy_wheel():
     entry = json.loads((PYODIDE_CACHE / "pyodide-lock.json").read_text())["packages"]["numpy"]
     whl = REPO / ".cache" / entry["file_name"]
     if not whl.is_file():
-        pytest.skip("the verified numpy wheel is not in .cache/ (build.sh fetches it)")
+        need("the verified numpy wheel is not in .cache/ (build.sh fetches it)")
     assert hashlib.sha256(whl.read_bytes()).hexdigest() == entry["sha256"]
     return whl, entry
 
@@ -198,8 +196,6 @@ def test_sample_model_is_deterministic_safetensors(dist_dir, tmp_path):
 
 
 def test_service_worker_placeholders_filled(dist_dir):
-    if not (REPO / "static" / "sw.js").exists():
-        pytest.skip("static/sw.js does not exist yet")
     sw = (dist_dir / "sw.js").read_text()
     assert "__BUILD_VERSION__" not in sw and "__PRECACHE__" not in sw
     files = sorted(p.relative_to(dist_dir).as_posix() for p in dist_dir.rglob("*") if p.is_file())
@@ -315,8 +311,6 @@ def test_harness_reports_python_exceptions():
 
 
 def test_import_core_under_pyodide(tmp_path):
-    if not (REPO / "py" / "q4apr" / "__init__.py").exists():
-        pytest.skip("py/q4apr/__init__.py does not exist yet")
     script = ("import q4apr, sys\n"
               "print(q4apr.__file__)\n"
               "print(sorted(n for n in %r if hasattr(q4apr, n)))\n" % (CORE_API,))

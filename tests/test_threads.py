@@ -392,13 +392,12 @@ def test_executor_waits_are_yielded_and_cancel_abandons_them(st_path, tmp_path):
         steps = q4apr.quantize_steps(m, sink, q4apr.Options(chunk_bytes=CHUNK),
                                      Loopback(2, busy=lambda k: False))
         waits = 0
-        for p in steps:   # (chunks of quantized tensors go to the executor; stop after a few)
-            if isinstance(p, Wait):
+        for p in steps:   # (chunks of quantized tensors go to the executor; stop at the
+            if isinstance(p, Wait):   # first wait: how many come depends on the threads' pace)
                 waits += 1
                 assert not p.future.done()
                 p.future.block()
-                if waits == 5:
-                    break
+                break
         steps.close()
     assert waits > 0
     assert os.listdir(tmp_path) == ["model.safetensors"]

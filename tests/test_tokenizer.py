@@ -28,12 +28,12 @@ sys.path.insert(0, str(REPO / "py"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from fixtures import hf  # noqa: E402
+from helpers import need  # noqa: E402
 from q4apr import pretokenizer, tokenizer  # noqa: E402
 from q4apr import tokenizer_tables as tables  # noqa: E402
 from q4apr.errors import BadInput  # noqa: E402
 
 BUILD_SH = REPO / "tests" / "llama_cpp" / "build.sh"
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LCP_VERSION = "0.3.36"
 CACHE_VERSION = "1"
 # families whose set_vocab the converter runs on BPE folders, and on WordPiece ones
@@ -71,10 +71,7 @@ def lcp_src():
         src = Path(r.stdout.strip()).parent / "src"
         if (src / "conversion" / "base.py").is_file():
             return src
-    reason = "llama.cpp's source tree is not unpacked (run tests/llama_cpp/build.sh)"
-    if CI:
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    need("llama.cpp's source tree is not unpacked (run tests/llama_cpp/build.sh)")
 
 
 def converter_tables(src):
