@@ -682,9 +682,8 @@ def _worth_sending(q4, executor):
     workers have cores of their own (.spare_cores); else only where converting costs more
     than handing it over: quantizing with numpy or with a codec that searches its scales
     (the K-quants), not a kernel that measures as it quantizes a 32-value format (Q4_0,
-    APR Q4 in the page: ~1 GB/s), whose chunks, sent on 2 cores, took the page's 1 GiB F32
-    run from 364 to 273 MB/s with 2 workers (the browser's reading already keeps ~1.7 of
-    the cores busy)."""
+    APR Q4 in the page), whose chunks cost about as much to hand over as to convert when
+    the browser's reading already keeps most of 2 or 3 cores busy (bench/LOG.md)."""
     return bool(getattr(executor, "spare_cores", False)) or q4.searches \
         or not codecs.kernel_measures(q4)
 

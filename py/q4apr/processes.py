@@ -3,7 +3,7 @@
 Why processes, not threads: numpy releases the GIL inside each call, but converting a
 chunk is some thirty calls of 10-300 us, and threads hand the GIL to each other between
 every two of them: on 2 cores two threads converted 1.0-1.15x as many chunks as one, two
-processes 1.9x (bench/RESULTS.md, issue 11).
+processes 1.9x (bench/LOG.md, issue 11).
 
 Each worker is forked from the run (numpy already imported: a few ms), ignores SIGINT
 (Ctrl-C is the parent's: it stops the run and removes the partial output) and converts
