@@ -20,24 +20,7 @@ import "./kernels.js";
 import "./kquants_wasm.js";
 import "./wheel.js";
 
-const DRIVER_PY = String.raw`
-import json
-import q4apr
-from q4apr.pipeline import ChunkConverter
-import js
-from pyodide.ffi import to_js
-
-_converter = ChunkConverter()
-
-def convert(job_json, raw):
-    """raw: a JS Uint8Array (copied in); the parts with bytes as JS Uint8Arrays (copied out)."""
-    try:
-        parts = _converter.convert(json.loads(job_json), raw.to_py())
-    except q4apr.BadInput as e:
-        return to_js({"bad": [e.problem, e.file, e.tensor]}, dict_converter=js.Object.fromEntries)
-    out = {k: (to_js(v) if isinstance(v, memoryview) else v) for k, v in parts.items()}
-    return to_js({"parts": out}, dict_converter=js.Object.fromEntries)
-`;
+const DRIVER_PY = "from q4apr.web import convert";   // the core converts (ChunkConverter)
 
 let convert = null;
 let heap = null;

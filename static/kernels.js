@@ -76,13 +76,5 @@ export function kernelModule(kernels) {
 // Register `kernels` (from loadKernels) in a Pyodide that has the q4apr core on sys.path.
 export function installKernels(py, kernels) {
   py.registerJsModule("q4apr_kernels", kernelModule(kernels));
-  py.runPython([
-    "import q4apr_kernels",
-    "from q4apr import codecs",
-    "for _name in ('Q4_K', 'Q6_K', 'Q4_0', 'APR_Q4'):",
-    "    if hasattr(q4apr_kernels, _name):",
-    "        codecs.set_kernel(_name, getattr(q4apr_kernels, _name), measures=q4apr_kernels.measures)",
-    "if hasattr(q4apr_kernels, 'F16'):",
-    "    codecs.set_f16_kernel(q4apr_kernels.F16)",
-  ].join("\n"));
+  py.runPython("import q4apr_kernels; from q4apr.web import install_kernels; install_kernels(q4apr_kernels)");
 }
