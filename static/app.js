@@ -362,6 +362,7 @@ const FOLDER_ROLES = {
   "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer", "special_tokens_map.json": "tokenizer",
   "tokenizer.model": "tokenizer", "added_tokens.json": "tokenizer",
   "generation_config.json": "generation", "chat_template.jinja": "chat template", "chat_template.json": "chat template",
+  "modules.json": "pooling",
 };
 
 function folderRole(name) {

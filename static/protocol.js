@@ -2,7 +2,8 @@
 //
 // page -> worker
 //   {type: "quantize", id, files: [File...], options: {format, type, keep_embeddings_f16,
-//        keep_output_f16, pure, skip: [...], chunk_bytes?}}
+//        keep_output_f16, pure, skip: [...], chunk_bytes?, allow_non_finite}}
+//        (the keys of the core's Options.from_dict: anything else is refused by the core)
 //   {type: "inspect", id, files: [File...]}
 //   {type: "describe", id, files: [File...]}
 //   {type: "cancel", id}
@@ -16,8 +17,8 @@
 //
 // worker -> page
 //   {type: "boot", stage: "runtime"|"numpy"|"core", progress: 0..1}
-//   {type: "ready", versions?: {python, numpy, pyodide}}
-//   {type: "progress", id, done, total, tensor}      (at most every ~100 ms, plus the last)
+//   {type: "ready", versions?: {python, numpy, pyodide, q4apr}}
+//   {type: "progress", id, done, total, tensor}      (at most every 100 ms: q4apr.web)
 //   {type: "chunk", id, data: ArrayBuffer}            (transferred; output bytes after the head)
 //   {type: "truncate", id, size}                       (drop chunk bytes past `size`: a tensor is rewritten)
 //   {type: "done", id, report, head: ArrayBuffer,     (the file is head + all chunks, in order;

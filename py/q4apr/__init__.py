@@ -20,8 +20,10 @@ open_model(paths: str | list[str]) -> Model
     'F32','F16','BF16','F64','I8','I16','I32','I64','U8','BOOL','APR_Q4','Q4_0','Q8_0',...),
     .nbytes
 
-Options(format='apr'|'gguf', keep_embeddings_f16=False, keep_output_f16=False,
-        pure=False, skip=(), chunk_bytes=4 << 20, allow_non_finite=False, threads=1)
+Options(format='apr'|'gguf', type='Q4_0'|'Q4_K_M', keep_embeddings_f16=False,
+        keep_output_f16=False, pure=False, skip=(), chunk_bytes=4 << 20,
+        allow_non_finite=False, threads=1)
+    type: llama-quantize's mixture (q4apr.mixtures; APR gets it in Aprender's codes).
     threads > 1 converts that many chunks at once (the CLI's --threads, default every
     core): in forked worker processes on Linux (q4apr.processes), in a thread pool
     elsewhere; the output, the report and the first error are those of 1.
@@ -43,11 +45,14 @@ quantize(model, sink, options, progress=None, cancel=None) -> Report
 Report.to_dict() -> {
     "input":  {"format", "files", "bytes"},
     "output": {"format", "bytes", "name"},
+    "model": a folder's description summary, or None (a lone weights file),
+    "runtimes": [{"runtime", "loads", "verdict", "why"}],
     "tensors": [{"name", "shape", "dtype_in", "dtype_out", "bytes_in", "bytes_out",
                  "action", "reason", "mse" (float|None), "max_abs_err" (float|None),
-                 "warning" (str|None), "non_finite" (int: NaN/Inf values written)}],
-    "totals": {"params", "bytes_in", "bytes_out", "ratio", "file_ratio", "seconds",
-               "tensors", "quantized", "non_finite"}}
+                 "warning" (str|None), "non_finite" (int: NaN/Inf values written),
+                 "snr_db", "source" (the input's name when renamed)}],
+    "totals": {"params", "bytes_in", "bytes_out", "ratio", "bits_per_weight", "file_ratio",
+               "seconds", "tensors", "quantized", "non_finite", "snr_db"}}
 
 Sinks (where the output goes).  The output file is `head + data`: the data is streamed
 first, the head (header, metadata, tensor index) is only final at the end.

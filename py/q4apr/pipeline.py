@@ -244,7 +244,7 @@ def quantize_steps(model, sink, options, executor=None):
             executor = own = processes.ProcessExecutor(options.threads, raw,
                                                        _out_bytes(chunk_elems))
         else:
-            from concurrent.futures import ThreadPoolExecutor   # Pyodide: no threads
+            from concurrent.futures import ThreadPoolExecutor   # natively, off Linux
             pool = ThreadPoolExecutor(options.threads, thread_name_prefix="q4apr")
     # in flight: a chunk per thread or pool worker + one; an executor's chunks leave their
     # buffers at once (it converts a copy), so its runs need buffers only for the chunks

@@ -1,5 +1,8 @@
 """APR v2 (Aprender): 64-byte header, JSON metadata, sorted tensor index, 64-aligned data,
-CRC32 footer. Byte layout per shared/docs/apr-v2.md; the writer reproduces Aprender's."""
+CRC32 footer. Byte layout per shared/docs/apr-v2.md; the writer reproduces Aprender's. 2-D
+Q4_K / Q6_K are stored row by row, rows zero padded to whole super-blocks, as Aprender's
+writer stores them (shared/docs/runnable-models.md; dtypes.padded_row), and a tied LM head
+has 0 data bytes."""
 
 import json
 import os
