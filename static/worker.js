@@ -258,6 +258,20 @@ function unmount(m) {
   }
 }
 
+// The selection described last stays mounted, and the core keeps the model it opened
+// (q4apr.web), so that quantizing the same files reads the folder once: {key, m}.
+let described = null;
+
+// The same files, as the page sends them again: names, sizes, dates and the folder.
+function selectionKey(files, folder) {
+  return JSON.stringify([folder || null, ...files.map((f) => [f.name, f.size, f.lastModified])]);
+}
+
+function forgetDescribed() {
+  if (described) unmount(described.m);
+  described = null;
+}
+
 // Messages name files as the user knows them (folder/config.json), not by their mount point.
 function unmountedText(text, m) {
   return String(text).split(`${m.root}/`).join("");
@@ -301,8 +315,13 @@ async function runQuantize(msg) {
   const options = { ...(msg.options || {}) };
   if (options.chunk_bytes == null) delete options.chunk_bytes;
 
-  const m = mount(id, msg.files, msg.folder);
+  const reuse = described !== null && described.key === selectionKey(msg.files, msg.folder);
+  const m = reuse ? described.m : mount(id, msg.files, msg.folder);
   const { paths, readers } = m;
+  if (reuse) {   // a fresh run over the described mount: no read-ahead left from before
+    lastRead = null;
+    for (const ra of readers.values()) { ra.ranges = []; ra.windows = []; }
+  }
   let outcome = null;
   try {
     const onChunk = (b) => {
@@ -354,32 +373,39 @@ async function runQuantize(msg) {
     outcome = { type: MSG.ERROR, id, message: `internal error: ${describe(err)}` };
   } finally {
     pool.fileOf = null;
-    unmount(m);
+    if (!reuse) unmount(m);
     cancelled.delete(id);
   }
   if (outcome.type === MSG.DONE) post(outcome, [outcome.head]);
   else post(outcome);
 }
 
-// inspect and describe: one synchronous call of the driver, one answer.
-function runOnce(msg, fn, answer) {
+// inspect and describe: one synchronous call of the driver, one answer. keep: the
+// selection stays mounted after a success (describe: see `described`).
+function runOnce(msg, fn, answer, keep = false) {
   const { id } = msg;
   const problem = checkFiles(msg.files, msg.folder);
   if (problem) return post({ type: MSG.ERROR, id, message: problem });
+  if (keep) forgetDescribed();
   const m = mount(id, msg.files, msg.folder);
+  let kept = false;
   try {
     let result = null;
     const status = JSON.parse(fn(JSON.stringify(m.paths), (r) => { result = r; }));
     if (status.status === "error" || !status.status) {
       post({ type: MSG.ERROR, id, message: unmountedText(status.message || "unknown error", m) });
     } else {
+      if (keep) {
+        described = { key: selectionKey(msg.files, msg.folder), m };
+        kept = true;
+      }
       post(answer(id, result));
     }
   } catch (err) {
     post({ type: MSG.ERROR, id, message: `internal error: ${describe(err)}` });
   } finally {
     pool.fileOf = null;
-    unmount(m);
+    if (!kept) unmount(m);
     cancelled.delete(id);
   }
 }
@@ -390,7 +416,7 @@ function runInspect(msg) {
 
 // What a model folder is, before quantizing it (summary null for a lone weights file).
 function runDescribe(msg) {
-  runOnce(msg, api.describe, (id, json) => ({ type: MSG.DESCRIBED, id, summary: JSON.parse(json) }));
+  runOnce(msg, api.describe, (id, json) => ({ type: MSG.DESCRIBED, id, summary: JSON.parse(json) }), true);
 }
 
 self.onmessage = (ev) => {

@@ -111,3 +111,20 @@ def test_install_kernels_sets_only_what_the_module_has():
 def test_messages_name_the_problem():
     assert web.message_of(q4apr.BadInput("broken", "f.gguf", "w")).startswith("f.gguf")
     assert web.message_of(ValueError("x")) == "internal error: ValueError: x"
+
+
+def test_a_described_selection_is_read_once(st_path, monkeypatch):
+    """describe then quantize of the same selection (the page keeps it mounted): the model
+    (for a folder: its config and tokenizer) is opened once; another selection anew."""
+    opened = []
+    real = web.open_model
+    monkeypatch.setattr(web, "open_model", lambda paths: opened.append(paths) or real(paths))
+    got = []
+    assert json.loads(web.run_describe(json.dumps([st_path]), got.append))["status"] == "described"
+    for _ in range(2):   # the same selection twice, with other options: still the one model
+        status, data, _, _ = drive([st_path], {"format": "apr"})
+        assert status == {"status": "done"} and data == run([st_path], format="apr")[0]
+    assert len(opened) == 1
+    status, _, _, _ = drive([st_path, st_path + ".json"], {"format": "apr"})
+    assert len(opened) == 2                 # another selection: opened anew (and refused)
+    web._forget_described()

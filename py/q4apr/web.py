@@ -21,6 +21,24 @@ from .pipeline import ChunkConverter, Options, Wait, quantize_steps
 
 PROGRESS_EVERY_S = 0.1   # how often the page hears of the run's progress
 
+# (paths JSON, Model): the model run_describe opened last. The page keeps that selection
+# mounted, so quantizing it reuses the model and its tokenizer: the folder is read once.
+_described = None
+
+
+def _forget_described():
+    global _described
+    if _described is not None:
+        _described[1].close()
+        _described = None
+
+
+def _open(paths_json):
+    """The model at paths: the described one when it is the same selection, else opened."""
+    if _described is not None and _described[0] == paths_json:
+        return _described[1]
+    return open_model(json.loads(paths_json))
+
 
 def to_page(obj):
     """A dict as a JavaScript object (under Pyodide), else as it is."""
@@ -134,12 +152,11 @@ async def _run_quantize(paths_json, opts_json, on_chunk, on_truncate, on_progres
                         is_cancelled, read_hint, read_pending, pool, prof):
     gen = None
     try:
-        paths = json.loads(paths_json)
         options = Options.from_dict(json.loads(opts_json))
         await asyncio.sleep(0)
         if is_cancelled():
             return _status("cancelled")
-        model = open_model(paths)
+        model = _open(paths_json)
         if read_hint is not None:   # the byte ranges the run will read, for the read-ahead
             read_hint(json.dumps([[e.path, e.offset, e.nbytes] for e in model.tensors
                                   if e.opener is None]))
@@ -199,11 +216,14 @@ def run_inspect(paths_json, on_done):
 
 def run_describe(paths_json, on_done):
     """A model folder's summary (architecture, sizes, tokenizer, ignored files) as JSON to
-    on_done; "null" for a lone weights file."""
+    on_done; "null" for a lone weights file. The model is kept for run_quantize."""
+    global _described
+    _forget_described()
     try:
-        with open_model(json.loads(paths_json)) as model:
-            d = model.description
-            on_done(json.dumps(d.summary() if d is not None else None))
+        model = open_model(json.loads(paths_json))
+        d = model.description
+        on_done(json.dumps(d.summary() if d is not None else None))
+        _described = (paths_json, model)
         return _status("described")
     except Exception as e:
         return _status("error", message_of(e))
