@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from q4apr import archs
+from q4apr import ggufvalues
 from q4apr.archs import transforms
 from q4apr.errors import BadInput
 
@@ -197,9 +198,9 @@ def _describe(model_dir, name):
 
 
 def _same_value(vtype, ours, theirs):
-    if vtype == transforms.FLOAT32:
+    if vtype == ggufvalues.FLOAT32:
         return np.float32(ours) == np.float32(theirs)
-    if vtype == transforms.STRING:
+    if vtype == ggufvalues.STRING:
         return (ours.decode() if isinstance(ours, bytes) else ours) == theirs
     return ours == theirs and type(ours) is not float
 

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 
 from ..errors import BadInput
-from .transforms import BOOL, FLOAT32, STRING, UINT32, TensorMap
+from ..ggufvalues import BOOL, FLOAT32, STRING, UINT32
+from .transforms import TensorMap
 
 CONFIG = "config.json"
 

@@ -8,7 +8,7 @@ dropped; token type and position embeddings are kept (llama.cpp keeps them in F3
 
 from .base import SKIPPED_SUFFIXES, Entry, Family, KV, _bad, get_float, get_int, register, \
     text_model_kv
-from .transforms import BOOL, UINT32
+from ..ggufvalues import BOOL, UINT32
 
 E = Entry
 H, V, I = "hidden_size", "vocab_size", "intermediate_size"

@@ -9,7 +9,8 @@ time, not stored. Sliding-window and local rope base keys come from the config.
 from .base import Entry, Family, KV, _bad, check_rope_type, get_float, get_int, register, \
     text_model_kv
 from .llama import DECODER
-from .transforms import FLOAT32, UINT32, first_rows
+from ..ggufvalues import FLOAT32, UINT32
+from .transforms import first_rows
 
 E = Entry
 H = "hidden_size"

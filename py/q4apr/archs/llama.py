@@ -5,7 +5,8 @@ biases) permuted so that llama.cpp's adjacent-pairs rotation applies (LlamaModel
 """
 
 from .base import check_rope_type, Entry, Family, KV, register, text_model_kv
-from .transforms import UINT32, permute_rows
+from ..ggufvalues import UINT32
+from .transforms import permute_rows
 
 E = Entry
 H, V, I, Q, KVD = "hidden_size", "vocab_size", "intermediate_size", "num_heads*head_dim", \

@@ -10,7 +10,8 @@ the key rope.scaling.attn_factor.
 import math
 
 from .base import _bad, check_rope_type, Entry, Family, find, KV, register, rope_view
-from .transforms import FLOAT32, UINT32, TensorMap
+from ..ggufvalues import FLOAT32, UINT32
+from .transforms import TensorMap
 
 E = Entry
 H, V, I, Q = "hidden_size", "vocab_size", "intermediate_size", "num_heads*head_dim"

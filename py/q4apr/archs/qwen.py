@@ -6,7 +6,7 @@ biases; Qwen3 has per-head q_norm/k_norm and biases only with attention_bias.
 """
 
 from .base import check_rope_type, Entry, Family, KV, register, text_model_kv
-from .transforms import UINT32
+from ..ggufvalues import UINT32
 from .llama import DECODER
 
 E = Entry

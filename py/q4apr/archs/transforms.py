@@ -10,7 +10,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..ggufvalues import ARRAY, BOOL, FLOAT32, INT32, STRING, UINT32  # noqa: F401  (families')
 
 F16 = "F16"
 
