@@ -5,6 +5,7 @@ tests/test_pyodide_node.py.)"""
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -39,9 +40,10 @@ def drive(paths, options, cancel_after=None):
     def is_cancelled():
         return cancel_after is not None and len(out) > cancel_after
 
-    status = asyncio.run(web.run_quantize(json.dumps(paths), json.dumps(options),
-                                          lambda b: out.extend(bytes(b)), on_truncate,
-                                          on_progress, on_done, is_cancelled))
+    coro = web.run_quantize(json.dumps(paths), json.dumps(options), lambda b: out.extend(bytes(b)),
+                            on_truncate, on_progress, on_done, is_cancelled)
+    with ThreadPoolExecutor(1) as pool:   # its own event loop (Playwright's may run in this thread)
+        status = pool.submit(asyncio.run, coro).result()
     data = got["head"] + bytes(out) if "head" in got else bytes(out)   # the head goes first
     return json.loads(status), data, got.get("report"), progress
 
