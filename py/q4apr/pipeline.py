@@ -155,14 +155,13 @@ def make_layout(model, options, decisions, params):
         if len(e.name.encode("utf-8")) > apr.MAX_NAME:
             raise BadInput(f"APR names are at most {apr.MAX_NAME} bytes", model.paths[0], e.name)
     mixture = options.type + (" --pure" if options.pure else "")
-
-    def metadata(held):
-        return apr.output_metadata(model, params, held, mixture)
     planned = [(d.dtype_out, apr_nbytes(d.dtype_out, e.shape), numel(e.shape))
                for e, d in decisions if not e.tied_to]
     tied = {e.name for e, _ in decisions if e.tied_to}
-    return apr.Layout(metadata(planned), names_shapes, remake=lambda records: metadata(
-        [(r[2], r[4], numel(r[1])) for r in records if r[0] not in tied]))
+    return apr.Layout(apr.output_metadata(model, params, planned, mixture), names_shapes,
+                      requantize=lambda records: apr.quantization(
+                          [(r[2], r[4], numel(r[1])) for r in records if r[0] not in tied],
+                          mixture))
 
 
 def _out_bytes(n):

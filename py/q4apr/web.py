@@ -40,14 +40,16 @@ def _open(paths_json):
     return open_model(json.loads(paths_json))
 
 
+try:   # under Pyodide: Python values become JavaScript ones on their way to the page
+    import js
+    from pyodide.ffi import to_js as _to_js
+except ImportError:   # natively (the tests): they stay Python values
+    js = _to_js = None
+
+
 def to_page(obj):
     """A dict as a JavaScript object (under Pyodide), else as it is."""
-    try:
-        import js
-        from pyodide.ffi import to_js
-    except ImportError:
-        return obj
-    return to_js(obj, dict_converter=js.Object.fromEntries)
+    return obj if _to_js is None else _to_js(obj, dict_converter=js.Object.fromEntries)
 
 
 def message_of(e):
@@ -257,11 +259,8 @@ def convert(job_json, raw):
         parts = _converter.convert(json.loads(job_json), data)
     except BadInput as e:
         return to_page({"bad": [e.problem, e.file, e.tensor]})
-    try:
-        from pyodide.ffi import to_js
-    except ImportError:
-        to_js = bytes
-    out = {k: (to_js(v) if isinstance(v, memoryview) else v) for k, v in parts.items()}
+    copy = bytes if _to_js is None else _to_js
+    out = {k: (copy(v) if isinstance(v, memoryview) else v) for k, v in parts.items()}
     return to_page({"parts": out})
 
 

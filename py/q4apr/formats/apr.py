@@ -152,12 +152,13 @@ class Layout:
 
     format = "apr"
 
-    def __init__(self, metadata, names_shapes, flags=None, remake=None):
+    def __init__(self, metadata, names_shapes, flags=None, requantize=None):
         self.metadata = metadata_json(metadata)
         self.flags = flags
-        # records -> the metadata of the file as written (a tensor planned as Q4 may have
-        # gone to F32 on an overflow, which `quantization` counts), or None: as planned
-        self._remake = remake
+        # records -> the `quantization` block of the file as written (a tensor planned as Q4
+        # may have gone to F32 on an overflow), or None: as planned. Only a changed block
+        # re-encodes the metadata (a tokenizer's lists are most of it)
+        self._planned, self._requantize = metadata, requantize
         self._order = sorted(names_shapes, key=lambda ns: ns[0].encode("utf-8"))
         index_len = sum(2 + len(n.encode("utf-8")) + 2 + 8 * len(s) + 16 for n, s in names_shapes)
         self._index_len = index_len
@@ -182,8 +183,10 @@ class Layout:
                          sorted(records, key=lambda r: r[0].encode("utf-8")))
         assert len(index) == self._index_len
         meta = self.metadata
-        if self._remake is not None:
-            meta = fit_metadata(metadata_json(self._remake(records)), meta)
+        if self._requantize is not None:
+            q = self._requantize(records)
+            if q != self._planned.get("quantization"):
+                meta = fit_metadata(metadata_json(dict(self._planned, quantization=q)), meta)
         m = len(meta)
         return (pack_header(flags, len(records), m, len(index)) + meta
                 + bytes(align64(m) - m) + index + bytes(align64(len(index)) - len(index)))
